@@ -1,0 +1,81 @@
+//! Loading definition files: every journey document of a folder or a list of files, validated as `publish`
+//! validates them.
+//!
+//! It owns the file side of definitions (which files, their names in problem reports). It is not the
+//! validator itself (`caravan_operators::journey`) and never starts a run on an invalid set: loading is
+//! all or nothing, with every problem of every file listed.
+
+use caravan_operators::account::Definitions;
+use caravan_operators::journey::compile_journey;
+use caravan_schemas::definition::read_document;
+use std::path::{Path, PathBuf};
+
+/// The definition files of a folder: `*.yaml`, `*.yml` and `*.json`, sorted by name.
+///
+/// # Errors
+/// A message when the folder cannot be read.
+pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Validates files and builds the definitions they publish, in file order.
+///
+/// # Errors
+/// Every problem, each prefixed with its file (and node and path where it has them).
+pub fn load_files(files: &[PathBuf]) -> Result<Definitions, Vec<String>> {
+    let mut defs = Definitions::default();
+    let mut problems = Vec::new();
+    for file in files {
+        let name = file.display();
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let doc = match read_document(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        match doc.get("kind").and_then(|k| k.as_str()) {
+            Some("journey") => {}
+            Some("buying_group_template") => {
+                problems.push(format!("{name}: buying group templates are not supported by this version yet"));
+                continue;
+            }
+            _ => {
+                problems.push(format!("{name}: at kind: expected `journey` or `buying_group_template`"));
+                continue;
+            }
+        }
+        match compile_journey(&doc) {
+            Ok(j) => {
+                if let Err(e) = defs.publish(j) {
+                    problems.push(format!("{name}: {e}"));
+                }
+            }
+            Err(ps) => problems.extend(ps.into_iter().map(|p| format!("{name}: {p}"))),
+        }
+    }
+    if problems.is_empty() { Ok(defs) } else { Err(problems) }
+}
+
+/// Loads every definition of a folder.
+///
+/// # Errors
+/// Every problem of every file, or an unreadable folder.
+pub fn load_dir(dir: &Path) -> Result<Definitions, Vec<String>> {
+    let files = files_in(dir).map_err(|e| vec![e])?;
+    load_files(&files)
+}

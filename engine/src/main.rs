@@ -1,0 +1,242 @@
+//! The `caravan` command line.
+
+use anyhow::{Context, bail};
+use caravan_engine::{definitions, replay, telemetry};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Caravan: B2B account journeys as an event-sourced stream processor.
+#[derive(Parser)]
+#[command(name = "caravan", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate definition files (journeys): exit 0, or list every problem and exit 1.
+    Validate {
+        /// Files to validate (YAML or JSON).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run journeys over an NDJSON input with no broker: the embedded mode.
+    Replay(ReplayArgs),
+    /// Show what a state folder holds.
+    Inspect {
+        /// The state folder of a replay.
+        #[arg(long)]
+        state: PathBuf,
+        /// Tenant of the account to show.
+        #[arg(long, requires = "account")]
+        tenant: Option<String>,
+        /// Account to show (with its people, journey positions and timers).
+        #[arg(long, requires = "tenant")]
+        account: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Folder of journey definitions (*.yaml, *.yml, *.json).
+    #[arg(long)]
+    definitions: PathBuf,
+    /// Input events, one JSON object a line; `-` for standard input.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output folder: actions.ndjson, changes.ndjson, rejected.ndjson.
+    #[arg(long)]
+    out: PathBuf,
+    /// State folder; makes the run resumable after a crash (rerun the same command).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Partition workers (default: one per core).
+    #[arg(long, env = "CARAVAN_REPLAY_WORKERS")]
+    workers: Option<usize>,
+    /// Watermark lag behind the largest event time read.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    allowed_disorder: Duration,
+    /// Event ids remembered for de-duplication (0: off).
+    #[arg(long, default_value_t = 1_000_000)]
+    dedup_window: usize,
+    /// Commit at least this often.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    commit_interval: Duration,
+    /// Commit at least every this many input records.
+    #[arg(long, default_value_t = 1_000_000)]
+    commit_records: u64,
+    /// Largest accepted record, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_record_bytes: usize,
+    /// Accounts kept in memory (the rest is read from RocksDB when needed).
+    #[arg(long, default_value_t = 400_000)]
+    cache_accounts: usize,
+    /// fsync outputs and state at every commit (survives power loss, not only crashes).
+    #[arg(long)]
+    sync: bool,
+    /// Serve Prometheus metrics at this address while the replay runs (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Never show a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("caravan: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_problems(problems: &[String]) {
+    for p in problems {
+        eprintln!("{p}");
+    }
+    eprintln!("{} problem{} found", problems.len(), if problems.len() == 1 { "" } else { "s" });
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { files } => match definitions::load_files(&files) {
+            Ok(defs) => {
+                let n = defs.all().count();
+                println!(
+                    "{} file{} valid: {n} journey version{}",
+                    files.len(),
+                    if files.len() == 1 { "" } else { "s" },
+                    if n == 1 { "" } else { "s" }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(problems) => {
+                print_problems(&problems);
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Replay(args) => replay_command(args),
+        Command::Inspect { state, tenant, account } => inspect(&state, tenant.as_deref(), account.as_deref()),
+    }
+}
+
+fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let defs = match definitions::load_dir(&args.definitions) {
+        Ok(d) => d,
+        Err(problems) => {
+            print_problems(&problems);
+            eprintln!("caravan: refusing to replay with invalid definitions");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Some(addr) = args.metrics_listen {
+        telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
+    }
+    let defaults = replay::ReplayOptions::default();
+    let workers = args.workers.unwrap_or(defaults.workers);
+    if workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let opts = replay::ReplayOptions {
+        input: args.input,
+        out: args.out,
+        state: args.state,
+        workers,
+        allowed_disorder_ns: i64::try_from(args.allowed_disorder.as_nanos())
+            .context("--allowed-disorder is too large")?,
+        dedup_window: args.dedup_window,
+        commit_interval: args.commit_interval,
+        commit_records: args.commit_records.max(1),
+        cache_accounts: args.cache_accounts,
+        limits: caravan_schemas::input::DecodeLimits {
+            max_record_bytes: args.max_record_bytes,
+            ..defaults.limits.clone()
+        },
+        store: caravan_state::StoreOptions { sync_commits: args.sync, ..defaults.store.clone() },
+        sync: args.sync,
+        progress: !args.no_progress && std::io::stderr().is_terminal(),
+        ..defaults
+    };
+    let s = replay::replay(&opts, defs)?;
+    let resumed = if s.resumed_at > 0 { format!(" (resumed after record {})", s.resumed_at) } else { String::new() };
+    println!(
+        "replayed {} records in {:.2} s, {:.0} records/s{resumed}",
+        s.records,
+        s.elapsed.as_secs_f64(),
+        s.records_per_second()
+    );
+    println!("events: {} applied, {} rejected, {} duplicates", s.applied, s.rejected, s.duplicates);
+    println!("outputs: {} actions, {} changes -> {}", s.actions, s.changes, opts.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(state: &std::path::Path, tenant: Option<&str>, account: Option<&str>) -> anyhow::Result<ExitCode> {
+    if !state.join("CURRENT").exists() {
+        bail!("{} is not a Caravan state folder", state.display());
+    }
+    let store = caravan_state::Store::open(state, &caravan_state::StoreOptions::default())?;
+    let out = match (tenant, account) {
+        (Some(t), Some(a)) => {
+            let Some((record, persons)) = store.load_account(t, a)? else {
+                eprintln!("caravan: no account `{a}` in tenant `{t}`");
+                return Ok(ExitCode::FAILURE);
+            };
+            let timers: Vec<_> = store
+                .timers()?
+                .into_iter()
+                .filter(|x| x.tenant == t && x.account_id == a)
+                .map(|x| {
+                    serde_json::json!({"journey_id": x.journey_id, "instance": x.instance,
+                    "due": caravan_schemas::time::Timestamp(x.timer.due).to_rfc3339()})
+                })
+                .collect();
+            serde_json::json!({
+                "tenant": t,
+                "account_id": a,
+                "exists": record.exists,
+                "attributes": record.attributes.to_map(),
+                "version": record.version,
+                "audiences": record.audiences,
+                "journeys": record.instances.iter().map(|i| serde_json::json!({
+                    "journey_id": i.journey_id, "journey_version": i.journey_version,
+                    "instance": i.instance, "node": i.node})).collect::<Vec<_>>(),
+                "entries": record.entries,
+                "persons": persons.iter().filter(|p| p.present).map(|p| serde_json::json!({
+                    "person_id": p.person_id, "attributes": p.attributes.to_map(), "version": p.version})).collect::<Vec<_>>(),
+                "timers": timers,
+            })
+        }
+        _ => {
+            let cp = store.checkpoint()?;
+            serde_json::json!({
+                "checkpoint": cp.map(|c| serde_json::json!({
+                    "epoch": c.epoch, "records": c.records, "input_bytes": c.input_bytes,
+                    "max_ts": c.max_ts.map(|t| caravan_schemas::time::Timestamp(t).to_rfc3339()),
+                    "output_lengths": c.output_lengths,
+                    "applied": c.totals[0], "rejected": c.totals[1], "duplicates": c.totals[2],
+                    "actions": c.totals[3], "changes": c.totals[4]})),
+                "state_bytes": store.approximate_size_bytes(),
+            })
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,233 @@
+//! The committer: the one place where a replay's work becomes durable, exactly once.
+//!
+//! It owns the output files and the commit protocol of replay mode. It gathers, for each batch number, the
+//! router's part and every worker's part, puts the outputs in their global order (record, then the timers
+//! that fired after it by due time and arming order), and every epoch (a run of whole batches):
+//! 1. appends the epoch's outputs to the three files;
+//! 2. commits, in one RocksDB write batch, the state delta, the de-duplication window's new ids, and a
+//!    checkpoint holding the input position and the files' lengths after step 1.
+//!
+//! On restart the files are cut back to the lengths of the last checkpoint and input resumes from its
+//! position. A crash between 1 and 2 leaves output bytes past the checkpoint; they are cut and produced
+//! again, identical, because processing is deterministic. This replaces the outbox of DESIGN.md with the same
+//! guarantee and without writing every output twice (see ARCHITECTURE.md). It is not a scheduler: it
+//! never changes state itself.
+
+use super::messages::{CommitMsg, RouterPart, WorkerPart};
+use crate::EngineError;
+use crate::telemetry;
+use caravan_state::{Checkpoint, Delta, Store};
+use crossbeam_channel::Receiver;
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The three output files of a replay, in checkpoint order.
+pub(crate) const OUTPUT_FILES: [&str; 3] = ["actions.ndjson", "changes.ndjson", "rejected.ndjson"];
+
+/// Opens the output files and cuts them back to what the checkpoint says is committed (or empties them when
+/// nothing is).
+///
+/// # Errors
+/// When a file cannot be opened, or is shorter than the checkpoint says (it was changed behind our back).
+pub(crate) fn open_outputs(dir: &Path, lengths: Option<[u64; 3]>) -> Result<[File; 3], EngineError> {
+    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
+    let open = |i: usize| -> Result<File, EngineError> {
+        let path: PathBuf = dir.join(OUTPUT_FILES[i]);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| EngineError::io(format!("opening {}", path.display()), e))?;
+        let want = lengths.map_or(0, |l| l[i]);
+        let have = f.metadata().map_err(|e| EngineError::io(format!("reading {}", path.display()), e))?.len();
+        if have < want {
+            return Err(EngineError::Invalid(format!(
+                "{} holds {have} bytes but the state's checkpoint says {want} were committed: the output folder \
+                 does not belong to this state (use a new --state, or the --out it was used with)",
+                path.display()
+            )));
+        }
+        f.set_len(want).map_err(|e| EngineError::io(format!("truncating {}", path.display()), e))?;
+        Ok(f)
+    };
+    Ok([open(0)?, open(1)?, open(2)?])
+}
+
+/// Settings of the committer.
+pub(crate) struct CommitterConfig {
+    pub(crate) workers: usize,
+    pub(crate) commit_interval: Duration,
+    pub(crate) commit_records: u64,
+    pub(crate) dedup_capacity: usize,
+    pub(crate) sync_outputs: bool,
+}
+
+#[derive(Default)]
+struct Pending {
+    router: Option<RouterPart>,
+    workers: Vec<WorkerPart>,
+}
+
+pub(crate) struct Committer<'s> {
+    cfg: CommitterConfig,
+    store: &'s Store,
+    files: [File; 3],
+    checkpoint: Checkpoint,
+    dedup_epochs: VecDeque<(u64, usize)>,
+    dedup_total: usize,
+    committed: Arc<AtomicU64>,
+    pending: BTreeMap<u64, Pending>,
+    next_batch: u64,
+    // The epoch being gathered.
+    buffers: [Vec<u8>; 3],
+    delta: Delta,
+    dedup: Vec<u128>,
+    last_batch: u64,
+    epoch_records: u64,
+    epoch_started: Instant,
+    counts: [u64; 5],
+}
+
+impl<'s> Committer<'s> {
+    pub(crate) fn new(
+        cfg: CommitterConfig,
+        store: &'s Store,
+        files: [File; 3],
+        checkpoint: Checkpoint,
+        dedup_epochs: Vec<(u64, usize)>,
+        committed: Arc<AtomicU64>,
+    ) -> Committer<'s> {
+        let dedup_total = dedup_epochs.iter().map(|(_, n)| n).sum();
+        Committer {
+            cfg,
+            store,
+            files,
+            checkpoint,
+            dedup_epochs: dedup_epochs.into(),
+            dedup_total,
+            committed,
+            pending: BTreeMap::new(),
+            next_batch: 1,
+            buffers: Default::default(),
+            delta: Delta::default(),
+            dedup: Vec::new(),
+            last_batch: 0,
+            epoch_records: 0,
+            epoch_started: Instant::now(),
+            counts: [0; 5],
+        }
+    }
+
+    /// Commits until every sender is gone; returns the last checkpoint.
+    ///
+    /// # Errors
+    /// A failed write of the outputs or the state; the run must stop (a restart recovers).
+    pub(crate) fn run(mut self, input: &Receiver<CommitMsg>) -> Result<Checkpoint, EngineError> {
+        for msg in input {
+            let batch = match &msg {
+                CommitMsg::Router(p) => p.batch,
+                CommitMsg::Worker(p) => p.batch,
+            };
+            let slot = self.pending.entry(batch).or_default();
+            match msg {
+                CommitMsg::Router(p) => slot.router = Some(p),
+                CommitMsg::Worker(p) => slot.workers.push(p),
+            }
+            while self
+                .pending
+                .get(&self.next_batch)
+                .is_some_and(|p| p.router.is_some() && p.workers.len() == self.cfg.workers)
+            {
+                let Some(p) = self.pending.remove(&self.next_batch) else { break };
+                self.absorb(p);
+                self.next_batch += 1;
+                if self.epoch_started.elapsed() >= self.cfg.commit_interval
+                    || self.epoch_records >= self.cfg.commit_records
+                {
+                    self.commit()?;
+                }
+            }
+        }
+        if self.last_batch > self.committed.load(Ordering::Acquire) {
+            self.commit()?;
+        }
+        Ok(self.checkpoint)
+    }
+
+    fn absorb(&mut self, p: Pending) {
+        let Some(router) = p.router else { return };
+        let mut groups: Vec<_> = p.workers.iter().flat_map(|w| w.groups.iter()).collect();
+        groups.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        for g in groups {
+            self.buffers[0].extend_from_slice(&g.actions);
+            self.buffers[1].extend_from_slice(&g.changes);
+        }
+        self.buffers[2].extend_from_slice(&router.rejected);
+        self.epoch_records += router.records_end.saturating_sub(self.checkpoint.records);
+        self.checkpoint.records = router.records_end;
+        self.checkpoint.input_bytes = router.bytes_end;
+        self.checkpoint.max_ts = router.max_ts;
+        let actions: u64 = p.workers.iter().map(|w| w.actions).sum();
+        let changes: u64 = p.workers.iter().map(|w| w.changes).sum();
+        for (i, n) in
+            [router.applied, router.rejected_count, router.duplicates, actions, changes].into_iter().enumerate()
+        {
+            self.counts[i] += n;
+        }
+        self.delta.extend(router.delta);
+        for w in p.workers {
+            self.delta.extend(w.delta);
+        }
+        self.dedup.extend_from_slice(&router.dedup);
+        self.last_batch = router.batch;
+    }
+
+    fn commit(&mut self) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let epoch = self.checkpoint.epoch + 1;
+        for (i, buf) in self.buffers.iter_mut().enumerate() {
+            if !buf.is_empty() {
+                self.files[i]
+                    .write_all(buf)
+                    .map_err(|e| EngineError::io(format!("appending to {}", OUTPUT_FILES[i]), e))?;
+                self.checkpoint.output_lengths[i] += buf.len() as u64;
+                buf.clear();
+            }
+            if self.cfg.sync_outputs {
+                self.files[i].sync_data().map_err(|e| EngineError::io(format!("syncing {}", OUTPUT_FILES[i]), e))?;
+            }
+        }
+        let mut delta = std::mem::take(&mut self.delta);
+        if !self.dedup.is_empty() && self.cfg.dedup_capacity > 0 {
+            delta.put_dedup_epoch(epoch, &self.dedup);
+            self.dedup_epochs.push_back((epoch, self.dedup.len()));
+            self.dedup_total += self.dedup.len();
+            // Drop the oldest epochs while the rest still hold the whole window.
+            while let Some(&(old, n)) = self.dedup_epochs.front() {
+                if self.dedup_total - n < self.cfg.dedup_capacity {
+                    break;
+                }
+                delta.delete_dedup_epoch(old);
+                self.dedup_total -= n;
+                self.dedup_epochs.pop_front();
+            }
+        }
+        self.dedup.clear();
+        self.checkpoint.epoch = epoch;
+        for (total, n) in self.checkpoint.totals.iter_mut().zip(self.counts) {
+            *total += n;
+        }
+        self.store.commit(&delta, &self.checkpoint)?;
+        self.committed.store(self.last_batch, Ordering::Release);
+        telemetry::record_epoch(&self.counts, delta.len(), started.elapsed());
+        self.counts = [0; 5];
+        self.epoch_records = 0;
+        self.epoch_started = Instant::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! What crosses thread boundaries in a replay: batches of routed records, worker results, router results.
+//!
+//! Batches, not records, cross threads. Every batch has a number; the committer needs one part from the
+//! router and one from every worker for each batch number before the batch can commit.
+
+use caravan_schemas::input::InputEvent;
+use caravan_schemas::state::PersonRecord;
+use caravan_state::Delta;
+use std::sync::Arc;
+
+/// Where an applied record goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// To the worker that owns the account.
+    Worker(usize),
+    /// Applied with no effect on any account (e.g. deleting an unknown person); timers still get their pass.
+    Nowhere,
+}
+
+/// One applied record, routed.
+pub(crate) struct Item {
+    /// Input sequence number: the record's 1-based line.
+    pub(crate) seq: u64,
+    /// The watermark after this record (event-time nanoseconds).
+    pub(crate) watermark: i64,
+    /// Where it goes.
+    pub(crate) route: Route,
+    /// The account it is applied to (routing result).
+    pub(crate) account_id: Arc<str>,
+    /// The event.
+    pub(crate) event: Box<InputEvent>,
+    /// A person record moving in from another account, with that account's id.
+    pub(crate) attach: Option<(PersonRecord, String)>,
+}
+
+/// A batch of applied records in input order, shared by every worker.
+pub(crate) struct Batch {
+    pub(crate) id: u64,
+    pub(crate) items: Vec<Item>,
+}
+
+/// Work for a worker.
+pub(crate) enum WorkerMsg {
+    /// Apply the batch's records of this worker and run timer passes after every record.
+    Batch(Arc<Batch>),
+    /// Remove a person from an account (it moves to another one) and reply with its record. Runs between
+    /// batches; its writes commit with the next batch.
+    Detach {
+        tenant: String,
+        account_id: String,
+        person_id: String,
+        reply: crossbeam_channel::Sender<Result<Option<PersonRecord>, String>>,
+    },
+}
+
+/// The outputs of one cause (a record, or a timer firing after one), serialized as NDJSON.
+pub(crate) struct Group {
+    /// Input sequence number of the record (for timers: the record after which they fired).
+    pub(crate) seq: u64,
+    /// For a timer firing: its due time and arming order.
+    pub(crate) timer: Option<(i64, Vec<u64>)>,
+    pub(crate) actions: Vec<u8>,
+    pub(crate) changes: Vec<u8>,
+}
+
+impl Group {
+    /// The global output order: record, then the timers that fired after it in (due, arming) order.
+    pub(crate) fn order_key(&self) -> (u64, bool, i64, &[u64]) {
+        match &self.timer {
+            None => (self.seq, false, 0, &[]),
+            Some((due, arm)) => (self.seq, true, *due, arm),
+        }
+    }
+}
+
+/// A worker's part of a batch.
+pub(crate) struct WorkerPart {
+    pub(crate) batch: u64,
+    pub(crate) groups: Vec<Group>,
+    pub(crate) delta: Delta,
+    pub(crate) actions: u64,
+    pub(crate) changes: u64,
+}
+
+/// The router's part of a batch.
+pub(crate) struct RouterPart {
+    pub(crate) batch: u64,
+    /// Rejected records of the batch, as NDJSON in input order.
+    pub(crate) rejected: Vec<u8>,
+    /// Person index writes.
+    pub(crate) delta: Delta,
+    /// Hashes of the event ids applied in this batch, in order.
+    pub(crate) dedup: Vec<u128>,
+    /// Input consumed after this batch: records (lines) and bytes.
+    pub(crate) records_end: u64,
+    pub(crate) bytes_end: u64,
+    /// Largest applied event time after this batch.
+    pub(crate) max_ts: Option<i64>,
+    /// Counts in this batch: applied, rejected, duplicates.
+    pub(crate) applied: u64,
+    pub(crate) rejected_count: u64,
+    pub(crate) duplicates: u64,
+}
+
+/// Messages to the committer.
+pub(crate) enum CommitMsg {
+    Router(RouterPart),
+    Worker(WorkerPart),
+}

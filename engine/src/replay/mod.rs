@@ -1,0 +1,362 @@
+//! Replay: the embedded mode. One NDJSON input (a file or standard input) through the journeys, into three
+//! NDJSON output files, exactly once across crashes, resumable with a state folder.
+//!
+//! It owns the wiring of the pipeline, a thread per stage, bounded channels between them, batches crossing:
+//!
+//! ```text
+//! reader -> decoders (N) -> router (in order) -> workers (P, by account) -> committer -> files + RocksDB
+//! ```
+//!
+//! Outputs never depend on the number of decoders or workers: the router alone decides order, routing and
+//! the watermark; the committer alone decides the order of outputs. It is not the Kafka service: that mode
+//! shares the operators and the state layout, not this pipeline.
+
+mod committer;
+mod messages;
+pub(crate) mod reader;
+mod router;
+mod worker;
+
+use crate::EngineError;
+use caravan_operators::account::Definitions;
+use caravan_schemas::input::DecodeLimits;
+use caravan_state::{Store, StoreOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+pub use committer::OUTPUT_FILES as OUTPUTS;
+
+/// Everything a replay needs to know.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    /// The input: a file, or `-` for standard input.
+    pub input: PathBuf,
+    /// The folder of the three output files.
+    pub out: PathBuf,
+    /// The state folder; `None` uses a temporary one (the run is then not resumable).
+    pub state: Option<PathBuf>,
+    /// Partition workers.
+    pub workers: usize,
+    /// Decoder threads.
+    pub decoders: usize,
+    /// Bytes read per chunk (a chunk is decoded, routed and batched as a unit).
+    pub chunk_bytes: usize,
+    /// Commit at least this often.
+    pub commit_interval: Duration,
+    /// Commit at least every this many input records.
+    pub commit_records: u64,
+    /// Allowed disorder of event time: the watermark is the largest `ts` minus this (nanoseconds).
+    pub allowed_disorder_ns: i64,
+    /// Event ids remembered for de-duplication (0 turns it off).
+    pub dedup_window: usize,
+    /// Accounts cached in memory, over all workers.
+    pub cache_accounts: usize,
+    /// Person index entries cached in memory.
+    pub cache_persons: usize,
+    /// Record size and time bounds.
+    pub limits: DecodeLimits,
+    /// RocksDB tuning.
+    pub store: StoreOptions,
+    /// fsync outputs before each commit (for power loss; process crashes are covered without it).
+    pub sync: bool,
+    /// Show a progress bar on standard error.
+    pub progress: bool,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        ReplayOptions {
+            input: PathBuf::from("-"),
+            out: PathBuf::from("out"),
+            state: None,
+            workers: cores,
+            decoders: cores,
+            chunk_bytes: 1 << 20,
+            commit_interval: Duration::from_secs(1),
+            commit_records: 1_000_000,
+            allowed_disorder_ns: 5_000_000_000,
+            dedup_window: 1_000_000,
+            cache_accounts: 400_000,
+            cache_persons: 2_000_000,
+            limits: DecodeLimits::default(),
+            store: StoreOptions::default(),
+            sync: false,
+            progress: false,
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Input records (lines) read in this run.
+    pub records: u64,
+    /// Where this run started (records already committed by an earlier run).
+    pub resumed_at: u64,
+    /// Totals over the whole input so far: applied, rejected, duplicates, actions, changes.
+    pub applied: u64,
+    /// Rejected records.
+    pub rejected: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Action records.
+    pub actions: u64,
+    /// Change events.
+    pub changes: u64,
+    /// Wall time of this run.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Input records per second in this run.
+    pub fn records_per_second(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn first_error(errors: Vec<EngineError>) -> Option<EngineError> {
+    // A thread that stopped because another one failed reports `Stopped`; report the cause.
+    let mut stopped = None;
+    for e in errors {
+        if matches!(e, EngineError::Stopped) {
+            stopped = Some(e);
+        } else {
+            return Some(e);
+        }
+    }
+    stopped
+}
+
+/// Runs a replay to the end of its input.
+///
+/// # Errors
+/// Unreadable input, unwritable outputs, a state store failure, or an output folder that does not match the
+/// state folder. Bad records are not errors: they go to `rejected.ndjson`.
+pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, EngineError> {
+    let started = Instant::now();
+    let workers = opts.workers.max(1);
+    let decoders = opts.decoders.max(1);
+    let temp_state;
+    let state_dir = match &opts.state {
+        Some(dir) => dir.clone(),
+        None => {
+            temp_state =
+                tempfile::tempdir().map_err(|e| EngineError::io("creating a temporary state folder".into(), e))?;
+            temp_state.path().to_path_buf()
+        }
+    };
+    let store = Store::open(&state_dir, &opts.store)?;
+    let checkpoint = store.checkpoint()?;
+    let fresh = checkpoint.is_none();
+    let checkpoint = checkpoint.unwrap_or_default();
+    let files = committer::open_outputs(&opts.out, (!fresh).then_some(checkpoint.output_lengths))?;
+    if !fresh {
+        tracing::info!(records = checkpoint.records, epoch = checkpoint.epoch, "Resuming from the state's checkpoint.");
+    }
+
+    // Input, positioned after what is committed.
+    let (input, total_bytes): (Box<dyn Read + Send>, Option<u64>) = if opts.input.as_os_str() == "-" {
+        let mut stdin = std::io::stdin();
+        let skipped = std::io::copy(&mut (&mut stdin).take(checkpoint.input_bytes), &mut std::io::sink())
+            .map_err(|e| EngineError::io("skipping committed input on standard input".into(), e))?;
+        if skipped < checkpoint.input_bytes {
+            return Err(EngineError::Invalid(
+                "standard input is shorter than the input this state has committed".into(),
+            ));
+        }
+        (Box::new(stdin), None)
+    } else {
+        let mut f = std::fs::File::open(&opts.input)
+            .map_err(|e| EngineError::io(format!("opening {}", opts.input.display()), e))?;
+        let len = f.metadata().map_err(|e| EngineError::io(format!("reading {}", opts.input.display()), e))?.len();
+        if len < checkpoint.input_bytes {
+            return Err(EngineError::Invalid(format!(
+                "{} holds {len} bytes but this state has committed {} bytes of input: it is not the same input",
+                opts.input.display(),
+                checkpoint.input_bytes
+            )));
+        }
+        f.seek(SeekFrom::Start(checkpoint.input_bytes))
+            .map_err(|e| EngineError::io(format!("seeking in {}", opts.input.display()), e))?;
+        (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), Some(len))
+    };
+    let source_name = if opts.input.as_os_str() == "-" { "-".to_owned() } else { opts.input.display().to_string() };
+
+    // The de-duplication window and the timers, as committed.
+    let stored_epochs = store.dedup_epochs()?;
+    let mut dedup = router::DedupWindow::new(opts.dedup_window);
+    for (_, hashes) in &stored_epochs {
+        for h in hashes {
+            dedup.insert(*h);
+        }
+    }
+    let epoch_sizes: Vec<(u64, usize)> = stored_epochs.iter().map(|(e, h)| (*e, h.len())).collect();
+    drop(stored_epochs);
+    let mut timers: Vec<Vec<caravan_state::StoredTimer>> = (0..workers).map(|_| Vec::new()).collect();
+    for t in store.timers()? {
+        timers[router::worker_of(&t.tenant, &t.account_id, workers)].push(t);
+    }
+
+    let progress = if opts.progress {
+        let bar = match total_bytes {
+            Some(len) => indicatif::ProgressBar::new(len),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_position(checkpoint.input_bytes);
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    let defs = Arc::new(defs);
+    let committed = Arc::new(AtomicU64::new(0));
+    let start_record = checkpoint.records;
+    let start_bytes = checkpoint.input_bytes;
+    let max_ts = checkpoint.max_ts;
+    let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(decoders * 2);
+    let (parsed_tx, parsed_rx) = crossbeam_channel::bounded(decoders * 2 + 2);
+    let (commit_tx, commit_rx) = crossbeam_channel::bounded((workers + 1) * 8);
+    let mut worker_txs = Vec::new();
+    let mut worker_rxs = Vec::new();
+    for _ in 0..workers {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        worker_txs.push(tx);
+        worker_rxs.push(rx);
+    }
+
+    let result = std::thread::scope(|scope| {
+        let store = &store;
+        let reader = {
+            let bar = progress.clone();
+            let chunk_bytes = opts.chunk_bytes;
+            std::thread::Builder::new()
+                .name("caravan-reader".into())
+                .spawn_scoped(scope, move || {
+                    reader::read_chunks(input, chunk_bytes, start_record, start_bytes, &chunk_tx, &|pos| {
+                        bar.set_position(pos)
+                    })
+                    .map_err(|e| EngineError::io("reading the input".into(), e))
+                })
+                .map_err(|e| EngineError::io("starting a thread".into(), e))?
+        };
+        let mut decoder_handles = Vec::new();
+        for i in 0..decoders {
+            let (rx, tx, limits) = (chunk_rx.clone(), parsed_tx.clone(), opts.limits.clone());
+            decoder_handles.push(
+                std::thread::Builder::new()
+                    .name(format!("caravan-decode-{i}"))
+                    .spawn_scoped(scope, move || reader::decode_chunks(&rx, &tx, &limits))
+                    .map_err(|e| EngineError::io("starting a thread".into(), e))?,
+            );
+        }
+        drop((chunk_rx, parsed_tx));
+        let mut worker_handles = Vec::new();
+        for (me, (rx, timers)) in worker_rxs.into_iter().zip(timers).enumerate() {
+            let cfg = worker::WorkerConfig { cache_capacity: (opts.cache_accounts / workers).max(16) };
+            let w = worker::Worker::new(
+                cfg,
+                Arc::clone(&defs),
+                store,
+                fresh,
+                timers,
+                commit_tx.clone(),
+                Arc::clone(&committed),
+            );
+            worker_handles.push(
+                std::thread::Builder::new()
+                    .name(format!("caravan-worker-{me}"))
+                    .spawn_scoped(scope, move || w.run(me, &rx))
+                    .map_err(|e| EngineError::io("starting a thread".into(), e))?,
+            );
+        }
+        let committer = {
+            let cfg = committer::CommitterConfig {
+                workers,
+                commit_interval: opts.commit_interval,
+                commit_records: opts.commit_records,
+                dedup_capacity: opts.dedup_window,
+                sync_outputs: opts.sync,
+            };
+            let c =
+                committer::Committer::new(cfg, store, files, checkpoint.clone(), epoch_sizes, Arc::clone(&committed));
+            std::thread::Builder::new()
+                .name("caravan-committer".into())
+                .spawn_scoped(scope, move || c.run(&commit_rx))
+                .map_err(|e| EngineError::io("starting a thread".into(), e))?
+        };
+        let router_cfg = router::RouterConfig {
+            workers,
+            allowed_disorder_ns: opts.allowed_disorder_ns,
+            index_capacity: opts.cache_persons.max(16),
+            source_name,
+        };
+        let router = router::Router::new(
+            router_cfg,
+            store,
+            fresh,
+            dedup,
+            max_ts,
+            (start_record, start_bytes),
+            worker_txs,
+            commit_tx,
+            Arc::clone(&committed),
+        );
+        let routed = router.run(&parsed_rx);
+        // Closing the router's channels (it is dropped) lets workers and then the committer finish.
+        drop(parsed_rx);
+        let mut errors = Vec::new();
+        if let Err(e) = routed {
+            errors.push(e);
+        }
+        let join_err = |_| EngineError::Internal("a pipeline thread panicked".into());
+        match reader.join().map_err(join_err) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) | Err(e) => errors.push(e),
+        }
+        for h in decoder_handles {
+            if h.join().is_err() {
+                errors.push(EngineError::Internal("a decoder thread panicked".into()));
+            }
+        }
+        for h in worker_handles {
+            match h.join().map_err(join_err) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) | Err(e) => errors.push(e),
+            }
+        }
+        let last = match committer.join().map_err(join_err) {
+            Ok(Ok(cp)) => Some(cp),
+            Ok(Err(e)) | Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        match (first_error(errors), last) {
+            (Some(e), _) => Err(e),
+            (None, Some(cp)) => Ok(cp),
+            (None, None) => Err(EngineError::Internal("the committer ended without a checkpoint".into())),
+        }
+    });
+    progress.finish_and_clear();
+    let cp = result?;
+    Ok(Summary {
+        records: cp.records - start_record,
+        resumed_at: start_record,
+        applied: cp.totals[0],
+        rejected: cp.totals[1],
+        duplicates: cp.totals[2],
+        actions: cp.totals[3],
+        changes: cp.totals[4],
+        elapsed: started.elapsed(),
+    })
+}

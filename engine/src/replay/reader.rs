@@ -1,0 +1,179 @@
+//! The input side of a replay: reading the input in chunks of whole lines, and decoding chunks in parallel.
+//!
+//! It owns byte and line positions. It is not the router: it never looks at state, and it keeps no order
+//! of its own (chunks carry their number; the router puts them back in order).
+
+use caravan_schemas::input::{DecodeLimits, InputEvent, Rejection, decode};
+use crossbeam_channel::{Receiver, Sender};
+use std::io::Read;
+
+/// A run of whole lines from the input.
+pub(crate) struct Chunk {
+    /// Chunk number, from 0, in input order.
+    pub(crate) id: u64,
+    /// 0-based index of the chunk's first line in the whole input.
+    pub(crate) first_record: u64,
+    /// Byte offset of the chunk's first byte in the whole input.
+    pub(crate) start_byte: u64,
+    /// The bytes: whole lines, the last one possibly without its newline at the end of the input.
+    pub(crate) data: Vec<u8>,
+}
+
+/// One decoded line.
+pub(crate) enum Parsed {
+    /// An empty or all-whitespace line: skipped, not rejected.
+    Blank,
+    /// A valid event, with its raw bytes when routing may still reject it (a person event without
+    /// `account_id`).
+    Event(Box<InputEvent>, Option<Vec<u8>>),
+    /// A bad record, with its raw bytes.
+    Rejected(Rejection, Vec<u8>),
+}
+
+/// A decoded line with its position.
+pub(crate) struct ParsedLine {
+    /// 1-based line number.
+    pub(crate) line: u64,
+    /// Byte offset just past the line (and its newline).
+    pub(crate) end_byte: u64,
+    /// The decoded content.
+    pub(crate) parsed: Parsed,
+}
+
+/// A decoded chunk.
+pub(crate) struct ParsedChunk {
+    pub(crate) id: u64,
+    pub(crate) lines: Vec<ParsedLine>,
+}
+
+/// Reads `input` from its current position in chunks of about `chunk_bytes`, cut after a newline, and sends
+/// them until the input ends or the receiver is gone. Returns the number of bytes read.
+///
+/// # Errors
+/// An I/O error of the input.
+pub(crate) fn read_chunks(
+    mut input: impl Read,
+    chunk_bytes: usize,
+    first_record: u64,
+    start_byte: u64,
+    out: &Sender<Chunk>,
+    progress: &dyn Fn(u64),
+) -> std::io::Result<u64> {
+    let mut carry: Vec<u8> = Vec::new();
+    let mut id = 0u64;
+    let mut record = first_record;
+    let mut offset = start_byte;
+    let mut eof = false;
+    while !eof {
+        let mut buf = std::mem::take(&mut carry);
+        buf.reserve(chunk_bytes);
+        let target = buf.len() + chunk_bytes;
+        while buf.len() < target {
+            let len = buf.len();
+            buf.resize(target, 0);
+            let n = loop {
+                match input.read(&mut buf[len..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            buf.truncate(len + n);
+            if n == 0 {
+                eof = true;
+                break;
+            }
+        }
+        // Cut after the last newline; keep the tail for the next chunk (all of it at the end of input).
+        let cut = if eof { buf.len() } else { buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) };
+        if cut == 0 && !eof {
+            // A single line longer than the chunk: keep reading into the same buffer.
+            carry = buf;
+            continue;
+        }
+        carry = buf.split_off(cut);
+        if buf.is_empty() {
+            break;
+        }
+        let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(buf.last() != Some(&b'\n'));
+        let len = buf.len() as u64;
+        if out.send(Chunk { id, first_record: record, start_byte: offset, data: buf }).is_err() {
+            break;
+        }
+        id += 1;
+        record += lines;
+        offset += len;
+        progress(offset);
+    }
+    Ok(offset - start_byte)
+}
+
+/// Decodes chunks until the input channel closes.
+pub(crate) fn decode_chunks(input: &Receiver<Chunk>, out: &Sender<ParsedChunk>, limits: &DecodeLimits) {
+    for chunk in input {
+        let mut lines = Vec::with_capacity(chunk.data.len() / 150 + 1);
+        let mut pos = 0usize;
+        let mut line = chunk.first_record;
+        let data = &chunk.data;
+        while pos < data.len() {
+            let end = data[pos..].iter().position(|&b| b == b'\n').map_or(data.len(), |p| pos + p);
+            let mut raw = &data[pos..end];
+            if raw.last() == Some(&b'\r') {
+                raw = &raw[..raw.len() - 1];
+            }
+            line += 1;
+            let next = (end + 1).min(data.len());
+            let parsed = if raw.iter().all(u8::is_ascii_whitespace) {
+                Parsed::Blank
+            } else {
+                match decode(raw, limits) {
+                    Ok(e) => {
+                        let may_be_unroutable = e.body.account_id().is_none() && e.body.person_id().is_some();
+                        let raw = may_be_unroutable.then(|| raw.to_vec());
+                        Parsed::Event(Box::new(e), raw)
+                    }
+                    Err(r) => Parsed::Rejected(r, raw.to_vec()),
+                }
+            };
+            lines.push(ParsedLine { line, end_byte: chunk.start_byte + next as u64, parsed });
+            pos = end + 1;
+        }
+        if out.send(ParsedChunk { id: chunk.id, lines }).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_hold_whole_lines_and_positions_add_up() {
+        let text = b"{\"a\":1}\n\n{\"b\":2}\nlast-without-newline".to_vec();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let read = read_chunks(&text[..], 8, 0, 0, &tx, &|_| {}).expect("reads");
+        drop(tx);
+        assert_eq!(read, text.len() as u64);
+        let chunks: Vec<Chunk> = rx.iter().collect();
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.data.clone()).collect();
+        assert_eq!(joined, text);
+        for c in &chunks {
+            assert!(c.data.ends_with(b"\n") || c.data.ends_with(b"newline"));
+        }
+        let (ptx, prx) = crossbeam_channel::unbounded();
+        let (ctx, crx) = crossbeam_channel::unbounded();
+        for c in chunks {
+            ctx.send(c).expect("send");
+        }
+        drop(ctx);
+        decode_chunks(&crx, &ptx, &DecodeLimits::default());
+        drop(ptx);
+        let mut lines: Vec<ParsedLine> = prx.iter().flat_map(|p| p.lines).collect();
+        lines.sort_by_key(|l| l.line);
+        assert_eq!(lines.iter().map(|l| l.line).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert!(matches!(lines[1].parsed, Parsed::Blank));
+        assert_eq!(lines[3].end_byte, text.len() as u64);
+        assert_eq!(lines[0].end_byte, 8);
+    }
+}

@@ -1,0 +1,427 @@
+//! The router: the one sequential stage of a replay. It puts decoded records back in input order, drops
+//! duplicates, routes person events through the person index, keeps the watermark, and cuts batches.
+//!
+//! It owns the person index (tenant | person -> account) and the de-duplication window, both in memory in
+//! front of RocksDB, and the single watermark of a replay (SPEC §3.2: one stream, one watermark, whatever
+//! the number of workers). It is not a state machine: accounts are the workers' business; a person's move
+//! from one account to another is the only time the router asks a worker for something (`Detach`).
+
+use super::messages::{Batch, CommitMsg, Item, Route, RouterPart, WorkerMsg};
+use super::reader::{Parsed, ParsedChunk, ParsedLine};
+use crate::EngineError;
+use caravan_schemas::input::{EventBody, InputEvent, RejectReason};
+use caravan_schemas::output::{RejectedRecord, SourcePosition};
+use caravan_schemas::state::PersonIndexRecord;
+use caravan_state::{Delta, Store};
+use crossbeam_channel::{Receiver, Sender};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The hash of an event id within its tenant, as the de-duplication window stores it.
+pub(crate) fn event_hash(tenant: &str, event_id: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&(tenant.len() as u64).to_le_bytes());
+    h.update(tenant.as_bytes());
+    h.update(event_id.as_bytes());
+    h.digest128()
+}
+
+/// The worker that owns an account.
+pub(crate) fn worker_of(tenant: &str, account: &str, workers: usize) -> usize {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(tenant.as_bytes());
+    h.update(&[0]);
+    h.update(account.as_bytes());
+    (h.digest() % workers as u64) as usize
+}
+
+/// The keys are already uniform hashes: use their low bits as they are.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+/// The last `capacity` applied event ids, in input order. After a restart it is rebuilt from the stored
+/// epochs and trimmed to the same `capacity`, so it holds exactly what an uninterrupted run would hold.
+pub(crate) struct DedupWindow {
+    set: HashSet<u128, BuildHasherDefault<IdentityHasher>>,
+    order: VecDeque<u128>,
+    capacity: usize,
+}
+
+impl DedupWindow {
+    pub(crate) fn new(capacity: usize) -> DedupWindow {
+        DedupWindow { set: HashSet::default(), order: VecDeque::new(), capacity }
+    }
+
+    pub(crate) fn contains(&self, h: u128) -> bool {
+        self.set.contains(&h)
+    }
+
+    pub(crate) fn insert(&mut self, h: u128) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.set.insert(h) {
+            self.order.push_back(h);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+struct IndexSlot {
+    rec: Option<PersonIndexRecord>,
+    /// The batch that last changed it (0: clean since loaded). Not evicted before that batch commits.
+    dirty_batch: u64,
+}
+
+/// Settings of the router.
+pub(crate) struct RouterConfig {
+    pub(crate) workers: usize,
+    pub(crate) allowed_disorder_ns: i64,
+    pub(crate) index_capacity: usize,
+    pub(crate) source_name: String,
+}
+
+pub(crate) struct Router<'s> {
+    cfg: RouterConfig,
+    store: &'s Store,
+    /// Nothing was stored when the run began and nothing has been evicted since: a cache miss is an absence.
+    complete_cache: bool,
+    index: FxHashMap<Box<str>, IndexSlot>,
+    dirty: Vec<Box<str>>,
+    dedup: DedupWindow,
+    max_ts: Option<i64>,
+    workers: Vec<Sender<WorkerMsg>>,
+    commit: Sender<CommitMsg>,
+    committed: Arc<AtomicU64>,
+    batch: u64,
+    items: Vec<Item>,
+    part: RouterPart,
+}
+
+fn index_key(tenant: &str, person: &str) -> Box<str> {
+    let mut k = String::with_capacity(tenant.len() + person.len() + 1);
+    k.push_str(tenant);
+    k.push('\0');
+    k.push_str(person);
+    k.into_boxed_str()
+}
+
+fn empty_part(batch: u64, records_end: u64, bytes_end: u64, max_ts: Option<i64>) -> RouterPart {
+    RouterPart {
+        batch,
+        rejected: Vec::new(),
+        delta: Delta::default(),
+        dedup: Vec::new(),
+        records_end,
+        bytes_end,
+        max_ts,
+        applied: 0,
+        rejected_count: 0,
+        duplicates: 0,
+    }
+}
+
+impl<'s> Router<'s> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        cfg: RouterConfig,
+        store: &'s Store,
+        fresh: bool,
+        dedup: DedupWindow,
+        max_ts: Option<i64>,
+        start: (u64, u64),
+        workers: Vec<Sender<WorkerMsg>>,
+        commit: Sender<CommitMsg>,
+        committed: Arc<AtomicU64>,
+    ) -> Router<'s> {
+        Router {
+            cfg,
+            store,
+            complete_cache: fresh,
+            index: FxHashMap::default(),
+            dirty: Vec::new(),
+            dedup,
+            max_ts,
+            workers,
+            commit,
+            committed,
+            batch: 1,
+            items: Vec::new(),
+            part: empty_part(1, start.0, start.1, max_ts),
+        }
+    }
+
+    /// Consumes decoded chunks (in any order) until the input ends, then sends the last batch.
+    ///
+    /// # Errors
+    /// A state read failure, or a worker or the committer gone (their own error is the one to report).
+    pub(crate) fn run(mut self, input: &Receiver<ParsedChunk>) -> Result<(), EngineError> {
+        let mut pending: BTreeMap<u64, ParsedChunk> = BTreeMap::new();
+        let mut next = 0u64;
+        for chunk in input {
+            pending.insert(chunk.id, chunk);
+            while let Some(chunk) = pending.remove(&next) {
+                for line in chunk.lines {
+                    self.route_line(line)?;
+                }
+                self.flush()?;
+                next += 1;
+            }
+        }
+        if !pending.is_empty() {
+            return Err(EngineError::Internal("input chunks were lost between decoding and routing".into()));
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, reason: RejectReason, detail: String, raw: &[u8], line: u64) {
+        let rec =
+            RejectedRecord::new(reason, detail, raw, SourcePosition::File { file: self.cfg.source_name.clone(), line });
+        // A rejected record always serializes: it holds only strings and numbers.
+        if serde_json::to_writer(&mut self.part.rejected, &rec).is_ok() {
+            self.part.rejected.push(b'\n');
+        }
+        self.part.rejected_count += 1;
+    }
+
+    fn route_line(&mut self, line: ParsedLine) -> Result<(), EngineError> {
+        self.part.records_end = line.line;
+        self.part.bytes_end = line.end_byte;
+        match line.parsed {
+            Parsed::Blank => Ok(()),
+            Parsed::Rejected(r, raw) => {
+                self.reject(r.reason, r.detail, &raw, line.line);
+                Ok(())
+            }
+            Parsed::Event(event, raw) => self.route_event(event, raw, line.line),
+        }
+    }
+
+    fn lookup(&mut self, key: &str, tenant: &str, person: &str) -> Result<Option<PersonIndexRecord>, EngineError> {
+        if let Some(slot) = self.index.get(key) {
+            return Ok(slot.rec.clone());
+        }
+        let rec = if self.complete_cache { None } else { self.store.person_index(tenant, person)? };
+        self.index.insert(key.into(), IndexSlot { rec: rec.clone(), dirty_batch: 0 });
+        Ok(rec)
+    }
+
+    fn set_index(&mut self, key: Box<str>, rec: PersonIndexRecord) {
+        let batch = self.batch;
+        match self.index.get_mut(&key) {
+            Some(slot) => {
+                if slot.dirty_batch != batch {
+                    self.dirty.push(key.clone());
+                }
+                slot.rec = Some(rec);
+                slot.dirty_batch = batch;
+            }
+            None => {
+                self.dirty.push(key.clone());
+                self.index.insert(key, IndexSlot { rec: Some(rec), dirty_batch: batch });
+            }
+        }
+    }
+
+    fn route_event(&mut self, event: Box<InputEvent>, raw: Option<Vec<u8>>, line: u64) -> Result<(), EngineError> {
+        let hash = event_hash(&event.tenant, &event.event_id);
+        if self.dedup.contains(hash) {
+            self.part.duplicates += 1;
+            return Ok(());
+        }
+        let tenant = event.tenant.as_str();
+        let mut detach_from: Option<String> = None;
+        let (route_account, index_update): (Option<String>, Option<PersonIndexRecord>) = match &event.body {
+            EventBody::PersonUpserted { person_id, account_id, .. } => {
+                let key = index_key(tenant, person_id);
+                let known = self.lookup(&key, tenant, person_id)?;
+                let target = match (account_id, &known) {
+                    (Some(a), _) => Some(a.clone()),
+                    (None, Some(k)) if k.present => Some(k.account_id.clone()),
+                    _ => None,
+                };
+                if let (Some(t), Some(k)) = (&target, &known) {
+                    if k.account_id != *t {
+                        detach_from = Some(k.account_id.clone());
+                    }
+                }
+                let update = target.as_ref().map(|t| PersonIndexRecord { account_id: t.clone(), present: true });
+                (target, update)
+            }
+            EventBody::PersonDeleted { person_id } => {
+                let key = index_key(tenant, person_id);
+                match self.lookup(&key, tenant, person_id)? {
+                    Some(k) if k.present => {
+                        let update = PersonIndexRecord { account_id: k.account_id.clone(), present: false };
+                        (Some(k.account_id), Some(update))
+                    }
+                    // Deleting an unknown (or already deleted) person is a no-op, but an applied one.
+                    _ => (None, None),
+                }
+            }
+            EventBody::PersonActivity { person_id, account_id, .. } => match account_id {
+                Some(a) => (Some(a.clone()), None),
+                None => {
+                    let key = index_key(tenant, person_id);
+                    match self.lookup(&key, tenant, person_id)? {
+                        Some(k) if k.present => (Some(k.account_id), None),
+                        _ => (None, None),
+                    }
+                }
+            },
+            EventBody::OpportunityDeleted { .. } => (None, None),
+            other => (other.account_id().map(str::to_owned), None),
+        };
+        let needs_account = matches!(&event.body, EventBody::PersonUpserted { .. } | EventBody::PersonActivity { .. });
+        if route_account.is_none() && needs_account {
+            let person = event.body.person_id().unwrap_or_default();
+            let raw = raw.unwrap_or_default();
+            self.reject(
+                RejectReason::UnknownPersonAccount,
+                format!("person `{person}` has no known account and the event names none"),
+                &raw,
+                line,
+            );
+            return Ok(());
+        }
+        let mut attach = None;
+        if let (Some(from), Some(person)) = (detach_from, event.body.person_id()) {
+            // The move's detach must run after every earlier record of the old account: cut the batch here.
+            self.flush()?;
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let w = worker_of(tenant, &from, self.cfg.workers);
+            self.workers[w]
+                .send(WorkerMsg::Detach {
+                    tenant: tenant.to_owned(),
+                    account_id: from.clone(),
+                    person_id: person.to_owned(),
+                    reply: tx,
+                })
+                .map_err(|_| EngineError::Stopped)?;
+            match rx.recv().map_err(|_| EngineError::Stopped)? {
+                Ok(Some(rec)) => attach = Some((rec, from)),
+                Ok(None) => tracing::warn!(
+                    person,
+                    account = from.as_str(),
+                    "Person index named an account that does not hold the person."
+                ),
+                Err(e) => return Err(EngineError::Internal(e)),
+            }
+        }
+        if let (Some(update), Some(person)) = (index_update, event.body.person_id()) {
+            let key = index_key(tenant, person);
+            self.set_index(key, update);
+        }
+        self.dedup.insert(hash);
+        self.part.dedup.push(hash);
+        self.part.applied += 1;
+        let ts = event.ts.0;
+        let max_ts = self.max_ts.map_or(ts, |m| m.max(ts));
+        self.max_ts = Some(max_ts);
+        self.part.max_ts = self.max_ts;
+        let (route, account_id): (Route, Arc<str>) = match route_account {
+            Some(a) => (Route::Worker(worker_of(tenant, &a, self.cfg.workers)), a.into()),
+            None => (Route::Nowhere, "".into()),
+        };
+        self.items.push(Item {
+            seq: line,
+            watermark: max_ts.saturating_sub(self.cfg.allowed_disorder_ns),
+            route,
+            account_id,
+            event,
+            attach,
+        });
+        Ok(())
+    }
+
+    /// Sends the current batch to every worker and the router's part to the committer.
+    fn flush(&mut self) -> Result<(), EngineError> {
+        let batch = self.batch;
+        let mut delta = Delta::default();
+        for key in self.dirty.drain(..) {
+            if let Some(IndexSlot { rec: Some(rec), .. }) = self.index.get(&key) {
+                let (tenant, person) = key.split_once('\0').unwrap_or(("", &key));
+                delta.put_person_index(tenant, person, rec);
+            }
+        }
+        let next_part = empty_part(batch + 1, self.part.records_end, self.part.bytes_end, self.max_ts);
+        let mut part = std::mem::replace(&mut self.part, next_part);
+        part.delta = delta;
+        let shared = Arc::new(Batch { id: batch, items: std::mem::take(&mut self.items) });
+        for w in &self.workers {
+            w.send(WorkerMsg::Batch(Arc::clone(&shared))).map_err(|_| EngineError::Stopped)?;
+        }
+        self.commit.send(CommitMsg::Router(part)).map_err(|_| EngineError::Stopped)?;
+        self.batch += 1;
+        self.evict();
+        Ok(())
+    }
+
+    /// Keeps the index within its capacity: drops clean entries (or entries whose batch has committed).
+    fn evict(&mut self) {
+        if self.index.len() <= self.cfg.index_capacity {
+            return;
+        }
+        let committed = self.committed.load(Ordering::Acquire);
+        let target = self.cfg.index_capacity / 4 * 3;
+        let mut excess = self.index.len() - target;
+        self.index.retain(|_, slot| {
+            if excess > 0 && slot.dirty_batch <= committed {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.complete_cache = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_window_keeps_the_last_n() {
+        let mut w = DedupWindow::new(3);
+        for h in 1..=5u128 {
+            w.insert(h);
+        }
+        assert!(!w.contains(1) && !w.contains(2));
+        assert!(w.contains(3) && w.contains(4) && w.contains(5));
+        let mut off = DedupWindow::new(0);
+        off.insert(1);
+        assert!(!off.contains(1));
+    }
+
+    #[test]
+    fn hashes_separate_tenants_and_routing_is_stable() {
+        assert_ne!(event_hash("t1", "e"), event_hash("t2", "e"));
+        assert_ne!(event_hash("t", "1e"), event_hash("t1", "e"));
+        for n in 1..5 {
+            assert!(worker_of("t", "a", n) < n);
+            assert_eq!(worker_of("t", "a", n), worker_of("t", "a", n));
+        }
+    }
+}

@@ -1,0 +1,692 @@
+//! The account state machine: one input event or one timer applied to one account's state.
+//!
+//! It owns the semantics of SPEC §3.2 and §7 for what this version supports: entities and their change
+//! events (net per cause, versioned without gaps), audience membership and journey entry, the execution of
+//! nodes, timers armed and cancelled, people moving with their account. Every function here is pure and
+//! deterministic: the same state, input and [`Cause`] give the same state and outputs. It is not storage and
+//! not scheduling: the engine loads [`AccountState`], keeps the timer queue, and commits what is marked dirty.
+//!
+//! ```
+//! use caravan_operators::account::{AccountState, Cause, Definitions, Effects, apply_event};
+//! use caravan_schemas::input::{decode, DecodeLimits};
+//! let defs = Definitions::default();
+//! let mut acct = AccountState::new("t", "a");
+//! let ev = decode(br#"{"tenant":"t","type":"account.upserted","event_id":"e1","ts":"2026-01-01T00:00:00Z","account_id":"a","attributes":{"n":1}}"#,
+//!                 &DecodeLimits::default()).unwrap();
+//! let mut out = Effects::default();
+//! apply_event(&defs, &mut acct, &ev, None, &Cause::record(1, ev.ts, &ev.event_id), &mut out);
+//! assert_eq!(out.changes.len(), 1);
+//! assert_eq!(out.changes[0].version, 1);
+//! ```
+
+use crate::ids;
+use crate::journey::{ActionKind, Journey, Node, NodeIx, WaitSpec};
+use caravan_schemas::attrs::Attrs;
+use caravan_schemas::definition::Reentry;
+use caravan_schemas::input::{AudienceStatus, EventBody, InputEvent};
+use caravan_schemas::json::opt_json_eq;
+use caravan_schemas::output::{ActionRecord, ChangeEvent, ChangeOp, Entity, Origin};
+use caravan_schemas::state::{AccountRecord, InstanceRecord, PersonRecord, TimerRecord};
+use caravan_schemas::time::{Timestamp, TimestampText};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The published journeys, by tenant and id, every version kept (in-flight accounts finish on theirs).
+#[derive(Clone, Debug, Default)]
+pub struct Definitions {
+    journeys: BTreeMap<(String, String), BTreeMap<u32, Arc<Journey>>>,
+}
+
+impl Definitions {
+    /// Adds a journey version.
+    ///
+    /// # Errors
+    /// When a version equal to or lower than the newest is published with a different document.
+    pub fn publish(&mut self, journey: Journey) -> Result<(), String> {
+        let versions = self.journeys.entry((journey.tenant.clone(), journey.id.clone())).or_default();
+        if let Some((&newest, existing)) = versions.iter().next_back() {
+            if journey.version <= newest {
+                let same = versions.get(&journey.version).is_some_and(|j| j.document == journey.document);
+                if same {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "journey `{}` version {} is refused: version {} is already published{}",
+                    journey.id,
+                    journey.version,
+                    existing.version,
+                    if journey.version == newest { " with another document" } else { "" }
+                ));
+            }
+        }
+        versions.insert(journey.version, Arc::new(journey));
+        Ok(())
+    }
+
+    /// The newest version of every journey of a tenant, in journey id order.
+    pub fn newest_for_tenant<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a Arc<Journey>> + 'a {
+        self.journeys
+            .range((tenant.to_owned(), String::new())..)
+            .take_while(move |((t, _), _)| t == tenant)
+            .filter_map(|(_, versions)| versions.values().next_back())
+    }
+
+    /// One journey version.
+    pub fn get(&self, tenant: &str, id: &str, version: u32) -> Option<&Arc<Journey>> {
+        self.journeys.get(&(tenant.to_owned(), id.to_owned()))?.get(&version)
+    }
+
+    /// All journeys, every version.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Journey>> {
+        self.journeys.values().flat_map(BTreeMap::values)
+    }
+}
+
+/// One person of an account, with a flag telling the engine it must be written back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PersonSlot {
+    /// The stored record.
+    pub record: PersonRecord,
+    /// Changed since the engine last took the dirty set.
+    pub dirty: bool,
+}
+
+/// Everything the state machine reads and writes for one account.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountState {
+    /// The tenant.
+    pub tenant: String,
+    /// The account id.
+    pub account_id: String,
+    /// The account record.
+    pub record: AccountRecord,
+    /// The account record changed since the engine last took the dirty set.
+    pub record_dirty: bool,
+    /// The account's people (and tombstones of deleted ones), in the order they joined.
+    pub persons: Vec<PersonSlot>,
+}
+
+impl AccountState {
+    /// A new, empty account: it exists only after its first upsert.
+    pub fn new(tenant: &str, account_id: &str) -> AccountState {
+        AccountState {
+            tenant: tenant.to_owned(),
+            account_id: account_id.to_owned(),
+            record: AccountRecord::default(),
+            record_dirty: false,
+            persons: Vec::new(),
+        }
+    }
+
+    /// Rebuilds an account from stored records (persons in any order; they are put in join order).
+    pub fn from_records(tenant: &str, account_id: &str, record: AccountRecord, mut persons: Vec<PersonRecord>) -> Self {
+        persons.sort_by_key(|p| p.joined);
+        AccountState {
+            tenant: tenant.to_owned(),
+            account_id: account_id.to_owned(),
+            record,
+            record_dirty: false,
+            persons: persons.into_iter().map(|record| PersonSlot { record, dirty: false }).collect(),
+        }
+    }
+
+    fn person_ix(&self, person_id: &str) -> Option<usize> {
+        self.persons.iter().position(|p| p.record.person_id == person_id)
+    }
+
+    /// Removes a person from this account (it moves to another one) and hands back its record.
+    /// The engine writes the removal (a delete of the person's key here) with the same commit.
+    pub fn detach_person(&mut self, person_id: &str) -> Option<PersonRecord> {
+        let ix = self.person_ix(person_id)?;
+        Some(self.persons.remove(ix).record)
+    }
+
+    /// Whether the account has no record, no people and nothing to keep.
+    pub fn is_empty(&self) -> bool {
+        !self.record.exists && self.record.version == 0 && self.persons.is_empty() && self.record.entries.is_empty()
+    }
+}
+
+/// What caused a step: an input record, or a timer firing after one.
+#[derive(Clone, Debug)]
+pub struct Cause<'a> {
+    /// Event time of the cause (a timer's due time for a timer).
+    pub ts: Timestamp,
+    /// The input record (for timers: the one after which it fired).
+    pub event_id: &'a str,
+    /// Arming-order prefix for timers armed by this cause (see [`crate::timers`]).
+    pub arm_prefix: Vec<u64>,
+}
+
+impl<'a> Cause<'a> {
+    /// The cause for input record number `seq`.
+    pub fn record(seq: u64, ts: Timestamp, event_id: &'a str) -> Cause<'a> {
+        Cause { ts, event_id, arm_prefix: crate::timers::record_prefix(seq) }
+    }
+
+    /// The cause for a timer firing in the pass after input record `seq`.
+    pub fn timer(seq: u64, timer: &TimerRecord, event_id: &'a str) -> Cause<'a> {
+        Cause { ts: Timestamp(timer.due), event_id, arm_prefix: crate::timers::timer_prefix(seq, timer) }
+    }
+}
+
+/// A timer armed or cancelled by a step, for the engine's timer queue and index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimerHandle {
+    /// The journey.
+    pub journey_id: String,
+    /// The instance number.
+    pub instance: u32,
+    /// Due time and arming order.
+    pub timer: TimerRecord,
+}
+
+/// The outputs of one step, in execution order.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Action records.
+    pub actions: Vec<ActionRecord>,
+    /// Change events.
+    pub changes: Vec<ChangeEvent>,
+    /// Timers armed.
+    pub armed: Vec<TimerHandle>,
+    /// Timers cancelled before they fired.
+    pub cancelled: Vec<TimerHandle>,
+    arm_count: u64,
+}
+
+impl Effects {
+    /// Empties the outputs, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.actions.clear();
+        self.changes.clear();
+        self.armed.clear();
+        self.cancelled.clear();
+        self.arm_count = 0;
+    }
+}
+
+/// The state of one entity at the first time a cause touched it.
+struct Touch {
+    entity: Entity,
+    id: String,
+    existed: bool,
+    attributes: Attrs,
+    account_id: String,
+    origin: Origin,
+    by: Option<(String, String)>,
+}
+
+/// Net change tracking for one cause: at most one change event per entity (SPEC §7).
+#[derive(Default)]
+struct Tracker {
+    touched: Vec<Touch>,
+}
+
+impl Tracker {
+    fn touch(
+        &mut self,
+        entity: Entity,
+        id: &str,
+        existed: bool,
+        attrs: &Attrs,
+        account_id: &str,
+        origin: Origin,
+        by: Option<(&str, &str)>,
+    ) {
+        if let Some(t) = self.touched.iter_mut().find(|t| t.entity == entity && t.id == id) {
+            if origin == Origin::Input {
+                t.origin = Origin::Input;
+                t.by = None;
+            }
+            return;
+        }
+        self.touched.push(Touch {
+            entity,
+            id: id.to_owned(),
+            existed,
+            attributes: attrs.clone(),
+            account_id: account_id.to_owned(),
+            origin,
+            by: by.map(|(j, n)| (j.to_owned(), n.to_owned())),
+        });
+    }
+
+    fn touch_account(&mut self, acct: &AccountState, origin: Origin, by: Option<(&str, &str)>) {
+        let (id, existed) = (acct.account_id.clone(), acct.record.exists);
+        self.touch(Entity::Account, &id, existed, &acct.record.attributes, &acct.account_id, origin, by);
+    }
+
+    /// Emits the net change events of the cause, in the order the entities were first touched.
+    fn finish(self, acct: &mut AccountState, cause: &Cause<'_>, out: &mut Effects) {
+        for t in self.touched {
+            let (exists, attrs, version) = match t.entity {
+                Entity::Account => (acct.record.exists, &acct.record.attributes, &mut acct.record.version),
+                _ => {
+                    let Some(ix) = acct.person_ix(&t.id) else { continue };
+                    let p = &mut acct.persons[ix];
+                    (p.record.present, &p.record.attributes, &mut p.record.version)
+                }
+            };
+            let moved = t.entity == Entity::Person && t.existed && exists && t.account_id != acct.account_id;
+            let (op, before, after) = match (t.existed, exists) {
+                (false, false) => continue,
+                (false, true) => (ChangeOp::Create, Map::new(), attrs.to_map()),
+                (true, false) => (ChangeOp::Delete, t.attributes.to_map(), Map::new()),
+                (true, true) => {
+                    let mut before = Map::new();
+                    let mut after = Map::new();
+                    for (k, _) in t.attributes.iter().chain(attrs.iter()) {
+                        let (old, new) = (t.attributes.get(k), attrs.get(k));
+                        if !before.contains_key(k) && !opt_json_eq(old, new) {
+                            before.insert(k.to_owned(), old.cloned().unwrap_or(Value::Null));
+                            after.insert(k.to_owned(), new.cloned().unwrap_or(Value::Null));
+                        }
+                    }
+                    if moved {
+                        before.insert("account_id".into(), Value::String(t.account_id.clone()));
+                        after.insert("account_id".into(), Value::String(acct.account_id.clone()));
+                    }
+                    if before.is_empty() {
+                        continue;
+                    }
+                    (ChangeOp::Update, before, after)
+                }
+            };
+            *version += 1;
+            let version = *version;
+            let entity_name = match t.entity {
+                Entity::Account => "account",
+                Entity::Person => "person",
+                Entity::Opportunity => "opportunity",
+            };
+            if t.entity == Entity::Account {
+                acct.record_dirty = true;
+            } else if let Some(ix) = acct.person_ix(&t.id) {
+                acct.persons[ix].dirty = true;
+            }
+            let (journey_id, node_id) = match t.by {
+                Some((j, n)) => (Some(j), Some(n)),
+                None => (None, None),
+            };
+            out.changes.push(ChangeEvent {
+                change_id: ids::change_id(&acct.tenant, entity_name, &t.id, version),
+                tenant: acct.tenant.clone(),
+                entity: t.entity,
+                entity_id: t.id,
+                account_id: acct.account_id.clone(),
+                op,
+                before,
+                after,
+                version,
+                ts: TimestampText(cause.ts),
+                origin: t.origin,
+                cause_event_id: cause.event_id.to_owned(),
+                journey_id,
+                node_id,
+            });
+        }
+    }
+}
+
+/// Applies one input event routed to this account.
+///
+/// `attach` carries the record of a person who moves here from another account (or is re-created after a
+/// delete there), detached from it by the engine before this call.
+pub fn apply_event(
+    defs: &Definitions,
+    acct: &mut AccountState,
+    ev: &InputEvent,
+    attach: Option<(PersonRecord, String)>,
+    cause: &Cause<'_>,
+    out: &mut Effects,
+) {
+    let mut tracker = Tracker::default();
+    match &ev.body {
+        EventBody::AccountUpserted { attributes, .. } => {
+            tracker.touch_account(acct, Origin::Input, None);
+            acct.record.exists = true;
+            acct.record.attributes.merge(attributes);
+            acct.record_dirty = true;
+        }
+        EventBody::AccountDeleted { .. } => {
+            if acct.record.exists {
+                tracker.touch_account(acct, Origin::Input, None);
+                acct.record.exists = false;
+                acct.record.attributes.clear();
+                acct.record.audiences.clear();
+                for inst in std::mem::take(&mut acct.record.instances) {
+                    if let Some(timer) = inst.timer {
+                        out.cancelled.push(TimerHandle { journey_id: inst.journey_id, instance: inst.instance, timer });
+                    }
+                }
+                acct.record_dirty = true;
+            }
+        }
+        EventBody::PersonUpserted { person_id, attributes, .. } => {
+            let seq = crate::timers::seq_of(&cause.arm_prefix);
+            let (ix, joins) = match (acct.person_ix(person_id), attach) {
+                (Some(ix), _) => (ix, !acct.persons[ix].record.present),
+                (None, Some((record, from))) => {
+                    let (present, attrs) = (record.present, record.attributes.clone());
+                    acct.persons.push(PersonSlot { record, dirty: true });
+                    tracker.touch(Entity::Person, person_id, present, &attrs, &from, Origin::Input, None);
+                    (acct.persons.len() - 1, true)
+                }
+                (None, None) => {
+                    let record = PersonRecord { person_id: person_id.clone(), ..PersonRecord::default() };
+                    acct.persons.push(PersonSlot { record, dirty: true });
+                    (acct.persons.len() - 1, true)
+                }
+            };
+            let p = &acct.persons[ix].record;
+            tracker.touch(Entity::Person, person_id, p.present, &p.attributes, &acct.account_id, Origin::Input, None);
+            let slot = &mut acct.persons[ix];
+            if joins {
+                slot.record.joined = seq;
+            }
+            slot.record.present = true;
+            slot.record.attributes.merge(attributes);
+            slot.dirty = true;
+            // Keep join order: a person who (re)joins goes last.
+            let slot = acct.persons.remove(ix);
+            let at = acct.persons.partition_point(|p| p.record.joined <= slot.record.joined);
+            acct.persons.insert(at, slot);
+        }
+        EventBody::PersonDeleted { person_id } => {
+            if let Some(ix) = acct.person_ix(person_id).filter(|&ix| acct.persons[ix].record.present) {
+                let p = &acct.persons[ix].record;
+                tracker.touch(Entity::Person, person_id, true, &p.attributes, &acct.account_id, Origin::Input, None);
+                let slot = &mut acct.persons[ix];
+                slot.record.present = false;
+                slot.record.attributes.clear();
+                slot.dirty = true;
+            }
+        }
+        EventBody::AccountAudience { audience_id, status, .. } => match status {
+            AudienceStatus::Entered => {
+                if let Err(at) = acct.record.audiences.binary_search(audience_id) {
+                    acct.record.audiences.insert(at, audience_id.clone());
+                    acct.record_dirty = true;
+                    enter_journeys(defs, acct, audience_id, cause, &mut tracker, out);
+                }
+            }
+            AudienceStatus::Exited => {
+                if let Ok(at) = acct.record.audiences.binary_search(audience_id) {
+                    acct.record.audiences.remove(at);
+                    acct.record_dirty = true;
+                    let ending: Vec<usize> = (0..acct.record.instances.len())
+                        .filter(|&i| {
+                            let inst = &acct.record.instances[i];
+                            defs.get(&acct.tenant, &inst.journey_id, inst.journey_version)
+                                .is_some_and(|j| j.exit_on_audience_exit && j.audience == *audience_id)
+                        })
+                        .collect();
+                    for i in ending.into_iter().rev() {
+                        end_instance(acct, i, out);
+                    }
+                }
+            }
+        },
+        EventBody::PersonActivity { person_id, activity, properties, .. } => {
+            on_activity(defs, acct, ev.ts, person_id, activity, properties, cause, &mut tracker, out);
+        }
+        // Opportunities are accepted and de-duplicated; keeping them in state is issue #3's work.
+        EventBody::OpportunityUpserted { .. } | EventBody::OpportunityDeleted { .. } => {}
+    }
+    tracker.finish(acct, cause, out);
+}
+
+fn end_instance(acct: &mut AccountState, i: usize, out: &mut Effects) {
+    let inst = acct.record.instances.remove(i);
+    if let Some(timer) = inst.timer {
+        out.cancelled.push(TimerHandle { journey_id: inst.journey_id, instance: inst.instance, timer });
+    }
+    acct.record_dirty = true;
+}
+
+fn enter_journeys(
+    defs: &Definitions,
+    acct: &mut AccountState,
+    audience: &str,
+    cause: &Cause<'_>,
+    tracker: &mut Tracker,
+    out: &mut Effects,
+) {
+    let tenant = acct.tenant.clone();
+    for journey in defs.newest_for_tenant(&tenant) {
+        if journey.audience != audience || acct.record.instances.iter().any(|i| i.journey_id == journey.id) {
+            continue;
+        }
+        let entries = acct.record.entries.iter().find(|(j, _)| *j == journey.id).map_or(0, |(_, n)| *n);
+        if entries > 0 && journey.reentry == Reentry::Never {
+            continue;
+        }
+        let instance = entries + 1;
+        match acct.record.entries.iter_mut().find(|(j, _)| *j == journey.id) {
+            Some(e) => e.1 = instance,
+            None => {
+                acct.record.entries.push((journey.id.clone(), instance));
+                acct.record.entries.sort();
+            }
+        }
+        let rec = InstanceRecord {
+            journey_id: journey.id.clone(),
+            journey_version: journey.version,
+            instance,
+            node: journey.node_name(journey.start).to_owned(),
+            timer: None,
+        };
+        let at = acct.record.instances.partition_point(|i| i.journey_id < journey.id);
+        acct.record.instances.insert(at, rec);
+        acct.record_dirty = true;
+        run(journey, acct, at, journey.start, cause, tracker, out);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_activity(
+    defs: &Definitions,
+    acct: &mut AccountState,
+    ts: Timestamp,
+    person_id: &str,
+    activity: &str,
+    properties: &Map<String, Value>,
+    cause: &Cause<'_>,
+    tracker: &mut Tracker,
+    out: &mut Effects,
+) {
+    let mut i = 0;
+    let mut event_value: Option<Value> = None;
+    while i < acct.record.instances.len() {
+        let inst = &acct.record.instances[i];
+        let Some(journey) = defs.get(&acct.tenant, &inst.journey_id, inst.journey_version).cloned() else {
+            i += 1;
+            continue;
+        };
+        let Some(ix) = journey.node_index(&inst.node) else {
+            i += 1;
+            continue;
+        };
+        let Node::Listen { activity: want, condition, next, .. } = &journey.nodes[ix] else {
+            i += 1;
+            continue;
+        };
+        // An event counts when its ts is strictly before the timeout's due time.
+        let in_time = inst.timer.as_ref().is_none_or(|t| ts.0 < t.due);
+        if want != activity || !in_time {
+            i += 1;
+            continue;
+        }
+        if let Some(cond) = condition {
+            let ev = event_value.get_or_insert_with(|| {
+                serde_json::json!({"activity": activity, "person_id": person_id, "properties": properties, "ts": ts.to_rfc3339()})
+            });
+            let account = account_value(acct);
+            if !cond.eval(&[("event", ev), ("account", &account)]) {
+                i += 1;
+                continue;
+            }
+        }
+        let next = *next;
+        let inst = &mut acct.record.instances[i];
+        if let Some(timer) = inst.timer.take() {
+            out.cancelled.push(TimerHandle { journey_id: inst.journey_id.clone(), instance: inst.instance, timer });
+        }
+        acct.record_dirty = true;
+        let before = acct.record.instances.len();
+        match next {
+            Some(n) => run(&journey, acct, i, n, cause, tracker, out),
+            None => end_instance(acct, i, out),
+        }
+        if acct.record.instances.len() == before {
+            i += 1;
+        }
+    }
+}
+
+/// The `account` variable of conditions: attributes plus `id` and `audiences`.
+fn account_value(acct: &AccountState) -> Value {
+    let mut m = acct.record.attributes.to_map();
+    m.insert("id".into(), Value::String(acct.account_id.clone()));
+    m.insert("audiences".into(), Value::Array(acct.record.audiences.iter().cloned().map(Value::String).collect()));
+    Value::Object(m)
+}
+
+/// Fires a due timer; returns whether it was still pending. A timer that no longer matches its instance
+/// (cancelled, or the instance moved on) does nothing and returns false.
+pub fn fire_timer(
+    defs: &Definitions,
+    acct: &mut AccountState,
+    handle: &TimerHandle,
+    cause: &Cause<'_>,
+    out: &mut Effects,
+) -> bool {
+    let Some(i) = acct.record.instances.iter().position(|inst| {
+        inst.journey_id == handle.journey_id
+            && inst.instance == handle.instance
+            && inst.timer.as_ref() == Some(&handle.timer)
+    }) else {
+        return false;
+    };
+    let inst = &mut acct.record.instances[i];
+    inst.timer = None;
+    acct.record_dirty = true;
+    let Some(journey) = defs.get(&acct.tenant, &inst.journey_id, inst.journey_version).cloned() else {
+        return true;
+    };
+    let Some(ix) = journey.node_index(&inst.node) else { return true };
+    let mut tracker = Tracker::default();
+    let next = match &journey.nodes[ix] {
+        Node::Listen { on_timeout, .. } => *on_timeout,
+        Node::Wait { next, .. } => *next,
+        _ => None,
+    };
+    match next {
+        Some(n) => run(&journey, acct, i, n, cause, &mut tracker, out),
+        None => end_instance(acct, i, out),
+    }
+    tracker.finish(acct, cause, out);
+    true
+}
+
+/// Runs instance `i` from node `from` until it waits or exits.
+fn run(
+    journey: &Journey,
+    acct: &mut AccountState,
+    i: usize,
+    from: NodeIx,
+    cause: &Cause<'_>,
+    tracker: &mut Tracker,
+    out: &mut Effects,
+) {
+    let mut at = Some(from);
+    while let Some(n) = at {
+        acct.record.instances[i].node = journey.node_name(n).to_owned();
+        acct.record_dirty = true;
+        at = match &journey.nodes[n] {
+            Node::Action { kind, params, next } => {
+                execute(journey, acct, i, n, kind, params, cause, tracker, out);
+                *next
+            }
+            Node::SplitAccounts { paths, otherwise } => {
+                let account = account_value(acct);
+                paths.iter().find(|(c, _)| c.eval(&[("account", &account)])).map(|(_, t)| *t).or(*otherwise)
+            }
+            Node::Listen { timeout, .. } => {
+                if let Some(d) = timeout {
+                    arm(acct, i, cause.ts.plus(*d), cause, out);
+                }
+                return;
+            }
+            Node::Wait { spec, .. } => {
+                let due = match spec {
+                    WaitSpec::For(d) => cause.ts.plus(*d),
+                    WaitSpec::Until(t) => *t,
+                };
+                arm(acct, i, due, cause, out);
+                return;
+            }
+            Node::Exit => None,
+        };
+    }
+    end_instance(acct, i, out);
+}
+
+fn arm(acct: &mut AccountState, i: usize, due: Timestamp, cause: &Cause<'_>, out: &mut Effects) {
+    let mut arm = cause.arm_prefix.clone();
+    arm.push(out.arm_count);
+    out.arm_count += 1;
+    let timer = TimerRecord { due: due.0, arm };
+    let inst = &mut acct.record.instances[i];
+    inst.timer = Some(timer.clone());
+    out.armed.push(TimerHandle { journey_id: inst.journey_id.clone(), instance: inst.instance, timer });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute(
+    journey: &Journey,
+    acct: &mut AccountState,
+    i: usize,
+    n: NodeIx,
+    kind: &ActionKind,
+    params: &Value,
+    cause: &Cause<'_>,
+    tracker: &mut Tracker,
+    out: &mut Effects,
+) {
+    let instance = acct.record.instances[i].instance;
+    let node = journey.node_name(n);
+    let record = |person: Option<&str>| ActionRecord {
+        tenant: acct.tenant.clone(),
+        action_id: ids::action_id(&acct.tenant, &journey.id, journey.version, &acct.account_id, node, person, instance),
+        kind: kind.type_name().to_owned(),
+        params: params.clone(),
+        journey_id: journey.id.clone(),
+        journey_version: journey.version,
+        node_id: node.to_owned(),
+        account_id: acct.account_id.clone(),
+        person_id: person.map(str::to_owned),
+        ts: TimestampText(cause.ts),
+        cause_event_id: cause.event_id.to_owned(),
+    };
+    match kind {
+        ActionKind::SendEmail => {
+            for p in acct.persons.iter().filter(|p| p.record.present) {
+                out.actions.push(record(Some(&p.record.person_id)));
+            }
+        }
+        ActionKind::SendAlert => out.actions.push(record(None)),
+        ActionKind::SetAccountAttribute { field, value } => {
+            out.actions.push(record(None));
+            tracker.touch_account(acct, Origin::Action, Some((&journey.id, node)));
+            if value.is_null() {
+                acct.record.attributes.remove(field);
+            } else {
+                acct.record.attributes.insert(field, value.clone());
+            }
+            acct.record_dirty = true;
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! Journey validation and compilation: from a document to an immutable, executable [`Journey`].
+//!
+//! It owns every publish-time rule of SPEC §3.1 and §7 that this version supports: one kind per node, known
+//! `next` targets, a reachable, acyclic graph from `start`, known action types with their parameters, durations,
+//! and conditions that compile. Validation is all or nothing and reports every problem with its node id and
+//! path. It is not the runtime: executing a journey is `account`'s work.
+//!
+//! ```
+//! use caravan_operators::journey::compile_journey;
+//! let doc = caravan_schemas::definition::read_document(r#"
+//! kind: journey
+//! tenant: acme
+//! id: hello
+//! version: 1
+//! audience: target
+//! start: mail
+//! nodes:
+//!   mail: {action: {send_email: {asset: welcome}}}
+//! "#).unwrap();
+//! let journey = compile_journey(&doc).unwrap();
+//! assert_eq!(journey.node_name(journey.start), "mail");
+//! ```
+
+use crate::condition::{Condition, Scope};
+use caravan_schemas::definition::{JourneyDoc, NodeDoc, Reentry, WaitDoc};
+use caravan_schemas::input::is_activity_kind;
+use caravan_schemas::time::{Timestamp, parse_duration};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Index of a node in [`Journey::nodes`].
+pub type NodeIx = usize;
+
+/// One validation problem: where it is and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The node, when the problem is inside one.
+    pub node: Option<String>,
+    /// The path inside the document, e.g. `nodes.size.split_accounts[0].when`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.node {
+            Some(n) => write!(f, "node `{n}` at {}: {}", self.path, self.message),
+            None => write!(f, "at {}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// An action kind with its checked parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActionKind {
+    /// Email an asset to every person of the account.
+    SendEmail,
+    /// Set one account attribute.
+    SetAccountAttribute {
+        /// The attribute.
+        field: String,
+        /// Its new value (`null` removes it).
+        value: Value,
+    },
+    /// Alert someone about the account.
+    SendAlert,
+}
+
+impl ActionKind {
+    /// The action type as written in action records.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ActionKind::SendEmail => "send_email",
+            ActionKind::SetAccountAttribute { .. } => "set_account_attribute",
+            ActionKind::SendAlert => "send_alert",
+        }
+    }
+}
+
+/// When a `wait` ends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WaitSpec {
+    /// A duration after the cause that brought the account to the node.
+    For(i64),
+    /// An instant.
+    Until(Timestamp),
+}
+
+/// One executable node.
+#[derive(Clone, Debug)]
+pub enum Node {
+    /// Run an action, then go on.
+    Action {
+        /// What to do.
+        kind: ActionKind,
+        /// The parameters as written (without `to`), for the action record.
+        params: Value,
+        /// Next node; `None` exits.
+        next: Option<NodeIx>,
+    },
+    /// The account takes the first path whose condition holds.
+    SplitAccounts {
+        /// Ordered paths.
+        paths: Vec<(Condition, NodeIx)>,
+        /// Where the rest go; `None` exits.
+        otherwise: Option<NodeIx>,
+    },
+    /// Wait for an activity of any person of the account.
+    Listen {
+        /// The activity kind.
+        activity: String,
+        /// Optional condition over `event`.
+        condition: Option<Condition>,
+        /// How long to wait; `None` waits forever.
+        timeout: Option<i64>,
+        /// On the event.
+        next: Option<NodeIx>,
+        /// On timeout.
+        on_timeout: Option<NodeIx>,
+    },
+    /// Wait, then go on.
+    Wait {
+        /// How long.
+        spec: WaitSpec,
+        /// Next node.
+        next: Option<NodeIx>,
+    },
+    /// Leave the journey.
+    Exit,
+}
+
+/// A validated, compiled journey version: immutable once built.
+#[derive(Clone, Debug)]
+pub struct Journey {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The journey id.
+    pub id: String,
+    /// The version.
+    pub version: u32,
+    /// Entry audience.
+    pub audience: String,
+    /// Re-entry rule.
+    pub reentry: Reentry,
+    /// End instances on audience exit.
+    pub exit_on_audience_exit: bool,
+    /// The first node.
+    pub start: NodeIx,
+    /// Nodes, by index.
+    pub nodes: Vec<Node>,
+    names: Vec<String>,
+    /// The document as published, to tell identical re-publications apart.
+    pub document: Value,
+}
+
+impl Journey {
+    /// The id of a node.
+    pub fn node_name(&self, ix: NodeIx) -> &str {
+        &self.names[ix]
+    }
+
+    /// The index of a node id.
+    pub fn node_index(&self, name: &str) -> Option<NodeIx> {
+        self.names.iter().position(|n| n == name)
+    }
+}
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn add(&mut self, node: Option<&str>, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { node: node.map(str::to_owned), path: path.into(), message: message.into() });
+    }
+}
+
+fn valid_journey_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// Validates and compiles a journey document.
+///
+/// # Errors
+/// Every problem found, each with its node id and path.
+pub fn compile_journey(doc: &Value) -> Result<Journey, Vec<Problem>> {
+    let mut ck = Checker { problems: Vec::new() };
+    let jd: JourneyDoc = match serde_json::from_value(doc.clone()) {
+        Ok(j) => j,
+        Err(e) => {
+            ck.add(None, "$", format!("not a journey document: {e}"));
+            return Err(ck.problems);
+        }
+    };
+    if jd.kind != "journey" {
+        ck.add(None, "kind", format!("expected `journey`, found `{}`", jd.kind));
+    }
+    if !valid_journey_id(&jd.id) {
+        ck.add(None, "id", format!("`{}` does not match [a-z0-9][a-z0-9-]{{0,63}}", jd.id));
+    }
+    if jd.version == 0 {
+        ck.add(None, "version", "must be 1 or more");
+    }
+    if jd.tenant.is_empty() || jd.tenant.chars().any(char::is_control) {
+        ck.add(None, "tenant", "must be a non-empty id without control characters");
+    }
+    let names: Vec<String> = jd.nodes.keys().cloned().collect();
+    let index: BTreeMap<&str, NodeIx> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let start = match index.get(jd.start.as_str()) {
+        Some(&ix) => ix,
+        None => {
+            ck.add(None, "start", format!("names no node: `{}`", jd.start));
+            0
+        }
+    };
+    let mut nodes = Vec::with_capacity(names.len());
+    for (name, raw) in &jd.nodes {
+        nodes.push(compile_node(&mut ck, name, raw, &index));
+    }
+    if !ck.problems.is_empty() {
+        return Err(ck.problems);
+    }
+    let nodes: Vec<Node> = nodes.into_iter().map(|n| n.unwrap_or(Node::Exit)).collect();
+    check_graph(&mut ck, &names, &nodes, start);
+    if !ck.problems.is_empty() {
+        return Err(ck.problems);
+    }
+    Ok(Journey {
+        tenant: jd.tenant,
+        id: jd.id,
+        version: jd.version,
+        audience: jd.audience,
+        reentry: jd.reentry,
+        exit_on_audience_exit: jd.exit_on_audience_exit,
+        start,
+        nodes,
+        names,
+        document: doc.clone(),
+    })
+}
+
+/// The successors of a node.
+pub fn successors(node: &Node) -> Vec<NodeIx> {
+    match node {
+        Node::Action { next, .. } | Node::Wait { next, .. } => next.iter().copied().collect(),
+        Node::SplitAccounts { paths, otherwise } => {
+            paths.iter().map(|(_, n)| *n).chain(otherwise.iter().copied()).collect()
+        }
+        Node::Listen { next, on_timeout, .. } => next.iter().chain(on_timeout.iter()).copied().collect(),
+        Node::Exit => Vec::new(),
+    }
+}
+
+fn check_graph(ck: &mut Checker, names: &[String], nodes: &[Node], start: NodeIx) {
+    // Reachability from start.
+    let mut seen = vec![false; nodes.len()];
+    let mut stack = vec![start];
+    while let Some(n) = stack.pop() {
+        if !std::mem::replace(&mut seen[n], true) {
+            stack.extend(successors(&nodes[n]));
+        }
+    }
+    for (i, reached) in seen.iter().enumerate() {
+        if !reached {
+            ck.add(Some(&names[i]), format!("nodes.{}", names[i]), "unreachable from `start`");
+        }
+    }
+    // Cycles: depth-first colouring over every node.
+    let mut colour = vec![0u8; nodes.len()]; // 0 new, 1 on the stack, 2 done
+    for root in 0..nodes.len() {
+        if colour[root] != 0 {
+            continue;
+        }
+        let mut stack: Vec<(NodeIx, usize)> = vec![(root, 0)];
+        colour[root] = 1;
+        while let Some(&mut (n, ref mut k)) = stack.last_mut() {
+            let succ = successors(&nodes[n]);
+            if *k < succ.len() {
+                let m = succ[*k];
+                *k += 1;
+                match colour[m] {
+                    0 => {
+                        colour[m] = 1;
+                        stack.push((m, 0));
+                    }
+                    1 => {
+                        let cycle_from = stack.iter().position(|(x, _)| *x == m).unwrap_or(0);
+                        let path: Vec<&str> = stack[cycle_from..].iter().map(|(x, _)| names[*x].as_str()).collect();
+                        ck.add(
+                            Some(&names[n]),
+                            format!("nodes.{}", names[n]),
+                            format!("cycle: {} -> {} (journeys are acyclic)", path.join(" -> "), names[m]),
+                        );
+                    }
+                    _ => {}
+                }
+            } else {
+                colour[n] = 2;
+                stack.pop();
+            }
+        }
+    }
+}
+
+fn target(ck: &mut Checker, node: &str, path: String, name: &str, index: &BTreeMap<&str, NodeIx>) -> Option<NodeIx> {
+    match index.get(name) {
+        Some(&ix) => Some(ix),
+        None => {
+            ck.add(Some(node), path, format!("names no node: `{name}`"));
+            None
+        }
+    }
+}
+
+fn compile_node(ck: &mut Checker, name: &str, raw: &Value, index: &BTreeMap<&str, NodeIx>) -> Option<Node> {
+    let base = format!("nodes.{name}");
+    let nd: NodeDoc = match serde_json::from_value(raw.clone()) {
+        Ok(n) => n,
+        Err(e) => {
+            ck.add(Some(name), base, e.to_string());
+            return None;
+        }
+    };
+    let kinds: Vec<&str> = [
+        ("action", nd.action.is_some()),
+        ("split_accounts", nd.split_accounts.is_some()),
+        ("split_people", nd.split_people.is_some()),
+        ("merge", nd.merge.is_some()),
+        ("listen", nd.listen.is_some()),
+        ("wait", nd.wait.is_some()),
+        ("exit", nd.exit.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, present)| present.then_some(k))
+    .collect();
+    if kinds.len() != 1 {
+        ck.add(Some(name), base, format!("a node has exactly one kind, found {}", kinds.len()));
+        return None;
+    }
+    let kind = kinds[0];
+    let next = match &nd.next {
+        Some(n) => target(ck, name, format!("{base}.next"), n, index),
+        None => None,
+    };
+    let stray = |ck: &mut Checker, field: &str, present: bool| {
+        if present {
+            ck.add(Some(name), format!("{base}.{field}"), format!("`{field}` does not belong to a `{kind}` node"));
+        }
+    };
+    if kind != "listen" {
+        stray(ck, "timeout", nd.timeout.is_some());
+        stray(ck, "on_timeout", nd.on_timeout.is_some());
+    }
+    if kind != "split_accounts" && kind != "split_people" {
+        stray(ck, "otherwise", nd.otherwise.is_some());
+    }
+    match kind {
+        "action" => compile_action(ck, name, &base, nd.action.as_ref()?, next),
+        "split_accounts" => {
+            stray(ck, "next", nd.next.is_some());
+            let mut paths = Vec::new();
+            for (i, p) in nd.split_accounts.iter().flatten().enumerate() {
+                let cond = Condition::compile(&p.when, Scope::Account);
+                let to = target(ck, name, format!("{base}.split_accounts[{i}].next"), &p.next, index);
+                match (cond, to) {
+                    (Ok(c), Some(t)) => paths.push((c, t)),
+                    (Err(errs), _) => {
+                        for e in errs {
+                            ck.add(Some(name), format!("{base}.split_accounts[{i}].when"), e);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if nd.split_accounts.as_ref().is_some_and(Vec::is_empty) {
+                ck.add(Some(name), format!("{base}.split_accounts"), "a split needs at least one path");
+            }
+            let otherwise = match &nd.otherwise {
+                Some(o) => target(ck, name, format!("{base}.otherwise"), o, index),
+                None => None,
+            };
+            Some(Node::SplitAccounts { paths, otherwise })
+        }
+        "split_people" | "merge" => {
+            ck.add(
+                Some(name),
+                format!("{base}.{kind}"),
+                format!("node kind `{kind}` is not supported by this version yet"),
+            );
+            None
+        }
+        "listen" => {
+            let l = nd.listen.as_ref()?;
+            if l.account_event.is_some() {
+                ck.add(
+                    Some(name),
+                    format!("{base}.listen.account_event"),
+                    "account events are not supported by this version yet",
+                );
+            }
+            let activity = match &l.activity {
+                Some(a) if is_activity_kind(a) => a.clone(),
+                Some(a) => {
+                    ck.add(Some(name), format!("{base}.listen.activity"), format!("names no activity kind: `{a}`"));
+                    String::new()
+                }
+                None => {
+                    if l.account_event.is_none() {
+                        ck.add(Some(name), format!("{base}.listen"), "needs `activity` or `account_event`");
+                    }
+                    String::new()
+                }
+            };
+            let condition = match &l.condition {
+                Some(w) => match Condition::compile(w, Scope::Listen) {
+                    Ok(c) => Some(c),
+                    Err(errs) => {
+                        for e in errs {
+                            ck.add(Some(name), format!("{base}.listen.where"), e);
+                        }
+                        None
+                    }
+                },
+                None => None,
+            };
+            let timeout = match &nd.timeout {
+                Some(t) => match parse_duration(t) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        ck.add(Some(name), format!("{base}.timeout"), e);
+                        None
+                    }
+                },
+                None => None,
+            };
+            if nd.on_timeout.is_some() && nd.timeout.is_none() {
+                ck.add(Some(name), format!("{base}.on_timeout"), "`on_timeout` without `timeout` can never happen");
+            }
+            let on_timeout = match &nd.on_timeout {
+                Some(o) => target(ck, name, format!("{base}.on_timeout"), o, index),
+                None => None,
+            };
+            Some(Node::Listen { activity, condition, timeout, next, on_timeout })
+        }
+        "wait" => {
+            let spec = match nd.wait.as_ref()? {
+                WaitDoc::Duration(d) => match parse_duration(d) {
+                    Ok(n) => WaitSpec::For(n),
+                    Err(e) => {
+                        ck.add(Some(name), format!("{base}.wait"), e);
+                        return None;
+                    }
+                },
+                WaitDoc::Until { until } => match Timestamp::parse_rfc3339(until) {
+                    Ok(t) => WaitSpec::Until(t),
+                    Err(e) => {
+                        ck.add(Some(name), format!("{base}.wait.until"), e);
+                        return None;
+                    }
+                },
+            };
+            Some(Node::Wait { spec, next })
+        }
+        _ => {
+            stray(ck, "next", nd.next.is_some());
+            Some(Node::Exit)
+        }
+    }
+}
+
+fn compile_action(ck: &mut Checker, name: &str, base: &str, raw: &Value, next: Option<NodeIx>) -> Option<Node> {
+    let Value::Object(map) = raw else {
+        ck.add(Some(name), format!("{base}.action"), "an action is a map with one action type");
+        return None;
+    };
+    if map.contains_key("to") {
+        ck.add(Some(name), format!("{base}.action.to"), "`to` is not supported by this version yet");
+    }
+    let kinds: Vec<(&String, &Value)> = map.iter().filter(|(k, _)| k.as_str() != "to").collect();
+    let [(kind, params)] = kinds.as_slice() else {
+        ck.add(Some(name), format!("{base}.action"), format!("an action has exactly one type, found {}", kinds.len()));
+        return None;
+    };
+    let path = format!("{base}.action.{kind}");
+    let empty = Map::new();
+    let p = match params {
+        Value::Object(p) => p,
+        Value::Null => &empty,
+        _ => {
+            ck.add(Some(name), path, "parameters must be a map");
+            return None;
+        }
+    };
+    let need_str = |ck: &mut Checker, key: &str| -> Option<String> {
+        match p.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(_) => {
+                ck.add(Some(name), format!("{path}.{key}"), "must be a non-empty string");
+                None
+            }
+            None => {
+                ck.add(Some(name), format!("{path}.{key}"), "is required");
+                None
+            }
+        }
+    };
+    let only = |ck: &mut Checker, keys: &[&str]| {
+        for k in p.keys() {
+            if !keys.contains(&k.as_str()) {
+                ck.add(Some(name), format!("{path}.{k}"), format!("unknown parameter of `{kind}`"));
+            }
+        }
+    };
+    let action = match kind.as_str() {
+        "send_email" => {
+            only(ck, &["asset"]);
+            need_str(ck, "asset")?;
+            ActionKind::SendEmail
+        }
+        "send_alert" => {
+            only(ck, &["to", "template"]);
+            need_str(ck, "template")?;
+            ActionKind::SendAlert
+        }
+        "set_account_attribute" => {
+            only(ck, &["field", "value"]);
+            let field = need_str(ck, "field")?;
+            let Some(value) = p.get("value") else {
+                ck.add(Some(name), format!("{path}.value"), "is required");
+                return None;
+            };
+            ActionKind::SetAccountAttribute { field, value: value.clone() }
+        }
+        "send_sms"
+        | "set_person_attribute"
+        | "change_person_score"
+        | "add_to_list"
+        | "remove_from_list"
+        | "add_account_to_list"
+        | "remove_account_from_list"
+        | "set_buying_group_stage"
+        | "reassess_buying_group" => {
+            ck.add(Some(name), path, format!("action `{kind}` is not supported by this version yet"));
+            return None;
+        }
+        other => {
+            ck.add(Some(name), path, format!("unknown action type `{other}`"));
+            return None;
+        }
+    };
+    Some(Node::Action { kind: action, params: Value::Object(p.clone()), next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caravan_schemas::definition::read_document;
+
+    fn problems(yaml: &str) -> Vec<Problem> {
+        compile_journey(&read_document(yaml).expect("document parses")).err().unwrap_or_default()
+    }
+
+    const HEAD: &str = "kind: journey\ntenant: acme\nid: j\nversion: 1\naudience: target\n";
+
+    #[test]
+    fn the_reference_journey_compiles() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/b2b-journey-v1/journey.yaml"))
+                .expect("reference journey exists");
+        let j = compile_journey(&read_document(&text).expect("parses")).expect("valid");
+        assert_eq!(j.id, "b2b-journey-v1");
+        assert!(matches!(j.nodes[j.start], Node::Action { kind: ActionKind::SendEmail, .. }));
+    }
+
+    #[test]
+    fn reports_every_problem_with_node_and_path() {
+        let p = problems(&format!(
+            "{HEAD}start: a\nnodes:\n  a: {{action: {{send_email: {{}}}}, next: nowhere}}\n  b: {{wait: 2x}}\n  c: {{exit: {{}}, wait: 1d}}\n  d: {{action: {{launch_rocket: {{}}}}}}\n"
+        ));
+        let text: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|t| t.contains("node `a` at nodes.a.next: names no node: `nowhere`")), "{text:?}");
+        assert!(
+            text.iter().any(|t| t.contains("node `a` at nodes.a.action.send_email.asset: is required")),
+            "{text:?}"
+        );
+        assert!(text.iter().any(|t| t.contains("node `b` at nodes.b.wait")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("node `c`") && t.contains("exactly one kind")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("unknown action type `launch_rocket`")), "{text:?}");
+    }
+
+    #[test]
+    fn refuses_missing_start_unreachable_nodes_and_cycles() {
+        let p = problems(&format!("{HEAD}start: nope\nnodes:\n  a: {{exit: {{}}}}\n"));
+        assert!(p.iter().any(|x| x.path == "start"), "{p:?}");
+        let p = problems(&format!("{HEAD}start: a\nnodes:\n  a: {{exit: {{}}}}\n  lost: {{exit: {{}}}}\n"));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].node.as_deref(), Some("lost"));
+        assert!(p[0].message.contains("unreachable"));
+        let p = problems(&format!(
+            "{HEAD}start: a\nnodes:\n  a: {{wait: 1d, next: b}}\n  b: {{action: {{send_alert: {{template: t}}}}, next: a}}\n"
+        ));
+        assert!(p.iter().any(|x| x.message.contains("cycle: a -> b -> a")), "{p:?}");
+    }
+
+    #[test]
+    fn checks_ids_conditions_and_listen() {
+        let p = problems(
+            "kind: journey\ntenant: acme\nid: Bad_Id\nversion: 0\naudience: t\nstart: s\nnodes:\n  s:\n    split_accounts:\n      - {when: 'person.x == 1', next: e}\n      - {when: 'account.x >', next: e}\n    otherwise: e\n  e: {listen: {activity: email.read}, timeout: 7d, on_timeout: f}\n  f: {exit: {}}\n",
+        );
+        let paths: Vec<&str> = p.iter().map(|x| x.path.as_str()).collect();
+        for want in [
+            "id",
+            "version",
+            "nodes.s.split_accounts[0].when",
+            "nodes.s.split_accounts[1].when",
+            "nodes.e.listen.activity",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {p:?}");
+        }
+    }
+
+    #[test]
+    fn split_nodes_take_no_next_and_exit_takes_none() {
+        let p = problems(&format!(
+            "{HEAD}start: s\nnodes:\n  s: {{split_accounts: [{{when: 'account.x == 1', next: e}}], next: e}}\n  e: {{exit: {{}}}}\n"
+        ));
+        assert!(p.iter().any(|x| x.path == "nodes.s.next"), "{p:?}");
+    }
+}

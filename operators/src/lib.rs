@@ -1,0 +1,33 @@
+//! Caravan's journey logic as pure, deterministic functions.
+//!
+//! It is not: storage, a clock, a source of randomness, or a thread. Given the same account state, the
+//! same input (or timer) and the same definitions, every function here returns the same new state and the
+//! same outputs; the engine owns scheduling, watermarks, caching and commits.
+//!
+//! - [`journey`]: validation and compilation of journey documents.
+//! - [`condition`]: CEL conditions.
+//! - [`account`]: the account state machine (events, timers, journeys, change events).
+//! - [`timers`]: the partition-independent arming order of timers.
+//! - [`ids`]: deterministic output ids.
+//!
+//! ```
+//! use caravan_operators::account::{AccountState, Cause, Definitions, Effects, apply_event};
+//! use caravan_schemas::input::{decode, DecodeLimits};
+//! let ev = decode(br#"{"tenant":"t","type":"person.upserted","event_id":"e","ts":"2026-01-01T00:00:00Z","person_id":"p","account_id":"a","attributes":{}}"#,
+//!                 &DecodeLimits::default()).unwrap();
+//! let mut acct = AccountState::new("t", "a");
+//! let mut out = Effects::default();
+//! apply_event(&Definitions::default(), &mut acct, &ev, None, &Cause::record(1, ev.ts, "e"), &mut out);
+//! assert_eq!(acct.persons.len(), 1);
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod account;
+pub mod condition;
+pub mod ids;
+pub mod journey;
+pub mod timers;
+
+#[cfg(test)]
+mod tests;

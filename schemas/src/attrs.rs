@@ -1,0 +1,134 @@
+//! A compact attribute map for stored entities.
+//!
+//! It owns the in-memory and stored form of account and person attributes: a `Vec` of `(key, value)` pairs
+//! kept sorted by key. An entity has a handful of attributes, so a sorted vector is smaller than a
+//! `BTreeMap` (whose nodes hold eleven slots) and as fast to search. It is not a general JSON object: use
+//! [`Attrs::to_map`] where one is needed (outputs, conditions).
+//!
+//! ```
+//! use caravan_schemas::attrs::Attrs;
+//! use serde_json::json;
+//! let mut a = Attrs::default();
+//! a.insert("b", json!(2));
+//! a.insert("a", json!(1));
+//! assert_eq!(a.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "b"]);
+//! assert_eq!(a.get("b"), Some(&json!(2)));
+//! ```
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// Attributes sorted by key, without duplicates.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attrs(Vec<(Box<str>, Value)>);
+
+impl Attrs {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+    }
+
+    /// The value of a key.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Sets a key.
+    pub fn insert(&mut self, key: &str, value: Value) {
+        match self.find(key) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key.into(), value)),
+        }
+    }
+
+    /// Removes a key.
+    pub fn remove(&mut self, key: &str) {
+        if let Ok(i) = self.find(key) {
+            self.0.remove(i);
+        }
+    }
+
+    /// Removes every key.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// Number of attributes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Pairs in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    /// Applies an upsert: a present key overwrites, `null` removes. A value equal as JSON to the stored one
+    /// (`1` and `1.0`) leaves the stored one as it is.
+    pub fn merge(&mut self, from: &Map<String, Value>) {
+        for (k, v) in from {
+            if v.is_null() {
+                self.remove(k);
+            } else if !self.get(k).is_some_and(|old| crate::json::json_eq(old, v)) {
+                self.insert(k, v.clone());
+            }
+        }
+    }
+
+    /// As a JSON object.
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.0.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+}
+
+impl Serialize for Attrs {
+    /// Stored as JSON text, so that binary codecs that are not self-describing can carry any value.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut text = String::with_capacity(16 + 24 * self.0.len());
+        text.push('{');
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&serde_json::to_string(&**k).map_err(serde::ser::Error::custom)?);
+            text.push(':');
+            text.push_str(&serde_json::to_string(v).map_err(serde::ser::Error::custom)?);
+        }
+        text.push('}');
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Attrs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let map: Map<String, Value> = serde_json::from_str(&text).map_err(serde::de::Error::custom)?;
+        Ok(Attrs(map.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect()))
+    }
+}
+
+impl From<Map<String, Value>> for Attrs {
+    fn from(map: Map<String, Value>) -> Attrs {
+        Attrs(map.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_overwrites_and_null_removes() {
+        let mut a = Attrs::from(json!({"x": 1, "y": 2}).as_object().cloned().unwrap_or_default());
+        a.merge(json!({"y": null, "z": [1]}).as_object().expect("object"));
+        assert_eq!(Value::Object(a.to_map()), json!({"x": 1, "z": [1]}));
+        let text = serde_json::to_string(&a).expect("serializes");
+        let back: Attrs = serde_json::from_str(&text).expect("deserializes");
+        assert_eq!(back, a);
+    }
+}

@@ -1,0 +1,29 @@
+//! Caravan's record formats: input events, definition documents, output records and stored state shapes.
+//!
+//! It is not: a parser of files, a sink, or storage. It does no I/O; everything here is a type, a codec or a
+//! pure check over one record. Every other crate depends on it, and it depends on none of them.
+//!
+//! - [`input`]: the events of SPEC §2 and their strict decoding, with the rejection reasons of SPEC §4.
+//! - [`output`]: actions, change events and rejected records.
+//! - [`definition`]: journey documents as written.
+//! - [`state`]: the stored shape of account state, with a versioned binary codec.
+//! - [`time`]: event time, strict RFC 3339 and durations.
+//! - [`json`]: strict JSON reading and JSON-value equality.
+//! - [`attrs`]: the compact attribute map of stored entities.
+//!
+//! ```
+//! use caravan_schemas::input::{decode, DecodeLimits};
+//! let e = decode(br#"{"tenant":"t","type":"person.deleted","event_id":"e","ts":"2026-01-01T00:00:00Z","person_id":"p"}"#,
+//!                &DecodeLimits::default()).unwrap();
+//! assert_eq!(e.body.person_id(), Some("p"));
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod attrs;
+pub mod definition;
+pub mod input;
+pub mod json;
+pub mod output;
+pub mod state;
+pub mod time;

@@ -1,0 +1,178 @@
+//! Output records (SPEC §4): actions, change events and rejected records, as written to files and topics.
+//!
+//! It owns the field names and JSON shapes of everything Caravan emits. It is not a sink: it never writes.
+//! Serialization is deterministic: maps are ordered by key, optional fields are left out when absent.
+
+use crate::input::RejectReason;
+use crate::time::TimestampText;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// One action to carry out (topic `caravan.actions`, `actions.ndjson`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ActionRecord {
+    /// The tenant.
+    pub tenant: String,
+    /// Deterministic id: journey, version, account, node, person, instance number.
+    pub action_id: String,
+    /// The action kind, e.g. `send_email`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The action's parameters as written in the journey (without `to`).
+    pub params: Value,
+    /// The journey that ran the action.
+    pub journey_id: String,
+    /// Its version.
+    pub journey_version: u32,
+    /// The node that ran the action.
+    pub node_id: String,
+    /// The account.
+    pub account_id: String,
+    /// The targeted person, for person actions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub person_id: Option<String>,
+    /// Event time of the cause.
+    pub ts: TimestampText,
+    /// The input record that caused it (for timers: the record after which the timer fired).
+    pub cause_event_id: String,
+}
+
+/// The entity a change event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entity {
+    /// An account.
+    Account,
+    /// A person.
+    Person,
+    /// An opportunity.
+    Opportunity,
+}
+
+/// What happened to the entity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeOp {
+    /// First upsert (or first after a delete).
+    Create,
+    /// Some attributes changed.
+    Update,
+    /// The entity was deleted.
+    Delete,
+}
+
+/// What caused a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The input record touched the entity.
+    Input,
+    /// A journey action changed it.
+    Action,
+}
+
+/// One net change of an account, person or opportunity (topic `caravan.changes`, `changes.ndjson`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangeEvent {
+    /// The tenant.
+    pub tenant: String,
+    /// Deterministic id: entity kind, entity id and version.
+    pub change_id: String,
+    /// The entity kind.
+    pub entity: Entity,
+    /// The entity's id.
+    pub entity_id: String,
+    /// The account the entity belongs to (after the change).
+    pub account_id: String,
+    /// Create, update or delete.
+    pub op: ChangeOp,
+    /// The changed fields before (`{}` for a create).
+    pub before: Map<String, Value>,
+    /// The changed fields after (`{}` for a delete).
+    pub after: Map<String, Value>,
+    /// Per-entity version: 1, 2, 3, ... without gaps.
+    pub version: u64,
+    /// Event time of the cause.
+    pub ts: TimestampText,
+    /// Input or action.
+    pub origin: Origin,
+    /// The cause's input record.
+    pub cause_event_id: String,
+    /// The journey whose action caused it (origin `action`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journey_id: Option<String>,
+    /// The node whose action caused it (origin `action`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+/// Where a rejected record came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum SourcePosition {
+    /// A line of a file (1-based); `-` for standard input.
+    File {
+        /// The file path as given.
+        file: String,
+        /// 1-based line number.
+        line: u64,
+    },
+    /// A Kafka record.
+    Kafka {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+    },
+}
+
+/// A record that was not applied (topic `caravan.rejected`, `rejected.ndjson`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RejectedRecord {
+    /// The reason.
+    pub reason: RejectReason,
+    /// What is wrong, in words.
+    pub detail: String,
+    /// The raw record, when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    /// The raw record in base64, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_base64: Option<String>,
+    /// Where it came from.
+    pub source: SourcePosition,
+}
+
+impl RejectedRecord {
+    /// Builds a rejected record, keeping the raw bytes as text or, when they are not UTF-8, as base64.
+    pub fn new(reason: RejectReason, detail: String, raw: &[u8], source: SourcePosition) -> RejectedRecord {
+        use base64::Engine as _;
+        let (raw, raw_base64) = match std::str::from_utf8(raw) {
+            Ok(text) => (Some(text.to_owned()), None),
+            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(raw))),
+        };
+        RejectedRecord { reason, detail, raw, raw_base64, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_keeps_raw_as_text_or_base64() {
+        let src = SourcePosition::File { file: "in.ndjson".into(), line: 3 };
+        let r = RejectedRecord::new(RejectReason::MalformedJson, "x".into(), b"{bad", src.clone());
+        let text = serde_json::to_string(&r).expect("serializes");
+        assert_eq!(
+            text,
+            r#"{"reason":"malformed_json","detail":"x","raw":"{bad","source":{"file":"in.ndjson","line":3}}"#
+        );
+        let r = RejectedRecord::new(RejectReason::MalformedJson, "x".into(), b"\xff\xfe", src);
+        let v = serde_json::to_value(&r).expect("serializes");
+        assert_eq!(v["raw_base64"], "//4=");
+        assert!(v.get("raw").is_none());
+    }
+}

@@ -1,0 +1,164 @@
+//! The stored shape of per-account state, and its versioned binary codec.
+//!
+//! It owns the types that `operators` computes on and `state` stores: [`AccountRecord`], [`PersonRecord`],
+//! [`InstanceRecord`], [`PersonIndexRecord`], and [`encode`]/[`decode`], which put a format-version byte in
+//! front of a bincode body. It is not storage: no RocksDB here. Types stay plain (no internally tagged enums,
+//! no `serde_json::Value` fields except inside [`Attrs`], stored as JSON text) because bincode is not
+//! self-describing.
+
+use crate::attrs::Attrs;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The format version written before every stored value.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Why a stored value could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The value was written by another format version.
+    #[error("stored value has format version {found}, this build reads {FORMAT_VERSION}")]
+    Version {
+        /// The version byte found.
+        found: u8,
+    },
+    /// The body could not be decoded.
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Encodes a value: one version byte, then bincode (standard configuration).
+///
+/// # Panics
+/// Never for the types of this module: they always serialize.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .expect("state types are plain serde types and always encode");
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes a value written by [`encode`].
+///
+/// # Errors
+/// [`CodecError`] on another version byte or a corrupt body.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, body)) => bincode::serde::decode_from_slice(body, bincode::config::standard())
+            .map(|(v, _)| v)
+            .map_err(|e| CodecError::Corrupt(e.to_string())),
+        Some((&found, _)) => Err(CodecError::Version { found }),
+        None => Err(CodecError::Corrupt("empty value".into())),
+    }
+}
+
+/// The account's own state: attributes, audiences and journey positions (column family `accounts`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountRecord {
+    /// False before the first upsert and after a delete.
+    pub exists: bool,
+    /// Current attributes.
+    pub attributes: Attrs,
+    /// Version of the last change event emitted for the account (0: none yet).
+    pub version: u64,
+    /// Audiences the account is in, sorted.
+    pub audiences: Vec<String>,
+    /// Running journey instances, in journey id order.
+    pub instances: Vec<InstanceRecord>,
+    /// How many times the account entered each journey (for `reentry` and instance numbers), by journey id.
+    pub entries: Vec<(String, u32)>,
+}
+
+/// Where one journey instance of an account stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// Journey id.
+    pub journey_id: String,
+    /// The version the account entered.
+    pub journey_version: u32,
+    /// 1 for the first entry, 2 for a re-entry, ...
+    pub instance: u32,
+    /// The node where the instance waits (a `listen` or `wait`).
+    pub node: String,
+    /// The pending timer of that node, if any.
+    pub timer: Option<TimerRecord>,
+}
+
+/// A pending timer: its due time and its arming order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TimerRecord {
+    /// Due time (event-time nanoseconds).
+    pub due: i64,
+    /// Arming order, compared lexicographically (see `operators::timers`).
+    pub arm: Vec<u64>,
+}
+
+/// One person, stored under its account (column family `persons`, key tenant | account | person).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersonRecord {
+    /// The person id.
+    pub person_id: String,
+    /// False for a deleted person kept only to continue its version numbers.
+    pub present: bool,
+    /// Current attributes.
+    pub attributes: Attrs,
+    /// Version of the last change event emitted for the person.
+    pub version: u64,
+    /// Input sequence number of the record that made the person join the account (orders the people).
+    pub joined: u64,
+}
+
+/// The person index (column family `person_index`, key tenant | person): where a person is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonIndexRecord {
+    /// The account that holds the person's record (also for a deleted person: its tombstone lives there).
+    pub account_id: String,
+    /// False once the person is deleted: it then has no known account for routing.
+    pub present: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, json};
+
+    #[test]
+    fn version_byte_is_checked() {
+        let rec = PersonIndexRecord { account_id: "a".into(), present: true };
+        let mut bytes = encode(&rec);
+        assert_eq!(decode::<PersonIndexRecord>(&bytes).expect("round trip"), rec);
+        bytes[0] = 9;
+        assert!(matches!(decode::<PersonIndexRecord>(&bytes), Err(CodecError::Version { found: 9 })));
+        assert!(matches!(decode::<PersonIndexRecord>(&[]), Err(CodecError::Corrupt(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn account_records_round_trip(
+            keys in proptest::collection::vec("[a-z]{1,8}", 0..6),
+            num in any::<i64>(),
+            version in any::<u64>(),
+            due in any::<i64>(),
+            arm in proptest::collection::vec(any::<u64>(), 0..5),
+        ) {
+            let mut attributes = Map::new();
+            for (i, k) in keys.iter().enumerate() {
+                attributes.insert(k.clone(), if i % 2 == 0 { json!(num) } else { json!({"s": [k, null, 1.5]}) });
+            }
+            let rec = AccountRecord {
+                exists: true,
+                attributes: Attrs::from(attributes),
+                version,
+                audiences: keys.clone(),
+                instances: vec![InstanceRecord {
+                    journey_id: "j".into(), journey_version: 3, instance: 1, node: "n".into(),
+                    timer: Some(TimerRecord { due, arm }),
+                }],
+                entries: vec![("j".into(), 1)],
+            };
+            prop_assert_eq!(decode::<AccountRecord>(&encode(&rec)).expect("round trip"), rec);
+        }
+    }
+}

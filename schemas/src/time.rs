@@ -1,0 +1,254 @@
+//! Event time: strict RFC 3339 timestamps and journey durations.
+//!
+//! It owns the one representation of time in Caravan, [`Timestamp`], a count of nanoseconds since the Unix
+//! epoch in UTC, and the parsing and formatting of it. It is not a clock: nothing here reads the wall clock.
+//!
+//! Parsing is hand-written because it sits on the hot path (every input record carries a `ts`) and because
+//! SPEC §7 asks for *strict* RFC 3339: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, upper-case `T` and `Z`,
+//! no leap second, a real calendar date.
+//!
+//! ```
+//! use caravan_schemas::time::{Timestamp, parse_duration};
+//! let t = Timestamp::parse_rfc3339("2026-01-01T00:00:00.250Z").unwrap();
+//! assert_eq!(t.to_rfc3339(), "2026-01-01T00:00:00.250Z");
+//! assert_eq!(parse_duration("2d").unwrap(), 2 * 86_400 * 1_000_000_000);
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Nanoseconds in one second.
+pub const NANOS_PER_SEC: i64 = 1_000_000_000;
+
+/// A point in event time: nanoseconds since 1970-01-01T00:00:00Z.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The smallest timestamp; the watermark before any record.
+    pub const MIN: Timestamp = Timestamp(i64::MIN);
+
+    /// Parses a strict RFC 3339 timestamp.
+    ///
+    /// # Errors
+    /// A message naming what is wrong, when the text is not a strict RFC 3339 date-time.
+    pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
+        let b = s.as_bytes();
+        let bad = || format!("`{s}` is not an RFC 3339 timestamp");
+        if b.len() < 20 {
+            return Err(bad());
+        }
+        let num = |from: usize, len: usize| -> Option<i64> {
+            let mut v = 0i64;
+            for &c in b.get(from..from + len)? {
+                if !c.is_ascii_digit() {
+                    return None;
+                }
+                v = v * 10 + i64::from(c - b'0');
+            }
+            Some(v)
+        };
+        let sep = |i: usize, c: u8| b.get(i) == Some(&c);
+        if !(sep(4, b'-') && sep(7, b'-') && sep(10, b'T') && sep(13, b':') && sep(16, b':')) {
+            return Err(bad());
+        }
+        let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) =
+            (num(0, 4), num(5, 2), num(8, 2), num(11, 2), num(14, 2), num(17, 2))
+        else {
+            return Err(bad());
+        };
+        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+            return Err(format!("`{s}` is not a calendar date"));
+        }
+        if hour > 23 || minute > 59 || second > 59 {
+            return Err(format!("`{s}` has an out-of-range time of day"));
+        }
+        let mut i = 19;
+        let mut nanos = 0i64;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                if i - start < 9 {
+                    nanos = nanos * 10 + i64::from(b[i] - b'0');
+                }
+                i += 1;
+            }
+            let digits = i - start;
+            if digits == 0 {
+                return Err(bad());
+            }
+            for _ in digits..9 {
+                nanos *= 10;
+            }
+        }
+        let offset_secs = match b.get(i) {
+            Some(b'Z') if i + 1 == b.len() => 0,
+            Some(&c @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
+                let (Some(oh), Some(om)) = (num(i + 1, 2), num(i + 4, 2)) else {
+                    return Err(bad());
+                };
+                if oh > 23 || om > 59 {
+                    return Err(bad());
+                }
+                let off = oh * 3600 + om * 60;
+                if c == b'+' { off } else { -off }
+            }
+            _ => return Err(bad()),
+        };
+        let days = days_from_civil(year, month, day);
+        let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+        Ok(Timestamp(secs * NANOS_PER_SEC + nanos))
+    }
+
+    /// Formats as RFC 3339 in UTC with `Z`, with milliseconds, or with as many fraction digits as needed.
+    pub fn to_rfc3339(self) -> String {
+        let secs = self.0.div_euclid(NANOS_PER_SEC);
+        let nanos = self.0.rem_euclid(NANOS_PER_SEC);
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        let (hh, mm, ss) = (sod / 3600, (sod / 60) % 60, sod % 60);
+        if nanos % 1_000_000 == 0 {
+            format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:03}Z", nanos / 1_000_000)
+        } else if nanos % 1000 == 0 {
+            format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:06}Z", nanos / 1000)
+        } else {
+            format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{nanos:09}Z")
+        }
+    }
+
+    /// This timestamp moved by `nanos`, saturating at the ends of the range.
+    pub fn plus(self, nanos: i64) -> Timestamp {
+        Timestamp(self.0.saturating_add(nanos))
+    }
+}
+
+impl Serialize for TimestampText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_rfc3339())
+    }
+}
+
+/// A [`Timestamp`] that serializes as RFC 3339 text (output records).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimestampText(pub Timestamp);
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if is_leap(y) => 29,
+        _ => 28,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+}
+
+/// Parses a journey duration: a positive integer followed by `s`, `m`, `h`, `d` or `w` (`30m`, `6h`, `2d`, `1w`).
+///
+/// # Errors
+/// A message when the text is not such a duration.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    let bad = || format!("`{s}` is not a duration (e.g. 30m, 6h, 2d, 1w)");
+    let unit = s.chars().last().ok_or_else(bad)?;
+    let n: i64 = s[..s.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
+    let secs = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    if n < 0 {
+        return Err(bad());
+    }
+    n.checked_mul(secs * NANOS_PER_SEC).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_and_formats_known_instants() {
+        let cases = [
+            ("1970-01-01T00:00:00Z", 0, "1970-01-01T00:00:00.000Z"),
+            ("2026-01-01T00:00:00.000Z", 1_767_225_600 * NANOS_PER_SEC, "2026-01-01T00:00:00.000Z"),
+            ("2026-01-01T01:00:00+01:00", 1_767_225_600 * NANOS_PER_SEC, "2026-01-01T00:00:00.000Z"),
+            ("2024-02-29T23:59:59.123456Z", 1_709_251_199_123_456_000, "2024-02-29T23:59:59.123456Z"),
+            ("2000-01-01T00:00:00.000000001Z", 946_684_800_000_000_001, "2000-01-01T00:00:00.000000001Z"),
+        ];
+        for (text, nanos, canonical) in cases {
+            let t = Timestamp::parse_rfc3339(text).expect(text);
+            assert_eq!(t.0, nanos, "{text}");
+            assert_eq!(t.to_rfc3339(), canonical);
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_strict_rfc3339() {
+        for text in [
+            "",
+            "2026-01-01",
+            "2026-01-01 00:00:00Z",
+            "2026-01-01t00:00:00Z",
+            "2026-01-01T00:00:00z",
+            "2026-01-01T00:00:00",
+            "2026-13-01T00:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T00:00:60Z",
+            "2026-01-01T00:00:00.Z",
+            "2026-01-01T00:00:00+0100",
+            "2026-01-01T00:00:00Z ",
+            "yesterday",
+        ] {
+            assert!(Timestamp::parse_rfc3339(text).is_err(), "{text:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30m"), Ok(1800 * NANOS_PER_SEC));
+        assert_eq!(parse_duration("1w"), Ok(604_800 * NANOS_PER_SEC));
+        assert!(parse_duration("7").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("-1d").is_err());
+        assert!(parse_duration("2y").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn format_then_parse_round_trips(nanos in 0i64..4_102_444_800_000_000_000) {
+            let t = Timestamp(nanos);
+            prop_assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Ok(t));
+        }
+    }
+}

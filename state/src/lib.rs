@@ -1,0 +1,420 @@
+//! Caravan's durable state in RocksDB: column families, key encoding, atomic commits and recovery reads.
+//!
+//! It is not: the journey logic (that is `caravan-operators`, which this crate never imports), a cache, or
+//! Kafka. It stores what the engine hands it and reads it back.
+//!
+//! Guarantees:
+//! - [`Store::commit`] writes one [`Delta`] and the [`Checkpoint`] that it reflects in one RocksDB
+//!   `WriteBatch`: after a crash at any point, either both are there or neither is.
+//! - After a failed write the store is poisoned: every later call returns [`StateError::Poisoned`], and the
+//!   process must restart from the last checkpoint.
+//! - [`Store`] is `Send + Sync`; reads may run on any thread while one thread commits.
+//!
+//! Layout (every key starts with the tenant, so nothing crosses tenants; ids never hold control characters,
+//! so `\0` separates key parts unambiguously):
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `accounts` | tenant `\0` account | [`AccountRecord`] |
+//! | `persons` | tenant `\0` account `\0` person | [`PersonRecord`] (one prefix scan lists an account's people) |
+//! | `person_index` | tenant `\0` person | [`PersonIndexRecord`] |
+//! | `timers` | tenant `\0` account `\0` journey `\0` instance | [`TimerRecord`] |
+//! | `dedup` | epoch (u64 big-endian) | the applied event-id hashes of that epoch |
+//! | `meta` | `checkpoint` | [`Checkpoint`] |
+//!
+//! Values carry a format-version byte ([`caravan_schemas::state::encode`]).
+//!
+//! ```
+//! use caravan_state::{Store, Delta, Checkpoint, StoreOptions};
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+//! let mut delta = Delta::default();
+//! delta.put_person_index("t", "p", &caravan_schemas::state::PersonIndexRecord { account_id: "a".into(), present: true });
+//! store.commit(&delta, &Checkpoint { epoch: 1, ..Checkpoint::default() }).unwrap();
+//! assert_eq!(store.person_index("t", "p").unwrap().unwrap().account_id, "a");
+//! assert_eq!(store.checkpoint().unwrap().unwrap().epoch, 1);
+//! ```
+#![warn(missing_docs, unreachable_pub)]
+
+use caravan_schemas::state::{self as codec, AccountRecord, CodecError, PersonIndexRecord, PersonRecord, TimerRecord};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// RocksDB failed.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A stored value could not be decoded.
+    #[error("state value under {key}: {source}")]
+    Codec {
+        /// The key, escaped.
+        key: String,
+        /// What went wrong.
+        source: CodecError,
+    },
+    /// An earlier write failed; the store refuses further use.
+    #[error("state store is poisoned by an earlier failed write; restart from the last checkpoint")]
+    Poisoned,
+}
+
+/// Result of state operations.
+pub type Result<T> = std::result::Result<T, StateError>;
+
+/// The column families, in the order they are opened.
+pub const COLUMN_FAMILIES: [&str; 6] = ["accounts", "persons", "person_index", "timers", "dedup", "meta"];
+
+/// Tuning of the RocksDB instance.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Shared block cache, in bytes.
+    pub block_cache_bytes: usize,
+    /// Write buffer (memtable) size per column family, in bytes.
+    pub write_buffer_bytes: usize,
+    /// fsync every commit (survives power loss, not only process crashes).
+    pub sync_commits: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { block_cache_bytes: 128 << 20, write_buffer_bytes: 32 << 20, sync_commits: false }
+    }
+}
+
+/// Progress of the engine that a commit makes durable together with the state delta.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Commit number, 1 for the first.
+    pub epoch: u64,
+    /// Input records consumed (lines, blank ones included): the next record to read is this one.
+    pub records: u64,
+    /// Input bytes consumed.
+    pub input_bytes: u64,
+    /// Largest applied event time so far (the watermark's base), if any record was applied.
+    pub max_ts: Option<i64>,
+    /// Lengths of the output files after this epoch's outputs: actions, changes, rejected.
+    pub output_lengths: [u64; 3],
+    /// Counters for the summary: events applied, rejected, duplicates, actions, changes.
+    pub totals: [u64; 5],
+}
+
+/// One write to apply atomically with others.
+#[derive(Clone, Debug)]
+struct Op {
+    cf: usize,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+}
+
+/// A set of writes that commit together.
+#[derive(Clone, Debug, Default)]
+pub struct Delta {
+    ops: Vec<Op>,
+}
+
+fn key2(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
+    let mut k = key2(a, b);
+    k.push(0);
+    k.extend_from_slice(c.as_bytes());
+    k
+}
+
+fn timer_key(tenant: &str, account: &str, journey: &str, instance: u32) -> Vec<u8> {
+    let mut k = key3(tenant, account, journey);
+    k.push(0);
+    k.extend_from_slice(&instance.to_be_bytes());
+    k
+}
+
+const ACCOUNTS: usize = 0;
+const PERSONS: usize = 1;
+const PERSON_INDEX: usize = 2;
+const TIMERS: usize = 3;
+const DEDUP: usize = 4;
+const META: usize = 5;
+
+impl Delta {
+    /// Number of writes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Appends another delta's writes after these (later writes to a key win).
+    pub fn extend(&mut self, other: Delta) {
+        self.ops.extend(other.ops);
+    }
+
+    fn put(&mut self, cf: usize, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op { cf, key, value: Some(value) });
+    }
+
+    fn delete(&mut self, cf: usize, key: Vec<u8>) {
+        self.ops.push(Op { cf, key, value: None });
+    }
+
+    /// Writes an account record.
+    pub fn put_account(&mut self, tenant: &str, account: &str, rec: &AccountRecord) {
+        self.put(ACCOUNTS, key2(tenant, account), codec::encode(rec));
+    }
+
+    /// Writes a person record under its account.
+    pub fn put_person(&mut self, tenant: &str, account: &str, rec: &PersonRecord) {
+        self.put(PERSONS, key3(tenant, account, &rec.person_id), codec::encode(rec));
+    }
+
+    /// Removes a person record from an account (the person moved away).
+    pub fn delete_person(&mut self, tenant: &str, account: &str, person: &str) {
+        self.delete(PERSONS, key3(tenant, account, person));
+    }
+
+    /// Writes a person index entry.
+    pub fn put_person_index(&mut self, tenant: &str, person: &str, rec: &PersonIndexRecord) {
+        self.put(PERSON_INDEX, key2(tenant, person), codec::encode(rec));
+    }
+
+    /// Writes a pending timer.
+    pub fn put_timer(&mut self, tenant: &str, account: &str, journey: &str, instance: u32, timer: &TimerRecord) {
+        self.put(TIMERS, timer_key(tenant, account, journey, instance), codec::encode(timer));
+    }
+
+    /// Removes a timer (fired or cancelled).
+    pub fn delete_timer(&mut self, tenant: &str, account: &str, journey: &str, instance: u32) {
+        self.delete(TIMERS, timer_key(tenant, account, journey, instance));
+    }
+
+    /// Records the event-id hashes applied in an epoch.
+    pub fn put_dedup_epoch(&mut self, epoch: u64, hashes: &[u128]) {
+        let mut v = Vec::with_capacity(1 + hashes.len() * 16);
+        v.push(codec::FORMAT_VERSION);
+        for h in hashes {
+            v.extend_from_slice(&h.to_le_bytes());
+        }
+        self.put(DEDUP, epoch.to_be_bytes().to_vec(), v);
+    }
+
+    /// Forgets the event ids of an epoch that left the de-duplication window.
+    pub fn delete_dedup_epoch(&mut self, epoch: u64) {
+        self.delete(DEDUP, epoch.to_be_bytes().to_vec());
+    }
+}
+
+/// One pending timer as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredTimer {
+    /// The tenant.
+    pub tenant: String,
+    /// The account.
+    pub account_id: String,
+    /// The journey.
+    pub journey_id: String,
+    /// The instance number.
+    pub instance: u32,
+    /// Due time and arming order.
+    pub timer: TimerRecord,
+}
+
+/// The RocksDB state store.
+pub struct Store {
+    db: DB,
+    write_opts: WriteOptions,
+    poisoned: AtomicBool,
+}
+
+fn escape(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).replace('\0', "|")
+}
+
+fn decode_at<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    codec::decode(bytes).map_err(|source| StateError::Codec { key: escape(key), source })
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    ///
+    /// # Errors
+    /// When RocksDB cannot open the directory (held by another process, corrupt, unreadable).
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store> {
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        let mut cf_opts = Options::default();
+        cf_opts.set_block_based_table_factory(&table);
+        cf_opts.set_write_buffer_size(options.write_buffer_bytes);
+        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut db_opts = cf_opts.clone();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_opts.clone()));
+        let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
+        let mut write_opts = WriteOptions::default();
+        write_opts.set_sync(options.sync_commits);
+        Ok(Store { db, write_opts, poisoned: AtomicBool::new(false) })
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) { Err(StateError::Poisoned) } else { Ok(()) }
+    }
+
+    fn cf(&self, ix: usize) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(COLUMN_FAMILIES[ix]).expect("every column family is created at open")
+    }
+
+    /// Writes a delta and the checkpoint it reflects, atomically.
+    ///
+    /// # Errors
+    /// [`StateError::Rocks`] when the write fails (the store is then poisoned), or
+    /// [`StateError::Poisoned`] after an earlier failure.
+    pub fn commit(&self, delta: &Delta, checkpoint: &Checkpoint) -> Result<()> {
+        self.check()?;
+        let mut batch = WriteBatch::default();
+        for op in &delta.ops {
+            let cf = self.cf(op.cf);
+            match &op.value {
+                Some(v) => batch.put_cf(cf, &op.key, v),
+                None => batch.delete_cf(cf, &op.key),
+            }
+        }
+        batch.put_cf(self.cf(META), b"checkpoint", codec::encode(checkpoint));
+        self.db.write_opt(batch, &self.write_opts).map_err(|e| {
+            self.poisoned.store(true, Ordering::Release);
+            StateError::Rocks(e)
+        })
+    }
+
+    /// The last committed checkpoint, if any commit happened.
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        self.check()?;
+        match self.db.get_cf(self.cf(META), b"checkpoint")? {
+            Some(v) => decode_at(b"checkpoint", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Loads an account and its people; `None` when nothing is stored for it.
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn load_account(&self, tenant: &str, account: &str) -> Result<Option<(AccountRecord, Vec<PersonRecord>)>> {
+        self.check()?;
+        let key = key2(tenant, account);
+        let record = match self.db.get_cf(self.cf(ACCOUNTS), &key)? {
+            Some(v) => Some(decode_at::<AccountRecord>(&key, &v)?),
+            None => None,
+        };
+        let mut prefix = key;
+        prefix.push(0);
+        let mut persons = Vec::new();
+        for item in self.db.iterator_cf(self.cf(PERSONS), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            persons.push(decode_at::<PersonRecord>(&k, &v)?);
+        }
+        if record.is_none() && persons.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((record.unwrap_or_default(), persons)))
+    }
+
+    /// Reads a person index entry.
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn person_index(&self, tenant: &str, person: &str) -> Result<Option<PersonIndexRecord>> {
+        self.check()?;
+        let key = key2(tenant, person);
+        match self.db.get_cf(self.cf(PERSON_INDEX), &key)? {
+            Some(v) => decode_at(&key, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every pending timer.
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn timers(&self) -> Result<Vec<StoredTimer>> {
+        self.check()?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(TIMERS), IteratorMode::Start) {
+            let (k, v) = item?;
+            let timer: TimerRecord = decode_at(&k, &v)?;
+            let corrupt = || StateError::Codec { key: escape(&k), source: CodecError::Corrupt("bad timer key".into()) };
+            let (head, inst) = k.split_at(k.len().checked_sub(4).ok_or_else(corrupt)?);
+            let head = head.strip_suffix(&[0]).ok_or_else(corrupt)?;
+            let parts: Vec<&[u8]> = head.split(|b| *b == 0).collect();
+            let [tenant, account, journey] = parts.as_slice() else { return Err(corrupt()) };
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| corrupt());
+            out.push(StoredTimer {
+                tenant: text(tenant)?,
+                account_id: text(account)?,
+                journey_id: text(journey)?,
+                instance: u32::from_be_bytes(inst.try_into().map_err(|_| corrupt())?),
+                timer,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The de-duplication window: every stored epoch with its event-id hashes, oldest first.
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn dedup_epochs(&self) -> Result<Vec<(u64, Vec<u128>)>> {
+        self.check()?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(DEDUP), IteratorMode::Start) {
+            let (k, v) = item?;
+            let corrupt = |why: &str| StateError::Codec { key: escape(&k), source: CodecError::Corrupt(why.into()) };
+            let epoch = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| corrupt("bad epoch key"))?);
+            let body = match v.split_first() {
+                Some((&codec::FORMAT_VERSION, body)) if body.len() % 16 == 0 => body,
+                _ => return Err(corrupt("bad dedup value")),
+            };
+            let hashes = body
+                .chunks_exact(16)
+                .map(|c| u128::from_le_bytes(c.try_into().expect("chunks_exact yields 16 bytes")))
+                .collect();
+            out.push((epoch, hashes));
+        }
+        Ok(out)
+    }
+
+    /// Approximate live data size in bytes, summed over column families.
+    pub fn approximate_size_bytes(&self) -> u64 {
+        COLUMN_FAMILIES
+            .iter()
+            .filter_map(|n| self.db.cf_handle(n))
+            .filter_map(|cf| self.db.property_int_value_cf(cf, "rocksdb.estimate-live-data-size").ok().flatten())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

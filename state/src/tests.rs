@@ -1,0 +1,157 @@
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, &StoreOptions::default()).expect("store opens")
+}
+
+fn person(id: &str, joined: u64) -> PersonRecord {
+    let mut attributes = caravan_schemas::attrs::Attrs::default();
+    attributes.insert("email", json!(format!("{id}@x")));
+    PersonRecord { person_id: id.into(), present: true, attributes, version: 1, joined }
+}
+
+#[test]
+fn commit_is_durable_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path());
+        assert_eq!(store.checkpoint().expect("reads"), None);
+        let mut d = Delta::default();
+        let mut acct = AccountRecord { exists: true, version: 2, ..AccountRecord::default() };
+        acct.attributes.insert("employees", json!(1200));
+        d.put_account("t", "a", &acct);
+        d.put_person("t", "a", &person("p1", 3));
+        d.put_person("t", "a", &person("p2", 1));
+        let cp = Checkpoint {
+            epoch: 7,
+            records: 100,
+            input_bytes: 5000,
+            max_ts: Some(42),
+            output_lengths: [1, 2, 3],
+            totals: [1, 2, 3, 4, 5],
+        };
+        store.commit(&d, &cp).expect("commits");
+    }
+    let store = open(dir.path());
+    let cp = store.checkpoint().expect("reads").expect("present");
+    assert_eq!(cp.epoch, 7);
+    assert_eq!(cp.output_lengths, [1, 2, 3]);
+    let (acct, persons) = store.load_account("t", "a").expect("reads").expect("present");
+    assert_eq!(acct.attributes.get("employees"), Some(&json!(1200)));
+    assert_eq!(persons.len(), 2);
+    assert_eq!(store.load_account("t", "zz").expect("reads"), None);
+}
+
+#[test]
+fn prefix_scans_never_leak_across_accounts_or_tenants() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let mut d = Delta::default();
+    d.put_person("t", "a", &person("p1", 1));
+    d.put_person("t", "ab", &person("p2", 1));
+    d.put_person("t2", "a", &person("p3", 1));
+    d.put_person("t\0", "a", &person("p4", 1));
+    store.commit(&d, &Checkpoint::default()).expect("commits");
+    let (_, persons) = store.load_account("t", "a").expect("reads").expect("present");
+    let ids: Vec<&str> = persons.iter().map(|p| p.person_id.as_str()).collect();
+    assert_eq!(ids, ["p1"]);
+}
+
+#[test]
+fn deletes_and_timers_and_dedup_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let mut d = Delta::default();
+    d.put_person("t", "a", &person("p1", 1));
+    let timer = TimerRecord { due: -5, arm: vec![1, 0, 0] };
+    d.put_timer("t", "a", "j", 2, &timer);
+    d.put_timer("t", "b", "j", 1, &timer);
+    d.put_dedup_epoch(1, &[1, u128::MAX]);
+    d.put_dedup_epoch(2, &[3]);
+    store.commit(&d, &Checkpoint::default()).expect("commits");
+    let mut d = Delta::default();
+    d.delete_person("t", "a", "p1");
+    d.delete_timer("t", "b", "j", 1);
+    d.delete_dedup_epoch(1);
+    store.commit(&d, &Checkpoint::default()).expect("commits");
+    assert_eq!(store.load_account("t", "a").expect("reads"), None);
+    let timers = store.timers().expect("reads");
+    assert_eq!(
+        timers,
+        vec![StoredTimer { tenant: "t".into(), account_id: "a".into(), journey_id: "j".into(), instance: 2, timer }]
+    );
+    assert_eq!(store.dedup_epochs().expect("reads"), vec![(2, vec![3])]);
+}
+
+#[test]
+fn a_corrupt_value_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let mut d = Delta::default();
+    d.put(PERSON_INDEX, key2("t", "p"), vec![1, 255, 255, 255]);
+    d.put(PERSON_INDEX, key2("t", "q"), vec![99, 0]);
+    store.commit(&d, &Checkpoint::default()).expect("commits");
+    assert!(matches!(store.person_index("t", "p"), Err(StateError::Codec { .. })));
+    assert!(matches!(
+        store.person_index("t", "q"),
+        Err(StateError::Codec { source: CodecError::Version { found: 99 }, .. })
+    ));
+}
+
+#[derive(Clone, Debug)]
+enum ModelOp {
+    Put(u8, u8),
+    Delete(u8),
+    Reopen,
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    prop_oneof![
+        (0u8..6, any::<u8>()).prop_map(|(k, v)| ModelOp::Put(k, v)),
+        (0u8..6).prop_map(ModelOp::Delete),
+        Just(ModelOp::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// The store behaves like a map, across commits and reopens.
+    #[test]
+    fn store_matches_a_btreemap_model(batches in proptest::collection::vec(proptest::collection::vec(model_op(), 1..8), 1..6)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = open(dir.path());
+        let mut model: BTreeMap<String, String> = BTreeMap::new();
+        for (epoch, ops) in batches.into_iter().enumerate() {
+            let mut d = Delta::default();
+            let mut pending = model.clone();
+            for op in ops {
+                match op {
+                    ModelOp::Put(k, v) => {
+                        let (k, v) = (format!("p{k}"), format!("a{v}"));
+                        d.put_person_index("t", &k, &PersonIndexRecord { account_id: v.clone(), present: true });
+                        pending.insert(k, v);
+                    }
+                    ModelOp::Delete(k) => {
+                        let k = format!("p{k}");
+                        d.delete(PERSON_INDEX, key2("t", &k));
+                        pending.remove(&k);
+                    }
+                    ModelOp::Reopen => {
+                        drop(store);
+                        store = open(dir.path());
+                    }
+                }
+            }
+            store.commit(&d, &Checkpoint { epoch: epoch as u64, ..Checkpoint::default() }).expect("commits");
+            model = pending;
+            for k in 0..6 {
+                let k = format!("p{k}");
+                let got = store.person_index("t", &k).expect("reads").map(|r| r.account_id);
+                prop_assert_eq!(got, model.get(&k).cloned());
+            }
+        }
+    }
+}
