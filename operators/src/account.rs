@@ -45,20 +45,20 @@ impl Definitions {
     /// When a version equal to or lower than the newest is published with a different document.
     pub fn publish(&mut self, journey: Journey) -> Result<(), String> {
         let versions = self.journeys.entry((journey.tenant.clone(), journey.id.clone())).or_default();
-        if let Some((&newest, existing)) = versions.iter().next_back() {
-            if journey.version <= newest {
-                let same = versions.get(&journey.version).is_some_and(|j| j.document == journey.document);
-                if same {
-                    return Ok(());
-                }
-                return Err(format!(
-                    "journey `{}` version {} is refused: version {} is already published{}",
-                    journey.id,
-                    journey.version,
-                    existing.version,
-                    if journey.version == newest { " with another document" } else { "" }
-                ));
+        if let Some((&newest, existing)) = versions.iter().next_back()
+            && journey.version <= newest
+        {
+            let same = versions.get(&journey.version).is_some_and(|j| j.document == journey.document);
+            if same {
+                return Ok(());
             }
+            return Err(format!(
+                "journey `{}` version {} is refused: version {} is already published{}",
+                journey.id,
+                journey.version,
+                existing.version,
+                if journey.version == newest { " with another document" } else { "" }
+            ));
         }
         versions.insert(journey.version, Arc::new(journey));
         Ok(())
@@ -225,6 +225,7 @@ struct Tracker {
 }
 
 impl Tracker {
+    #[allow(clippy::too_many_arguments)]
     fn touch(
         &mut self,
         entity: Entity,

@@ -223,14 +223,15 @@ pub fn compile_journey(doc: &Value) -> Result<Journey, Vec<Problem>> {
     for (name, raw) in &jd.nodes {
         nodes.push(compile_node(&mut ck, name, raw, &index));
     }
+    // The graph is checked on the targets as written, so that its problems are reported beside the nodes'.
+    let edges: Vec<Vec<NodeIx>> = jd.nodes.values().map(|raw| written_targets(raw, &index)).collect();
+    if index.contains_key(jd.start.as_str()) {
+        check_graph(&mut ck, &names, &edges, start);
+    }
     if !ck.problems.is_empty() {
         return Err(ck.problems);
     }
     let nodes: Vec<Node> = nodes.into_iter().map(|n| n.unwrap_or(Node::Exit)).collect();
-    check_graph(&mut ck, &names, &nodes, start);
-    if !ck.problems.is_empty() {
-        return Err(ck.problems);
-    }
     Ok(Journey {
         tenant: jd.tenant,
         id: jd.id,
@@ -245,25 +246,31 @@ pub fn compile_journey(doc: &Value) -> Result<Journey, Vec<Problem>> {
     })
 }
 
-/// The successors of a node.
-pub fn successors(node: &Node) -> Vec<NodeIx> {
-    match node {
-        Node::Action { next, .. } | Node::Wait { next, .. } => next.iter().copied().collect(),
-        Node::SplitAccounts { paths, otherwise } => {
-            paths.iter().map(|(_, n)| *n).chain(otherwise.iter().copied()).collect()
+/// The node targets a node's document names (`next`, `on_timeout`, `otherwise`, paths), known ones only.
+fn written_targets(raw: &Value, index: &BTreeMap<&str, NodeIx>) -> Vec<NodeIx> {
+    let mut names: Vec<&str> = Vec::new();
+    for key in ["next", "on_timeout", "otherwise"] {
+        if let Some(n) = raw.get(key).and_then(Value::as_str) {
+            names.push(n);
         }
-        Node::Listen { next, on_timeout, .. } => next.iter().chain(on_timeout.iter()).copied().collect(),
-        Node::Exit => Vec::new(),
     }
+    for key in ["split_accounts", "split_people"] {
+        for path in raw.get(key).and_then(Value::as_array).into_iter().flatten() {
+            if let Some(n) = path.get("next").and_then(Value::as_str) {
+                names.push(n);
+            }
+        }
+    }
+    names.into_iter().filter_map(|n| index.get(n).copied()).collect()
 }
 
-fn check_graph(ck: &mut Checker, names: &[String], nodes: &[Node], start: NodeIx) {
+fn check_graph(ck: &mut Checker, names: &[String], edges: &[Vec<NodeIx>], start: NodeIx) {
     // Reachability from start.
-    let mut seen = vec![false; nodes.len()];
+    let mut seen = vec![false; edges.len()];
     let mut stack = vec![start];
     while let Some(n) = stack.pop() {
         if !std::mem::replace(&mut seen[n], true) {
-            stack.extend(successors(&nodes[n]));
+            stack.extend(edges[n].iter().copied());
         }
     }
     for (i, reached) in seen.iter().enumerate() {
@@ -272,17 +279,16 @@ fn check_graph(ck: &mut Checker, names: &[String], nodes: &[Node], start: NodeIx
         }
     }
     // Cycles: depth-first colouring over every node.
-    let mut colour = vec![0u8; nodes.len()]; // 0 new, 1 on the stack, 2 done
-    for root in 0..nodes.len() {
+    let mut colour = vec![0u8; edges.len()]; // 0 new, 1 on the stack, 2 done
+    for root in 0..edges.len() {
         if colour[root] != 0 {
             continue;
         }
         let mut stack: Vec<(NodeIx, usize)> = vec![(root, 0)];
         colour[root] = 1;
         while let Some(&mut (n, ref mut k)) = stack.last_mut() {
-            let succ = successors(&nodes[n]);
-            if *k < succ.len() {
-                let m = succ[*k];
+            if *k < edges[n].len() {
+                let m = edges[n][*k];
                 *k += 1;
                 match colour[m] {
                     0 => {
@@ -556,6 +562,12 @@ fn compile_action(ck: &mut Checker, name: &str, base: &str, raw: &Value, next: O
     };
     Some(Node::Action { kind: action, params: Value::Object(p.clone()), next })
 }
+
+/// Compiled journeys are shared by every worker thread.
+const _: () = {
+    const fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<Journey>();
+};
 
 #[cfg(test)]
 mod tests {

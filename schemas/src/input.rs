@@ -345,7 +345,7 @@ fn decode_wire(mut w: Wire, limits: &DecodeLimits) -> Result<InputEvent, Rejecti
         return Err(Rejection::new(RejectReason::UnknownType, format!("unknown event type `{kind}`")));
     }
     // 4. (unknown tenant: decided by the caller.) 5. ts.
-    let ts = Timestamp::parse_rfc3339(&ts_text).map_err(|e| invalid("ts", &e))?;
+    let ts = Timestamp::parse_rfc3339(&ts_text).map_err(|e| invalid("ts", &format!("is invalid: {e}")))?;
     if ts < limits.ts_min || ts >= limits.ts_max {
         return Err(invalid(
             "ts",

@@ -1,1 +1,11 @@
-//! it
+//! End-to-end tests: they drive the `caravan` binary on files, as a user would.
+//!
+//! The binary is the one cargo built next to this test binary (`target/<profile>/caravan`), or the one named
+//! by `CARAVAN_BIN`. The reference workload comes from `../shared/bench/gen_workload.py` (or `CARAVAN_SHARED`).
+
+mod support;
+
+mod bad_input;
+mod crash;
+mod replay;
+mod validate;

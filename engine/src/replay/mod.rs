@@ -27,8 +27,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-pub use committer::OUTPUT_FILES as OUTPUTS;
-
 /// Everything a replay needs to know.
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
@@ -116,6 +114,30 @@ impl Summary {
     pub fn records_per_second(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+}
+
+/// Shrinks a cache that is over `capacity` to three quarters of it, dropping only entries whose last change
+/// (`dirty_batch`) has committed: a dropped entry is reloaded from RocksDB, which must already hold it.
+/// Returns whether anything was dropped.
+pub(crate) fn evict_committed<K, V>(
+    map: &mut rustc_hash::FxHashMap<K, V>,
+    capacity: usize,
+    committed: u64,
+    dirty_batch: impl Fn(&V) -> u64,
+) -> bool {
+    if map.len() <= capacity {
+        return false;
+    }
+    let mut excess = map.len() - capacity / 4 * 3;
+    map.retain(|_, v| {
+        if excess > 0 && dirty_batch(v) <= committed {
+            excess -= 1;
+            false
+        } else {
+            true
+        }
+    });
+    true
 }
 
 fn first_error(errors: Vec<EngineError>) -> Option<EngineError> {

@@ -206,16 +206,15 @@ impl<'s> Router<'s> {
     }
 
     fn route_line(&mut self, line: ParsedLine) -> Result<(), EngineError> {
+        match line.parsed {
+            Parsed::Blank => {}
+            Parsed::Rejected(r, raw) => self.reject(r.reason, r.detail, &raw, line.line),
+            Parsed::Event(event, raw) => self.route_event(event, raw, line.line)?,
+        }
+        // Only now is the line consumed: a batch cut inside `route_event` (a move) must not claim it.
         self.part.records_end = line.line;
         self.part.bytes_end = line.end_byte;
-        match line.parsed {
-            Parsed::Blank => Ok(()),
-            Parsed::Rejected(r, raw) => {
-                self.reject(r.reason, r.detail, &raw, line.line);
-                Ok(())
-            }
-            Parsed::Event(event, raw) => self.route_event(event, raw, line.line),
-        }
+        Ok(())
     }
 
     fn lookup(&mut self, key: &str, tenant: &str, person: &str) -> Result<Option<PersonIndexRecord>, EngineError> {
@@ -261,10 +260,10 @@ impl<'s> Router<'s> {
                     (None, Some(k)) if k.present => Some(k.account_id.clone()),
                     _ => None,
                 };
-                if let (Some(t), Some(k)) = (&target, &known) {
-                    if k.account_id != *t {
-                        detach_from = Some(k.account_id.clone());
-                    }
+                if let (Some(t), Some(k)) = (&target, &known)
+                    && k.account_id != *t
+                {
+                    detach_from = Some(k.account_id.clone());
                 }
                 let update = target.as_ref().map(|t| PersonIndexRecord { account_id: t.clone(), present: true });
                 (target, update)
@@ -380,21 +379,10 @@ impl<'s> Router<'s> {
 
     /// Keeps the index within its capacity: drops clean entries (or entries whose batch has committed).
     fn evict(&mut self) {
-        if self.index.len() <= self.cfg.index_capacity {
-            return;
-        }
         let committed = self.committed.load(Ordering::Acquire);
-        let target = self.cfg.index_capacity / 4 * 3;
-        let mut excess = self.index.len() - target;
-        self.index.retain(|_, slot| {
-            if excess > 0 && slot.dirty_batch <= committed {
-                excess -= 1;
-                false
-            } else {
-                true
-            }
-        });
-        self.complete_cache = false;
+        if super::evict_committed(&mut self.index, self.cfg.index_capacity, committed, |s| s.dirty_batch) {
+            self.complete_cache = false;
+        }
     }
 }
 

@@ -125,11 +125,11 @@ impl<'s> Worker<'s> {
     }
 
     fn mark_dirty(&mut self, tenant: &Arc<str>, account: &Arc<str>, batch: u64) {
-        if let Some(c) = self.cache.get_mut(&(Arc::clone(tenant), Arc::clone(account))) {
-            if c.dirty_batch != batch {
-                c.dirty_batch = batch;
-                self.dirty.push((Arc::clone(tenant), Arc::clone(account)));
-            }
+        if let Some(c) = self.cache.get_mut(&(Arc::clone(tenant), Arc::clone(account)))
+            && c.dirty_batch != batch
+        {
+            c.dirty_batch = batch;
+            self.dirty.push((Arc::clone(tenant), Arc::clone(account)));
         }
     }
 
@@ -254,20 +254,9 @@ impl<'s> Worker<'s> {
 
     /// Keeps the cache within its capacity: drops accounts whose last change has committed.
     fn evict(&mut self) {
-        if self.cache.len() <= self.cfg.cache_capacity {
-            return;
-        }
         let committed = self.committed.load(Ordering::Acquire);
-        let target = self.cfg.cache_capacity / 4 * 3;
-        let mut excess = self.cache.len() - target;
-        self.cache.retain(|_, c| {
-            if excess > 0 && c.dirty_batch <= committed {
-                excess -= 1;
-                false
-            } else {
-                true
-            }
-        });
-        self.complete_cache = false;
+        if super::evict_committed(&mut self.cache, self.cfg.cache_capacity, committed, |c| c.dirty_batch) {
+            self.complete_cache = false;
+        }
     }
 }

@@ -1,0 +1,187 @@
+//! Replay of the reference workload: counts equal the reference model, outputs are deterministic.
+
+use crate::support::*;
+
+#[test]
+fn reference_workload_counts_equal_the_model_for_several_seeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (seed, accounts, events, days) in [(1u32, 200u32, 12_000u32, 30u32), (7, 120, 8_000, 9), (42, 300, 20_000, 20)]
+    {
+        let input = dir.path().join(format!("w{seed}.ndjson"));
+        let expect = generate(&input, accounts, 4, events, days, seed);
+        let out = dir.path().join(format!("out{seed}"));
+        replay(&reference_definitions(), &input, &out, None, &[]);
+        assert_counts_match(&out, &expect);
+        assert!(read_ndjson(&out.join("rejected.ndjson")).is_empty());
+    }
+}
+
+#[test]
+fn outputs_do_not_depend_on_the_number_of_workers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("w.ndjson");
+    generate(&input, 150, 3, 15_000, 12, 3);
+    let mut runs = Vec::new();
+    for workers in ["1", "2", "5"] {
+        let out = dir.path().join(format!("out{workers}"));
+        replay(&reference_definitions(), &input, &out, None, &["--workers", workers, "--commit-interval", "5ms"]);
+        runs.push(output_bytes(&out));
+    }
+    assert!(!runs[0][0].is_empty());
+    assert!(runs[0] == runs[1] && runs[1] == runs[2], "outputs differ between worker counts");
+}
+
+#[test]
+fn a_finished_run_resumed_adds_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("w.ndjson");
+    generate(&input, 50, 3, 3_000, 10, 5);
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    replay(&reference_definitions(), &input, &out, Some(&state), &[]);
+    let first = output_bytes(&out);
+    let again = replay(&reference_definitions(), &input, &out, Some(&state), &[]);
+    assert_eq!(output_bytes(&out), first);
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.contains("replayed 0 records"), "{text}");
+}
+
+#[test]
+fn standard_input_works_and_matches_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("w.ndjson");
+    generate(&input, 40, 2, 2_000, 10, 9);
+    let out_file = dir.path().join("a");
+    replay(&reference_definitions(), &input, &out_file, None, &[]);
+    let out_stdin = dir.path().join("b");
+    let status = std::process::Command::new(caravan_bin())
+        .args(["replay", "--definitions"])
+        .arg(reference_definitions())
+        .args(["--input", "-", "--out"])
+        .arg(&out_stdin)
+        .stdin(std::fs::File::open(&input).expect("input"))
+        .status()
+        .expect("runs");
+    assert!(status.success());
+    let (a, b) = (output_bytes(&out_file), output_bytes(&out_stdin));
+    assert_eq!(a[0], b[0]);
+    assert_eq!(a[1], b[1]);
+}
+
+#[test]
+fn people_move_between_accounts_and_timers_fire_after_their_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let defs = dir.path().join("defs");
+    std::fs::create_dir(&defs).expect("mkdir");
+    std::fs::write(
+        defs.join("j.yaml"),
+        "kind: journey\ntenant: t\nid: j\nversion: 1\naudience: target\nstart: w\nnodes:\n  w: {wait: 1h, next: m}\n  m: {action: {send_email: {asset: x}}}\n",
+    )
+    .expect("write");
+    let lines = [
+        r#"{"tenant":"t","type":"person.upserted","event_id":"1","ts":"2026-01-01T00:00:00Z","person_id":"p","account_id":"a","attributes":{"k":1}}"#,
+        r#"{"tenant":"t","type":"person.upserted","event_id":"2","ts":"2026-01-01T00:00:00Z","person_id":"q","account_id":"b","attributes":{}}"#,
+        r#"{"tenant":"t","type":"account.audience","event_id":"3","ts":"2026-01-01T00:00:00Z","account_id":"a","audience_id":"target","status":"entered"}"#,
+        r#"{"tenant":"t","type":"account.audience","event_id":"4","ts":"2026-01-01T00:00:00Z","account_id":"b","audience_id":"target","status":"entered"}"#,
+        // p moves from a to b while both wait: at the timers it is b's, not a's.
+        r#"{"tenant":"t","type":"person.upserted","event_id":"5","ts":"2026-01-01T00:10:00Z","person_id":"p","account_id":"b","attributes":{"k":1}}"#,
+        // An activity without account_id is routed through the person index (to b).
+        r#"{"tenant":"t","type":"person.activity","event_id":"6","ts":"2026-01-01T00:20:00Z","person_id":"p","activity":"web.visited"}"#,
+        r#"{"tenant":"t","type":"person.activity","event_id":"7","ts":"2026-01-01T00:20:00Z","person_id":"ghost","activity":"web.visited"}"#,
+        r#"{"tenant":"t","type":"account.upserted","event_id":"8","ts":"2026-01-01T02:00:00Z","account_id":"c","attributes":{}}"#,
+    ];
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, lines.join("\n") + "\n").expect("write");
+    for workers in ["1", "3"] {
+        let out = dir.path().join(format!("out{workers}"));
+        replay(&defs, &input, &out, None, &["--workers", workers]);
+        let actions = read_ndjson(&out.join("actions.ndjson"));
+        let got: Vec<(String, String, String)> = actions
+            .iter()
+            .map(|a| {
+                let s = |k: &str| a[k].as_str().unwrap_or_default().to_owned();
+                (s("account_id"), s("person_id"), s("cause_event_id"))
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("b".into(), "q".into(), "8".into()), ("b".into(), "p".into(), "8".into())],
+            "{workers} workers"
+        );
+        assert_eq!(actions[0]["ts"], "2026-01-01T01:00:00.000Z");
+        let changes = read_ndjson(&out.join("changes.ndjson"));
+        let moved: Vec<_> = changes.iter().filter(|c| c["entity_id"] == "p").collect();
+        assert_eq!(moved.len(), 2);
+        assert_eq!(moved[1]["op"], "update");
+        assert_eq!(moved[1]["before"], serde_json::json!({"account_id": "a"}));
+        assert_eq!(moved[1]["after"], serde_json::json!({"account_id": "b"}));
+        assert_eq!(moved[1]["version"], 2);
+        let rejected = read_ndjson(&out.join("rejected.ndjson"));
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0]["reason"], "unknown_person_account");
+        assert_eq!(rejected[0]["source"]["line"], 7);
+    }
+}
+
+fn one_journey(dir: &std::path::Path, yaml_nodes: &str) -> std::path::PathBuf {
+    let defs = dir.join("defs");
+    std::fs::create_dir_all(&defs).expect("mkdir");
+    std::fs::write(
+        defs.join("j.yaml"),
+        format!("kind: journey\ntenant: t\nid: j\nversion: 1\naudience: target\nstart: w\nnodes:\n{yaml_nodes}"),
+    )
+    .expect("write");
+    defs
+}
+
+fn account_line(id: &str, ts: &str, account: &str) -> String {
+    format!(
+        r#"{{"tenant":"t","type":"account.upserted","event_id":"{id}","ts":"{ts}","account_id":"{account}","attributes":{{}}}}"#
+    )
+}
+
+#[test]
+fn a_timer_fires_once_the_watermark_reaches_its_due_time_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let defs = one_journey(dir.path(), "  w: {wait: 1h, next: m}\n  m: {action: {send_alert: {template: x}}}\n");
+    let lines = [
+        r#"{"tenant":"t","type":"account.audience","event_id":"in","ts":"2026-01-01T00:00:00Z","account_id":"a","audience_id":"target","status":"entered"}"#.to_owned(),
+        // Watermark = 01:00:04.999 - 5 s: one millisecond short of the due time.
+        account_line("short", "2026-01-01T01:00:04.999Z", "b"),
+        // A late record (behind the watermark) is applied but moves nothing.
+        account_line("late", "2026-01-01T00:00:01Z", "c"),
+        // Watermark = due exactly: the timer fires right after this record.
+        account_line("exact", "2026-01-01T01:00:05Z", "d"),
+        account_line("after", "2026-01-01T01:00:06Z", "e"),
+    ];
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, lines.join("\n")).expect("write");
+    let out = dir.path().join("out");
+    replay(&defs, &input, &out, None, &[]);
+    let actions = read_ndjson(&out.join("actions.ndjson"));
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0]["cause_event_id"], "exact");
+    assert_eq!(actions[0]["ts"], "2026-01-01T01:00:00.000Z");
+    let changes = read_ndjson(&out.join("changes.ndjson"));
+    let order: Vec<&str> = changes.iter().map(|c| c["cause_event_id"].as_str().unwrap_or_default()).collect();
+    assert_eq!(order, ["short", "late", "exact", "after"], "the late record was applied");
+}
+
+#[test]
+fn reaching_the_end_of_input_fires_nothing_more() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let defs = one_journey(dir.path(), "  w: {wait: 1h, next: m}\n  m: {action: {send_alert: {template: x}}}\n");
+    let lines = [
+        r#"{"tenant":"t","type":"account.audience","event_id":"in","ts":"2026-01-01T00:00:00Z","account_id":"a","audience_id":"target","status":"entered"}"#.to_owned(),
+        account_line("x", "2026-01-01T00:59:00Z", "b"),
+    ];
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, lines.join("\n")).expect("write");
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    replay(&defs, &input, &out, Some(&state), &[]);
+    assert!(read_ndjson(&out.join("actions.ndjson")).is_empty());
+    let inspect = caravan(&["inspect", "--state", &state.display().to_string(), "--tenant", "t", "--account", "a"]);
+    assert!(inspect.status.success());
+    let state_json: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect prints JSON");
+    assert_eq!(state_json["journeys"][0]["node"], "w");
+    assert_eq!(state_json["timers"][0]["due"], "2026-01-01T01:00:00.000Z");
+}

@@ -1,0 +1,136 @@
+//! Helpers shared by the end-to-end tests: finding the binary, generating workloads, reading outputs.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The shared folder beside the repository (specs, workload generator).
+pub fn shared() -> PathBuf {
+    std::env::var_os("CARAVAN_SHARED").map(PathBuf::from).unwrap_or_else(|| root().join("../shared"))
+}
+
+/// The `caravan` binary.
+pub fn caravan_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CARAVAN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let bin = dir.join("caravan");
+    assert!(bin.exists(), "{} is missing: build it first (cargo build --release -p caravan-engine)", bin.display());
+    bin
+}
+
+/// Runs `caravan` with arguments, returning its output.
+pub fn caravan(args: &[&str]) -> Output {
+    Command::new(caravan_bin()).args(args).env("RUST_LOG", "warn").output().expect("caravan runs")
+}
+
+/// Runs a replay and asserts it succeeded.
+pub fn replay(defs: &Path, input: &Path, out: &Path, state: Option<&Path>, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "replay".to_owned(),
+        "--definitions".into(),
+        defs.display().to_string(),
+        "--input".into(),
+        input.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--no-progress".into(),
+    ];
+    if let Some(s) = state {
+        args.push("--state".into());
+        args.push(s.display().to_string());
+    }
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = caravan(&refs);
+    assert!(
+        out.status.success(),
+        "replay failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The reference journey's folder.
+pub fn reference_definitions() -> PathBuf {
+    root().join("benches/b2b-journey-v1")
+}
+
+/// Generates the reference workload into `path`; returns the `--expect` counts.
+pub fn generate(path: &Path, accounts: u32, persons: u32, events: u32, days: u32, seed: u32) -> BTreeMap<String, u64> {
+    let script = shared().join("bench/gen_workload.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--accounts", &accounts.to_string(), "--persons-per-account", &persons.to_string()])
+        .args(["--events", &events.to_string(), "--days", &days.to_string(), "--seed", &seed.to_string()])
+        .arg("--out")
+        .arg(path)
+        .arg("--expect")
+        .output()
+        .expect("python3 runs the generator");
+    assert!(out.status.success(), "generator failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let start = text.find('{').expect("expect JSON");
+    let end = text.rfind('}').expect("expect JSON");
+    serde_json::from_str(&text[start..=end]).expect("expect counts parse")
+}
+
+/// Reads an NDJSON file into values.
+pub fn read_ndjson(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).expect("every output line is JSON")).collect()
+}
+
+/// Counts the outputs of a reference-workload run in the terms of `gen_workload.py --expect`.
+pub fn workload_counts(out: &Path) -> BTreeMap<String, u64> {
+    let actions = read_ndjson(&out.join("actions.ndjson"));
+    let changes = read_ndjson(&out.join("changes.ndjson"));
+    let mut c: BTreeMap<String, u64> = BTreeMap::new();
+    let mut entered = BTreeSet::new();
+    let mut nurtured = BTreeSet::new();
+    for a in &actions {
+        let kind = a["type"].as_str().expect("type").to_owned();
+        match (kind.as_str(), a["node_id"].as_str()) {
+            ("send_email", Some("welcome")) => {
+                entered.insert(a["account_id"].as_str().unwrap_or_default().to_owned());
+            }
+            ("send_email", Some("nurture")) => {
+                nurtured.insert(a["account_id"].as_str().unwrap_or_default().to_owned());
+            }
+            ("set_account_attribute", _) => *c.entry("ent_engaged".into()).or_default() += 1,
+            _ => {}
+        }
+        *c.entry(kind).or_default() += 1;
+    }
+    for ch in &changes {
+        let key = format!("{}_changes", ch["entity"].as_str().expect("entity"));
+        *c.entry(key).or_default() += 1;
+    }
+    c.insert("entered".into(), entered.len() as u64);
+    c.insert("smb_nurtured".into(), nurtured.len() as u64);
+    c
+}
+
+/// Asserts that every count the outputs can show equals the reference model's.
+pub fn assert_counts_match(out: &Path, expect: &BTreeMap<String, u64>) {
+    let got = workload_counts(out);
+    for key in
+        ["send_email", "send_alert", "account_changes", "person_changes", "entered", "ent_engaged", "smb_nurtured"]
+    {
+        assert_eq!(got.get(key).copied().unwrap_or(0), expect[key], "count `{key}`: got {got:?}, expected {expect:?}");
+    }
+}
+
+/// The bytes of the three output files.
+pub fn output_bytes(out: &Path) -> [Vec<u8>; 3] {
+    ["actions.ndjson", "changes.ndjson", "rejected.ndjson"].map(|f| std::fs::read(out.join(f)).unwrap_or_default())
+}
