@@ -155,19 +155,29 @@ pub struct Cause<'a> {
     pub ts: Timestamp,
     /// The input record (for timers: the one after which it fired).
     pub event_id: &'a str,
-    /// Arming-order prefix for timers armed by this cause (see [`crate::timers`]).
-    pub arm_prefix: Vec<u64>,
+    /// Input sequence number of that record.
+    pub seq: u64,
+    /// The timer that fired, for a timer cause.
+    pub timer: Option<&'a TimerRecord>,
 }
 
 impl<'a> Cause<'a> {
     /// The cause for input record number `seq`.
     pub fn record(seq: u64, ts: Timestamp, event_id: &'a str) -> Cause<'a> {
-        Cause { ts, event_id, arm_prefix: crate::timers::record_prefix(seq) }
+        Cause { ts, event_id, seq, timer: None }
     }
 
     /// The cause for a timer firing in the pass after input record `seq`.
-    pub fn timer(seq: u64, timer: &TimerRecord, event_id: &'a str) -> Cause<'a> {
-        Cause { ts: Timestamp(timer.due), event_id, arm_prefix: crate::timers::timer_prefix(seq, timer) }
+    pub fn timer(seq: u64, timer: &'a TimerRecord, event_id: &'a str) -> Cause<'a> {
+        Cause { ts: Timestamp(timer.due), event_id, seq, timer: Some(timer) }
+    }
+
+    /// The arming-order prefix of timers armed by this cause (see [`crate::timers`]).
+    fn arm_prefix(&self) -> Vec<u64> {
+        match self.timer {
+            None => crate::timers::record_prefix(self.seq),
+            Some(t) => crate::timers::timer_prefix(self.seq, t),
+        }
     }
 }
 
@@ -366,7 +376,7 @@ pub fn apply_event(
             }
         }
         EventBody::PersonUpserted { person_id, attributes, .. } => {
-            let seq = crate::timers::seq_of(&cause.arm_prefix);
+            let seq = cause.seq;
             let (ix, joins) = match (acct.person_ix(person_id), attach) {
                 (Some(ix), _) => (ix, !acct.persons[ix].record.present),
                 (None, Some((record, from))) => {
@@ -636,7 +646,7 @@ fn run(
 }
 
 fn arm(acct: &mut AccountState, i: usize, due: Timestamp, cause: &Cause<'_>, out: &mut Effects) {
-    let mut arm = cause.arm_prefix.clone();
+    let mut arm = cause.arm_prefix();
     arm.push(out.arm_count);
     out.arm_count += 1;
     let timer = TimerRecord { due: due.0, arm };

@@ -4,15 +4,20 @@
 //! short prefix. Length prefixes make the encoding injective, so distinct fields never share an id (up to
 //! the hash's collision odds, about 2^-64 at a billion ids). It is not a uniqueness check.
 
-use xxhash_rust::xxh3::Xxh3;
-
 fn hash(prefix: &str, parts: &[&[u8]]) -> String {
-    let mut h = Xxh3::new();
+    let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
     for p in parts {
-        h.update(&(p.len() as u64).to_le_bytes());
-        h.update(p);
+        buf.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        buf.extend_from_slice(p);
     }
-    format!("{prefix}{:032x}", h.digest128())
+    let h = xxhash_rust::xxh3::xxh3_128(&buf);
+    let mut out = String::with_capacity(prefix.len() + 32);
+    out.push_str(prefix);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..32).rev() {
+        out.push(char::from(HEX[((h >> (i * 4)) & 0xf) as usize]));
+    }
+    out
 }
 
 /// The id of an action: tenant, journey, version, account, node, person (or none), instance number.

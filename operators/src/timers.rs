@@ -30,11 +30,6 @@ pub fn timer_prefix(seq: u64, timer: &TimerRecord) -> Vec<u64> {
     p
 }
 
-/// The input sequence number a prefix belongs to.
-pub fn seq_of(prefix: &[u64]) -> u64 {
-    prefix.first().copied().unwrap_or(0)
-}
-
 /// The order in which due timers fire: due time, then arming order.
 pub fn fire_order(a: &TimerRecord, b: &TimerRecord) -> std::cmp::Ordering {
     a.due.cmp(&b.due).then_with(|| a.arm.cmp(&b.arm))
@@ -64,6 +59,5 @@ mod tests {
         assert!(fire_order(&child, &child2).is_lt());
         // Negative due times keep their order.
         assert!(ordered(-5) < ordered(3));
-        assert_eq!(seq_of(&timer_prefix(9, &parent)), 9);
     }
 }

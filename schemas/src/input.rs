@@ -13,11 +13,12 @@
 //! assert_eq!(bad.unwrap_err().reason, RejectReason::MissingField);
 //! ```
 
-use crate::json::StrictValue;
+use crate::json::{StrictValue, StrictVisitor};
 use crate::time::Timestamp;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a record was rejected (SPEC §4).
@@ -200,24 +201,143 @@ const TYPES: [&str; 8] = [
     "person.activity",
 ];
 
+/// A top-level field's value: a string (borrowed from the record where it has no escapes), or any other
+/// JSON value.
+enum Field<'de> {
+    Str(Cow<'de, str>),
+    Other(Value),
+}
+
+impl<'de> Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Field<'de>, E> {
+        Ok(Field::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Field<'de>, E> {
+        Ok(Field::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Field<'de>, E> {
+        Ok(Field::Str(Cow::Owned(v)))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Field<'de>, E> {
+        Ok(Field::Other(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Field<'de>, E> {
+        Ok(Field::Other(Value::Number(v.into())))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Field<'de>, E> {
+        Ok(Field::Other(Value::Number(v.into())))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Field<'de>, E> {
+        StrictVisitor.visit_f64(v).map(Field::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Field<'de>, E> {
+        Ok(Field::Other(Value::Null))
+    }
+    fn visit_none<E>(self) -> Result<Field<'de>, E> {
+        Ok(Field::Other(Value::Null))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Field<'de>, A::Error> {
+        StrictVisitor.visit_seq(seq).map(Field::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Field<'de>, A::Error> {
+        StrictVisitor.visit_map(map).map(Field::Other)
+    }
+}
+
+/// The names of the top-level fields Caravan reads; matched without allocating.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Tenant,
+    Type,
+    EventId,
+    Ts,
+    AccountId,
+    PersonId,
+    OpportunityId,
+    AudienceId,
+    Status,
+    Activity,
+    Attributes,
+    Properties,
+}
+
+const KEYS: [(&str, Key); 12] = [
+    ("tenant", Key::Tenant),
+    ("type", Key::Type),
+    ("event_id", Key::EventId),
+    ("ts", Key::Ts),
+    ("account_id", Key::AccountId),
+    ("person_id", Key::PersonId),
+    ("opportunity_id", Key::OpportunityId),
+    ("audience_id", Key::AudienceId),
+    ("status", Key::Status),
+    ("activity", Key::Activity),
+    ("attributes", Key::Attributes),
+    ("properties", Key::Properties),
+];
+
+/// A top-level key: one Caravan reads, or another one (kept to detect duplicates).
+enum KeyOrOther {
+    Known(Key),
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for KeyOrOther {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = KeyOrOther;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<KeyOrOther, E> {
+                Ok(KEYS
+                    .iter()
+                    .find(|(n, _)| *n == v)
+                    .map_or_else(|| KeyOrOther::Other(v.to_owned()), |(_, k)| KeyOrOther::Known(*k)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
 /// The raw top-level fields of a record, before any check but JSON well-formedness.
 #[derive(Default)]
-struct Wire {
-    tenant: Option<Value>,
-    kind: Option<Value>,
-    event_id: Option<Value>,
-    ts: Option<Value>,
-    account_id: Option<Value>,
-    person_id: Option<Value>,
-    opportunity_id: Option<Value>,
-    audience_id: Option<Value>,
-    status: Option<Value>,
-    activity: Option<Value>,
+struct Wire<'de> {
+    fields: [Option<Field<'de>>; 10],
+}
+
+impl<'de> Wire<'de> {
+    fn take(&mut self, key: Key) -> Option<Field<'de>> {
+        self.fields[key as usize].take()
+    }
+    fn get(&self, key: Key) -> Option<&Field<'de>> {
+        self.fields[key as usize].as_ref()
+    }
+}
+
+/// The record as read: the plain fields, and the two object fields kept as JSON values.
+#[derive(Default)]
+struct WireRecord<'de> {
+    wire: Wire<'de>,
     attributes: Option<Value>,
     properties: Option<Value>,
 }
 
-impl<'de> Deserialize<'de> for Wire {
+impl<'de> Deserialize<'de> for WireRecord<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_map(WireVisitor)
     }
@@ -226,41 +346,38 @@ impl<'de> Deserialize<'de> for Wire {
 struct WireVisitor;
 
 impl<'de> Visitor<'de> for WireVisitor {
-    type Value = Wire;
+    type Value = WireRecord<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Wire, A::Error> {
-        let mut w = Wire::default();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireRecord<'de>, A::Error> {
+        let mut w = WireRecord::default();
         let mut others: Vec<String> = Vec::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let slot = match key.as_ref() {
-                "tenant" => &mut w.tenant,
-                "type" => &mut w.kind,
-                "event_id" => &mut w.event_id,
-                "ts" => &mut w.ts,
-                "account_id" => &mut w.account_id,
-                "person_id" => &mut w.person_id,
-                "opportunity_id" => &mut w.opportunity_id,
-                "audience_id" => &mut w.audience_id,
-                "status" => &mut w.status,
-                "activity" => &mut w.activity,
-                "attributes" => &mut w.attributes,
-                "properties" => &mut w.properties,
-                other => {
-                    if others.iter().any(|o| o == other) {
-                        return Err(de::Error::custom(format_args!("duplicate key `{other}`")));
+        let dup = |name: &str| de::Error::custom(format_args!("duplicate key `{name}`"));
+        while let Some(key) = map.next_key::<KeyOrOther>()? {
+            match key {
+                KeyOrOther::Other(other) => {
+                    if others.contains(&other) {
+                        return Err(dup(&other));
                     }
-                    others.push(other.to_owned());
                     let StrictValue(_) = map.next_value()?;
-                    continue;
+                    others.push(other);
                 }
-            };
-            let StrictValue(v) = map.next_value()?;
-            if slot.replace(v).is_some() {
-                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+                KeyOrOther::Known(k @ (Key::Attributes | Key::Properties)) => {
+                    let StrictValue(v) = map.next_value()?;
+                    let slot = if k == Key::Attributes { &mut w.attributes } else { &mut w.properties };
+                    if slot.replace(v).is_some() {
+                        return Err(dup(if k == Key::Attributes { "attributes" } else { "properties" }));
+                    }
+                }
+                KeyOrOther::Known(k) => {
+                    let v: Field<'de> = map.next_value()?;
+                    if w.wire.fields[k as usize].replace(v).is_some() {
+                        return Err(dup(KEYS[k as usize].0));
+                    }
+                }
             }
         }
         Ok(w)
@@ -283,7 +400,7 @@ pub fn decode(raw: &[u8], limits: &DecodeLimits) -> Result<InputEvent, Rejection
     }
     let text = std::str::from_utf8(raw)
         .map_err(|e| Rejection::new(RejectReason::MalformedJson, format!("invalid UTF-8: {e}")))?;
-    let wire: Wire = serde_json::from_str(text).map_err(|e| {
+    let wire: WireRecord<'_> = serde_json::from_str(text).map_err(|e| {
         let msg = e.to_string();
         if msg.starts_with("number out of range") {
             Rejection::new(RejectReason::InvalidField, msg)
@@ -302,21 +419,30 @@ fn invalid(name: &str, why: &str) -> Rejection {
     Rejection::new(RejectReason::InvalidField, format!("field `{name}` {why}"))
 }
 
+fn absent(f: Option<&Field<'_>>) -> bool {
+    matches!(f, None | Some(Field::Other(Value::Null)))
+}
+
 /// Checks an id: a non-empty string without control characters.
-fn id(name: &str, v: Option<Value>) -> Result<String, Rejection> {
+fn id(key: Key, v: Option<Field<'_>>) -> Result<String, Rejection> {
+    let name = KEYS[key as usize].0;
     match v {
-        None | Some(Value::Null) => Err(missing(name)),
-        Some(Value::String(s)) => {
+        None | Some(Field::Other(Value::Null)) => Err(missing(name)),
+        Some(Field::Str(s)) => {
             if s.is_empty() {
                 Err(invalid(name, "is empty"))
             } else if s.chars().any(char::is_control) {
                 Err(invalid(name, "contains a control character"))
             } else {
-                Ok(s)
+                Ok(s.into_owned())
             }
         }
-        Some(_) => Err(invalid(name, "is not a string")),
+        Some(Field::Other(_)) => Err(invalid(name, "is not a string")),
     }
+}
+
+fn opt_id(key: Key, v: Option<Field<'_>>) -> Result<Option<String>, Rejection> {
+    if absent(v.as_ref()) { Ok(None) } else { id(key, v).map(Some) }
 }
 
 fn object(name: &str, v: Option<Value>, required: bool) -> Result<Map<String, Value>, Rejection> {
@@ -328,20 +454,21 @@ fn object(name: &str, v: Option<Value>, required: bool) -> Result<Map<String, Va
     }
 }
 
-fn decode_wire(mut w: Wire, limits: &DecodeLimits) -> Result<InputEvent, Rejection> {
+fn decode_wire(rec: WireRecord<'_>, limits: &DecodeLimits) -> Result<InputEvent, Rejection> {
+    let WireRecord { mut wire, attributes, properties } = rec;
     // 1. envelope fields present.
-    for (name, v) in [("tenant", &w.tenant), ("type", &w.kind), ("event_id", &w.event_id), ("ts", &w.ts)] {
-        if matches!(v, None | Some(Value::Null)) {
-            return Err(missing(name));
+    for key in [Key::Tenant, Key::Type, Key::EventId, Key::Ts] {
+        if absent(wire.get(key)) {
+            return Err(missing(KEYS[key as usize].0));
         }
     }
     // 2. envelope fields are strings (ids: non-empty, no control characters).
-    let tenant = id("tenant", w.tenant.take())?;
-    let Some(Value::String(kind)) = w.kind.take() else { return Err(invalid("type", "is not a string")) };
-    let event_id = id("event_id", w.event_id.take())?;
-    let Some(Value::String(ts_text)) = w.ts.take() else { return Err(invalid("ts", "is not a string")) };
+    let tenant = id(Key::Tenant, wire.take(Key::Tenant))?;
+    let Some(Field::Str(kind)) = wire.take(Key::Type) else { return Err(invalid("type", "is not a string")) };
+    let event_id = id(Key::EventId, wire.take(Key::EventId))?;
+    let Some(Field::Str(ts_text)) = wire.take(Key::Ts) else { return Err(invalid("ts", "is not a string")) };
     // 3. known type.
-    if !TYPES.contains(&kind.as_str()) {
+    if !TYPES.contains(&kind.as_ref()) {
         return Err(Rejection::new(RejectReason::UnknownType, format!("unknown event type `{kind}`")));
     }
     // 4. (unknown tenant: decided by the caller.) 5. ts.
@@ -353,88 +480,79 @@ fn decode_wire(mut w: Wire, limits: &DecodeLimits) -> Result<InputEvent, Rejecti
         ));
     }
     // 6 and 7. type fields: all presence checks first, then validity.
-    let need = |names: &[&str], w: &Wire| -> Result<(), Rejection> {
-        for &n in names {
-            let v = match n {
-                "account_id" => &w.account_id,
-                "person_id" => &w.person_id,
-                "opportunity_id" => &w.opportunity_id,
-                "audience_id" => &w.audience_id,
-                "status" => &w.status,
-                "activity" => &w.activity,
-                _ => &w.attributes,
+    let need = |keys: &[Key], wire: &Wire<'_>| -> Result<(), Rejection> {
+        for &k in keys {
+            let gone = match k {
+                Key::Attributes => matches!(attributes, None | Some(Value::Null)),
+                _ => absent(wire.get(k)),
             };
-            if matches!(v, None | Some(Value::Null)) {
-                return Err(missing(n));
+            if gone {
+                return Err(missing(KEYS[k as usize].0));
             }
         }
         Ok(())
     };
-    let opt_id = |name: &str, v: Option<Value>| match v {
-        None | Some(Value::Null) => Ok(None),
-        other => id(name, other).map(Some),
-    };
-    let body = match kind.as_str() {
+    let body = match kind.as_ref() {
         "account.upserted" => {
-            need(&["account_id", "attributes"], &w)?;
+            need(&[Key::AccountId, Key::Attributes], &wire)?;
             EventBody::AccountUpserted {
-                account_id: id("account_id", w.account_id)?,
-                attributes: object("attributes", w.attributes, true)?,
+                account_id: id(Key::AccountId, wire.take(Key::AccountId))?,
+                attributes: object("attributes", attributes, true)?,
             }
         }
         "account.deleted" => {
-            need(&["account_id"], &w)?;
-            EventBody::AccountDeleted { account_id: id("account_id", w.account_id)? }
+            need(&[Key::AccountId], &wire)?;
+            EventBody::AccountDeleted { account_id: id(Key::AccountId, wire.take(Key::AccountId))? }
         }
         "person.upserted" => {
-            need(&["person_id", "attributes"], &w)?;
+            need(&[Key::PersonId, Key::Attributes], &wire)?;
             EventBody::PersonUpserted {
-                person_id: id("person_id", w.person_id)?,
-                account_id: opt_id("account_id", w.account_id)?,
-                attributes: object("attributes", w.attributes, true)?,
+                person_id: id(Key::PersonId, wire.take(Key::PersonId))?,
+                account_id: opt_id(Key::AccountId, wire.take(Key::AccountId))?,
+                attributes: object("attributes", attributes, true)?,
             }
         }
         "person.deleted" => {
-            need(&["person_id"], &w)?;
-            EventBody::PersonDeleted { person_id: id("person_id", w.person_id)? }
+            need(&[Key::PersonId], &wire)?;
+            EventBody::PersonDeleted { person_id: id(Key::PersonId, wire.take(Key::PersonId))? }
         }
         "opportunity.upserted" => {
-            need(&["opportunity_id", "account_id", "attributes"], &w)?;
+            need(&[Key::OpportunityId, Key::AccountId, Key::Attributes], &wire)?;
             EventBody::OpportunityUpserted {
-                opportunity_id: id("opportunity_id", w.opportunity_id)?,
-                account_id: id("account_id", w.account_id)?,
-                attributes: object("attributes", w.attributes, true)?,
+                opportunity_id: id(Key::OpportunityId, wire.take(Key::OpportunityId))?,
+                account_id: id(Key::AccountId, wire.take(Key::AccountId))?,
+                attributes: object("attributes", attributes, true)?,
             }
         }
         "opportunity.deleted" => {
-            need(&["opportunity_id"], &w)?;
-            EventBody::OpportunityDeleted { opportunity_id: id("opportunity_id", w.opportunity_id)? }
+            need(&[Key::OpportunityId], &wire)?;
+            EventBody::OpportunityDeleted { opportunity_id: id(Key::OpportunityId, wire.take(Key::OpportunityId))? }
         }
         "account.audience" => {
-            need(&["account_id", "audience_id", "status"], &w)?;
-            let account_id = id("account_id", w.account_id)?;
-            let audience_id = id("audience_id", w.audience_id)?;
-            let status = match w.status {
-                Some(Value::String(s)) if s == "entered" => AudienceStatus::Entered,
-                Some(Value::String(s)) if s == "exited" => AudienceStatus::Exited,
+            need(&[Key::AccountId, Key::AudienceId, Key::Status], &wire)?;
+            let account_id = id(Key::AccountId, wire.take(Key::AccountId))?;
+            let audience_id = id(Key::AudienceId, wire.take(Key::AudienceId))?;
+            let status = match wire.take(Key::Status) {
+                Some(Field::Str(s)) if s == "entered" => AudienceStatus::Entered,
+                Some(Field::Str(s)) if s == "exited" => AudienceStatus::Exited,
                 _ => return Err(invalid("status", "is neither \"entered\" nor \"exited\"")),
             };
             EventBody::AccountAudience { account_id, audience_id, status }
         }
         _ => {
-            need(&["person_id", "activity"], &w)?;
-            let person_id = id("person_id", w.person_id)?;
-            let account_id = opt_id("account_id", w.account_id)?;
-            let activity = match w.activity {
-                Some(Value::String(s)) if is_activity_kind(&s) => s,
-                Some(Value::String(s)) => return Err(invalid("activity", &format!("names no activity kind: `{s}`"))),
+            need(&[Key::PersonId, Key::Activity], &wire)?;
+            let person_id = id(Key::PersonId, wire.take(Key::PersonId))?;
+            let account_id = opt_id(Key::AccountId, wire.take(Key::AccountId))?;
+            let activity = match wire.take(Key::Activity) {
+                Some(Field::Str(s)) if is_activity_kind(&s) => s.into_owned(),
+                Some(Field::Str(s)) => return Err(invalid("activity", &format!("names no activity kind: `{s}`"))),
                 _ => return Err(invalid("activity", "is not a string")),
             };
             EventBody::PersonActivity {
                 person_id,
                 account_id,
                 activity,
-                properties: object("properties", w.properties, false)?,
+                properties: object("properties", properties, false)?,
             }
         }
     };

@@ -16,7 +16,8 @@ impl<'de> serde::Deserialize<'de> for StrictValue {
     }
 }
 
-struct StrictVisitor;
+/// The visitor behind [`StrictValue`], for readers that wrap it.
+pub(crate) struct StrictVisitor;
 
 impl<'de> Visitor<'de> for StrictVisitor {
     type Value = Value;

@@ -161,19 +161,19 @@ impl<'s> Committer<'s> {
 
     fn absorb(&mut self, p: Pending) {
         let Some(router) = p.router else { return };
-        let mut groups: Vec<_> = p.workers.iter().flat_map(|w| w.groups.iter()).collect();
-        groups.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-        for g in groups {
-            self.buffers[0].extend_from_slice(&g.actions);
-            self.buffers[1].extend_from_slice(&g.changes);
+        let mut groups: Vec<_> = p.workers.iter().flat_map(|w| w.groups.iter().map(move |g| (w, g))).collect();
+        groups.sort_by(|(_, a), (_, b)| a.order_key().cmp(&b.order_key()));
+        for (w, g) in groups {
+            self.buffers[0].extend_from_slice(&w.actions[g.actions.clone()]);
+            self.buffers[1].extend_from_slice(&w.changes[g.changes.clone()]);
         }
         self.buffers[2].extend_from_slice(&router.rejected);
         self.epoch_records += router.records_end.saturating_sub(self.checkpoint.records);
         self.checkpoint.records = router.records_end;
         self.checkpoint.input_bytes = router.bytes_end;
         self.checkpoint.max_ts = router.max_ts;
-        let actions: u64 = p.workers.iter().map(|w| w.actions).sum();
-        let changes: u64 = p.workers.iter().map(|w| w.changes).sum();
+        let actions: u64 = p.workers.iter().map(|w| w.action_count).sum();
+        let changes: u64 = p.workers.iter().map(|w| w.change_count).sum();
         for (i, n) in
             [router.applied, router.rejected_count, router.duplicates, actions, changes].into_iter().enumerate()
         {

@@ -25,12 +25,19 @@ pub(crate) struct Item {
     pub(crate) watermark: i64,
     /// Where it goes.
     pub(crate) route: Route,
-    /// The account it is applied to (routing result).
-    pub(crate) account_id: Arc<str>,
+    /// The account it is applied to, when the event does not name it (routed through the person index).
+    pub(crate) routed_to: Option<String>,
     /// The event.
     pub(crate) event: Box<InputEvent>,
-    /// A person record moving in from another account, with that account's id.
-    pub(crate) attach: Option<(PersonRecord, String)>,
+    /// A person record moving in from another account, with that account's id (rare: boxed).
+    pub(crate) attach: Option<Box<(PersonRecord, String)>>,
+}
+
+impl Item {
+    /// The account the record is applied to.
+    pub(crate) fn account_id(&self) -> &str {
+        self.routed_to.as_deref().or_else(|| self.event.body.account_id()).unwrap_or_default()
+    }
 }
 
 /// A batch of applied records in input order, shared by every worker.
@@ -53,14 +60,16 @@ pub(crate) enum WorkerMsg {
     },
 }
 
-/// The outputs of one cause (a record, or a timer firing after one), serialized as NDJSON.
+/// The outputs of one cause (a record, or a timer firing after one): ranges of its worker part's buffers.
 pub(crate) struct Group {
     /// Input sequence number of the record (for timers: the record after which they fired).
     pub(crate) seq: u64,
     /// For a timer firing: its due time and arming order.
     pub(crate) timer: Option<(i64, Vec<u64>)>,
-    pub(crate) actions: Vec<u8>,
-    pub(crate) changes: Vec<u8>,
+    /// NDJSON action records, in `WorkerPart::actions`.
+    pub(crate) actions: std::ops::Range<usize>,
+    /// NDJSON change events, in `WorkerPart::changes`.
+    pub(crate) changes: std::ops::Range<usize>,
 }
 
 impl Group {
@@ -77,9 +86,12 @@ impl Group {
 pub(crate) struct WorkerPart {
     pub(crate) batch: u64,
     pub(crate) groups: Vec<Group>,
+    /// Serialized outputs of every group, back to back.
+    pub(crate) actions: Vec<u8>,
+    pub(crate) changes: Vec<u8>,
     pub(crate) delta: Delta,
-    pub(crate) actions: u64,
-    pub(crate) changes: u64,
+    pub(crate) action_count: u64,
+    pub(crate) change_count: u64,
 }
 
 /// The router's part of a batch.

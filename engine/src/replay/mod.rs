@@ -116,28 +116,22 @@ impl Summary {
     }
 }
 
-/// Shrinks a cache that is over `capacity` to three quarters of it, dropping only entries whose last change
-/// (`dirty_batch`) has committed: a dropped entry is reloaded from RocksDB, which must already hold it.
-/// Returns whether anything was dropped.
-pub(crate) fn evict_committed<K, V>(
+/// Drops up to `excess` entries of a cache whose last change (`dirty_batch`) has committed: a dropped entry
+/// is reloaded from RocksDB, which must already hold it. Decrements `excess` by what it dropped.
+pub(crate) fn drop_committed<K, V>(
     map: &mut rustc_hash::FxHashMap<K, V>,
-    capacity: usize,
+    excess: &mut usize,
     committed: u64,
     dirty_batch: impl Fn(&V) -> u64,
-) -> bool {
-    if map.len() <= capacity {
-        return false;
-    }
-    let mut excess = map.len() - capacity / 4 * 3;
+) {
     map.retain(|_, v| {
-        if excess > 0 && dirty_batch(v) <= committed {
-            excess -= 1;
+        if *excess > 0 && dirty_batch(v) <= committed {
+            *excess -= 1;
             false
         } else {
             true
         }
     });
-    true
 }
 
 fn first_error(errors: Vec<EngineError>) -> Option<EngineError> {

@@ -22,20 +22,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The hash of an event id within its tenant, as the de-duplication window stores it.
 pub(crate) fn event_hash(tenant: &str, event_id: &str) -> u128 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(&(tenant.len() as u64).to_le_bytes());
-    h.update(tenant.as_bytes());
-    h.update(event_id.as_bytes());
-    h.digest128()
+    use xxhash_rust::xxh3::{xxh3_64, xxh3_128_with_seed};
+    xxh3_128_with_seed(event_id.as_bytes(), xxh3_64(tenant.as_bytes()))
 }
 
 /// The worker that owns an account.
 pub(crate) fn worker_of(tenant: &str, account: &str, workers: usize) -> usize {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(tenant.as_bytes());
-    h.update(&[0]);
-    h.update(account.as_bytes());
-    (h.digest() % workers as u64) as usize
+    use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+    (xxh3_64_with_seed(account.as_bytes(), xxh3_64(tenant.as_bytes())) % workers as u64) as usize
 }
 
 /// The keys are already uniform hashes: use their low bits as they are.
@@ -182,6 +176,7 @@ impl<'s> Router<'s> {
         for chunk in input {
             pending.insert(chunk.id, chunk);
             while let Some(chunk) = pending.remove(&next) {
+                self.items.reserve(chunk.lines.len());
                 for line in chunk.lines {
                     self.route_line(line)?;
                 }
@@ -319,7 +314,7 @@ impl<'s> Router<'s> {
                 })
                 .map_err(|_| EngineError::Stopped)?;
             match rx.recv().map_err(|_| EngineError::Stopped)? {
-                Ok(Some(rec)) => attach = Some((rec, from)),
+                Ok(Some(rec)) => attach = Some(Box::new((rec, from))),
                 Ok(None) => tracing::warn!(
                     person,
                     account = from.as_str(),
@@ -339,15 +334,19 @@ impl<'s> Router<'s> {
         let max_ts = self.max_ts.map_or(ts, |m| m.max(ts));
         self.max_ts = Some(max_ts);
         self.part.max_ts = self.max_ts;
-        let (route, account_id): (Route, Arc<str>) = match route_account {
-            Some(a) => (Route::Worker(worker_of(tenant, &a, self.cfg.workers)), a.into()),
-            None => (Route::Nowhere, "".into()),
+        let (route, routed_to) = match route_account {
+            Some(a) => {
+                let route = Route::Worker(worker_of(tenant, &a, self.cfg.workers));
+                // Keep the routing result only where the event does not name the account itself.
+                (route, (event.body.account_id() != Some(a.as_str())).then_some(a))
+            }
+            None => (Route::Nowhere, None),
         };
         self.items.push(Item {
             seq: line,
             watermark: max_ts.saturating_sub(self.cfg.allowed_disorder_ns),
             route,
-            account_id,
+            routed_to,
             event,
             attach,
         });
@@ -379,8 +378,10 @@ impl<'s> Router<'s> {
 
     /// Keeps the index within its capacity: drops clean entries (or entries whose batch has committed).
     fn evict(&mut self) {
-        let committed = self.committed.load(Ordering::Acquire);
-        if super::evict_committed(&mut self.index, self.cfg.index_capacity, committed, |s| s.dirty_batch) {
+        if self.index.len() > self.cfg.index_capacity {
+            let mut excess = self.index.len() - self.cfg.index_capacity / 4 * 3;
+            let committed = self.committed.load(Ordering::Acquire);
+            super::drop_committed(&mut self.index, &mut excess, committed, |s| s.dirty_batch);
             self.complete_cache = false;
         }
     }

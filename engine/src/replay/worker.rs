@@ -9,6 +9,7 @@
 use super::messages::{Batch, CommitMsg, Group, Route, WorkerMsg, WorkerPart};
 use crate::EngineError;
 use caravan_operators::account::{AccountState, Cause, Definitions, Effects, TimerHandle, apply_event, fire_timer};
+use caravan_schemas::state::{PersonRecord, TimerRecord};
 use caravan_state::{Delta, Store};
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxHashMap;
@@ -36,6 +37,56 @@ struct Cached {
     detached: Vec<String>,
 }
 
+/// The worker's accounts, by tenant then account: lookups by `&str` allocate nothing.
+#[derive(Default)]
+struct AccountCache {
+    tenants: FxHashMap<Box<str>, FxHashMap<Box<str>, Cached>>,
+    len: usize,
+    /// Accounts changed since the last batch part was built.
+    dirty: Vec<(Box<str>, Box<str>)>,
+    /// Nothing was stored when the run began and nothing was evicted since: a miss is an absence.
+    complete: bool,
+}
+
+impl AccountCache {
+    /// The account, loaded from the store on a miss, and marked as changed in `batch`.
+    fn get(&mut self, store: &Store, tenant: &str, account: &str, batch: u64) -> Result<&mut Cached, EngineError> {
+        if !self.tenants.contains_key(tenant) {
+            self.tenants.insert(tenant.into(), FxHashMap::default());
+        }
+        let accounts = self.tenants.get_mut(tenant).expect("inserted above");
+        if !accounts.contains_key(account) {
+            let stored = if self.complete { None } else { store.load_account(tenant, account)? };
+            let state = match stored {
+                Some((record, persons)) => AccountState::from_records(tenant, account, record, persons),
+                None => AccountState::new(tenant, account),
+            };
+            accounts.insert(account.into(), Cached { state, dirty_batch: 0, detached: Vec::new() });
+            self.len += 1;
+        }
+        let cached = accounts.get_mut(account).expect("inserted above");
+        if cached.dirty_batch != batch {
+            cached.dirty_batch = batch;
+            self.dirty.push((tenant.into(), account.into()));
+        }
+        Ok(cached)
+    }
+
+    /// Keeps the cache within `capacity`: drops accounts whose last change has committed.
+    fn evict(&mut self, capacity: usize, committed: u64) {
+        if self.len <= capacity {
+            return;
+        }
+        let mut excess = self.len - capacity / 4 * 3;
+        for accounts in self.tenants.values_mut() {
+            let before = accounts.len();
+            super::drop_committed(accounts, &mut excess, committed, |c| c.dirty_batch);
+            self.len -= before - accounts.len();
+        }
+        self.complete = false;
+    }
+}
+
 /// Settings of a worker.
 pub(crate) struct WorkerConfig {
     pub(crate) cache_capacity: usize,
@@ -45,9 +96,7 @@ pub(crate) struct Worker<'s> {
     cfg: WorkerConfig,
     defs: Arc<Definitions>,
     store: &'s Store,
-    complete_cache: bool,
-    cache: FxHashMap<(Arc<str>, Arc<str>), Cached>,
-    dirty: Vec<(Arc<str>, Arc<str>)>,
+    cache: AccountCache,
     timers: BinaryHeap<Reverse<Queued>>,
     pending: Delta,
     commit: Sender<CommitMsg>,
@@ -82,9 +131,7 @@ impl<'s> Worker<'s> {
             cfg,
             defs,
             store,
-            complete_cache: fresh,
-            cache: FxHashMap::default(),
-            dirty: Vec::new(),
+            cache: AccountCache { complete: fresh, ..AccountCache::default() },
             timers,
             pending: Delta::default(),
             commit,
@@ -111,48 +158,19 @@ impl<'s> Worker<'s> {
         Ok(())
     }
 
-    fn load(&mut self, tenant: &Arc<str>, account: &Arc<str>) -> Result<&mut Cached, EngineError> {
-        let key = (Arc::clone(tenant), Arc::clone(account));
-        if !self.cache.contains_key(&key) {
-            let stored = if self.complete_cache { None } else { self.store.load_account(tenant, account)? };
-            let state = match stored {
-                Some((record, persons)) => AccountState::from_records(tenant, account, record, persons),
-                None => AccountState::new(tenant, account),
-            };
-            self.cache.insert(key.clone(), Cached { state, dirty_batch: 0, detached: Vec::new() });
-        }
-        Ok(self.cache.get_mut(&key).expect("inserted above"))
-    }
-
-    fn mark_dirty(&mut self, tenant: &Arc<str>, account: &Arc<str>, batch: u64) {
-        if let Some(c) = self.cache.get_mut(&(Arc::clone(tenant), Arc::clone(account)))
-            && c.dirty_batch != batch
-        {
-            c.dirty_batch = batch;
-            self.dirty.push((Arc::clone(tenant), Arc::clone(account)));
-        }
-    }
-
-    fn detach(
-        &mut self,
-        tenant: &str,
-        account: &str,
-        person: &str,
-    ) -> Result<Option<caravan_schemas::state::PersonRecord>, EngineError> {
-        let (tenant, account): (Arc<str>, Arc<str>) = (tenant.into(), account.into());
-        let batch = self.committed.load(Ordering::Acquire).max(1) + u64::MAX / 2;
-        let cached = self.load(&tenant, &account)?;
+    /// Detaches a person between batches. The account stays pinned (dirty in a batch that cannot have
+    /// committed) until the next batch part carries the removal.
+    fn detach(&mut self, tenant: &str, account: &str, person: &str) -> Result<Option<PersonRecord>, EngineError> {
+        let cached = self.cache.get(self.store, tenant, account, u64::MAX)?;
         let rec = cached.state.detach_person(person);
         if rec.is_some() {
             cached.detached.push(person.to_owned());
-            // Pinned until the next batch's part is built, which takes the dirty list.
-            self.mark_dirty(&tenant, &account, batch);
         }
         Ok(rec)
     }
 
     /// Records the timers a step armed and cancelled, in the queue and in the delta.
-    fn note_timers(&mut self, tenant: &Arc<str>, account: &Arc<str>) {
+    fn note_timers(&mut self, tenant: &str, account: &str) {
         for h in self.effects.cancelled.drain(..) {
             self.pending.delete_timer(tenant, account, &h.journey_id, h.instance);
         }
@@ -161,8 +179,8 @@ impl<'s> Worker<'s> {
             self.timers.push(Reverse(Queued {
                 due: h.timer.due,
                 arm: h.timer.arm,
-                tenant: Arc::clone(tenant),
-                account_id: Arc::clone(account),
+                tenant: tenant.into(),
+                account_id: account.into(),
                 journey_id: h.journey_id,
                 instance: h.instance,
             }));
@@ -173,90 +191,85 @@ impl<'s> Worker<'s> {
         if self.effects.actions.is_empty() && self.effects.changes.is_empty() {
             return;
         }
-        let mut g = Group { seq, timer, actions: Vec::new(), changes: Vec::new() };
+        let (a0, c0) = (part.actions.len(), part.changes.len());
         for a in self.effects.actions.drain(..) {
             // Output records hold only strings, numbers and JSON values: serialization cannot fail.
-            if serde_json::to_writer(&mut g.actions, &a).is_ok() {
-                g.actions.push(b'\n');
-                part.actions += 1;
+            if serde_json::to_writer(&mut part.actions, &a).is_ok() {
+                part.actions.push(b'\n');
+                part.action_count += 1;
             }
         }
         for c in self.effects.changes.drain(..) {
-            if serde_json::to_writer(&mut g.changes, &c).is_ok() {
-                g.changes.push(b'\n');
-                part.changes += 1;
+            if serde_json::to_writer(&mut part.changes, &c).is_ok() {
+                part.changes.push(b'\n');
+                part.change_count += 1;
             }
         }
-        part.groups.push(g);
+        part.groups.push(Group { seq, timer, actions: a0..part.actions.len(), changes: c0..part.changes.len() });
     }
 
     fn batch(&mut self, me: usize, batch: &Batch) -> Result<(), EngineError> {
-        let mut part =
-            WorkerPart { batch: batch.id, groups: Vec::new(), delta: Delta::default(), actions: 0, changes: 0 };
+        let mut part = WorkerPart {
+            batch: batch.id,
+            groups: Vec::new(),
+            actions: Vec::new(),
+            changes: Vec::new(),
+            delta: Delta::default(),
+            action_count: 0,
+            change_count: 0,
+        };
         let defs = Arc::clone(&self.defs);
         for item in &batch.items {
             if item.route == Route::Worker(me) {
-                let tenant: Arc<str> = item.event.tenant.as_str().into();
-                let account = Arc::clone(&item.account_id);
-                self.effects.clear();
+                let (tenant, account) = (item.event.tenant.as_str(), item.account_id());
                 let cause = Cause::record(item.seq, item.event.ts, &item.event.event_id);
-                let mut effects = std::mem::take(&mut self.effects);
-                let cached = self.load(&tenant, &account)?;
-                apply_event(&defs, &mut cached.state, &item.event, item.attach.clone(), &cause, &mut effects);
-                self.effects = effects;
-                self.mark_dirty(&tenant, &account, batch.id);
-                self.note_timers(&tenant, &account);
+                self.effects.clear();
+                let cached = self.cache.get(self.store, tenant, account, batch.id)?;
+                apply_event(
+                    &defs,
+                    &mut cached.state,
+                    &item.event,
+                    item.attach.as_deref().cloned(),
+                    &cause,
+                    &mut self.effects,
+                );
+                self.note_timers(tenant, account);
                 self.take_outputs(item.seq, None, &mut part);
             }
             // The timer pass after every applied record.
             while self.timers.peek().is_some_and(|Reverse(t)| t.due <= item.watermark) {
                 let Some(Reverse(q)) = self.timers.pop() else { break };
-                let handle = TimerHandle {
-                    journey_id: q.journey_id,
-                    instance: q.instance,
-                    timer: caravan_schemas::state::TimerRecord { due: q.due, arm: q.arm },
-                };
+                let timer = TimerRecord { due: q.due, arm: q.arm };
+                let handle = TimerHandle { journey_id: q.journey_id, instance: q.instance, timer };
                 let cause = Cause::timer(item.seq, &handle.timer, &item.event.event_id);
                 self.effects.clear();
-                let mut effects = std::mem::take(&mut self.effects);
-                let cached = self.load(&q.tenant, &q.account_id)?;
-                let fired = fire_timer(&defs, &mut cached.state, &handle, &cause, &mut effects);
-                self.effects = effects;
-                if fired {
+                let cached = self.cache.get(self.store, &q.tenant, &q.account_id, batch.id)?;
+                if fire_timer(&defs, &mut cached.state, &handle, &cause, &mut self.effects) {
                     self.pending.delete_timer(&q.tenant, &q.account_id, &handle.journey_id, handle.instance);
-                    self.mark_dirty(&q.tenant, &q.account_id, batch.id);
                     self.note_timers(&q.tenant, &q.account_id);
-                    self.take_outputs(item.seq, Some((handle.timer.due, handle.timer.arm)), &mut part);
+                    self.take_outputs(item.seq, Some((handle.timer.due, handle.timer.arm.clone())), &mut part);
                 }
             }
         }
         // The state delta of this batch: every account changed in it, as it stands now.
         part.delta = std::mem::take(&mut self.pending);
-        for key in std::mem::take(&mut self.dirty) {
-            let Some(c) = self.cache.get_mut(&key) else { continue };
+        for (tenant, account) in std::mem::take(&mut self.cache.dirty) {
+            let Some(c) = self.cache.tenants.get_mut(&tenant).and_then(|a| a.get_mut(&account)) else { continue };
             c.dirty_batch = batch.id;
             for person in c.detached.drain(..) {
-                part.delta.delete_person(&key.0, &key.1, &person);
+                part.delta.delete_person(&tenant, &account, &person);
             }
             if c.state.record_dirty {
-                part.delta.put_account(&key.0, &key.1, &c.state.record);
+                part.delta.put_account(&tenant, &account, &c.state.record);
                 c.state.record_dirty = false;
             }
             for p in c.state.persons.iter_mut().filter(|p| p.dirty) {
-                part.delta.put_person(&key.0, &key.1, &p.record);
+                part.delta.put_person(&tenant, &account, &p.record);
                 p.dirty = false;
             }
         }
         self.commit.send(CommitMsg::Worker(part)).map_err(|_| EngineError::Stopped)?;
-        self.evict();
+        self.cache.evict(self.cfg.cache_capacity, self.committed.load(Ordering::Acquire));
         Ok(())
-    }
-
-    /// Keeps the cache within its capacity: drops accounts whose last change has committed.
-    fn evict(&mut self) {
-        let committed = self.committed.load(Ordering::Acquire);
-        if super::evict_committed(&mut self.cache, self.cfg.cache_capacity, committed, |c| c.dirty_batch) {
-            self.complete_cache = false;
-        }
     }
 }
