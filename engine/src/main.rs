@@ -61,6 +61,9 @@ struct ReplayArgs {
     /// Partition workers (default: one per core).
     #[arg(long, env = "CARAVAN_REPLAY_WORKERS")]
     workers: Option<usize>,
+    /// Decoder threads (default: one per core).
+    #[arg(long)]
+    decoders: Option<usize>,
     /// Watermark lag behind the largest event time read.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     allowed_disorder: Duration,
@@ -160,6 +163,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         out: args.out,
         state: args.state,
         workers,
+        decoders: args.decoders.unwrap_or(defaults.decoders).max(1),
         allowed_disorder_ns: i64::try_from(args.allowed_disorder.as_nanos())
             .context("--allowed-disorder is too large")?,
         dedup_window: args.dedup_window,

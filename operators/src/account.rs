@@ -503,7 +503,7 @@ fn on_activity(
     ts: Timestamp,
     person_id: &str,
     activity: &str,
-    properties: &Map<String, Value>,
+    properties: &Attrs,
     cause: &Cause<'_>,
     tracker: &mut Tracker,
     out: &mut Effects,
@@ -532,7 +532,7 @@ fn on_activity(
         }
         if let Some(cond) = condition {
             let ev = event_value.get_or_insert_with(|| {
-                serde_json::json!({"activity": activity, "person_id": person_id, "properties": properties, "ts": ts.to_rfc3339()})
+                serde_json::json!({"activity": activity, "person_id": person_id, "properties": properties.to_map(), "ts": ts.to_rfc3339()})
             });
             let account = account_value(acct);
             if !cond.eval(&[("event", ev), ("account", &account)]) {

@@ -69,14 +69,26 @@ impl Attrs {
 
     /// Applies an upsert: a present key overwrites, `null` removes. A value equal as JSON to the stored one
     /// (`1` and `1.0`) leaves the stored one as it is.
-    pub fn merge(&mut self, from: &Map<String, Value>) {
-        for (k, v) in from {
+    pub fn merge(&mut self, from: &Attrs) {
+        for (k, v) in from.iter() {
             if v.is_null() {
                 self.remove(k);
             } else if !self.get(k).is_some_and(|old| crate::json::json_eq(old, v)) {
                 self.insert(k, v.clone());
             }
         }
+    }
+
+    /// Builds from pairs in any order.
+    ///
+    /// # Errors
+    /// The first key that appears twice.
+    pub fn from_pairs(mut pairs: Vec<(Box<str>, Value)>) -> Result<Attrs, Box<str>> {
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(w[0].0.clone());
+        }
+        Ok(Attrs(pairs))
     }
 
     /// As a JSON object.
@@ -125,7 +137,8 @@ mod tests {
     #[test]
     fn merge_overwrites_and_null_removes() {
         let mut a = Attrs::from(json!({"x": 1, "y": 2}).as_object().cloned().unwrap_or_default());
-        a.merge(json!({"y": null, "z": [1]}).as_object().expect("object"));
+        a.merge(&Attrs::from(json!({"y": null, "z": [1]}).as_object().cloned().expect("object")));
+        assert_eq!(Attrs::from_pairs(vec![("b".into(), json!(1)), ("b".into(), json!(2))]), Err("b".into()));
         assert_eq!(Value::Object(a.to_map()), json!({"x": 1, "z": [1]}));
         let text = serde_json::to_string(&a).expect("serializes");
         let back: Attrs = serde_json::from_str(&text).expect("deserializes");

@@ -13,11 +13,12 @@
 //! assert_eq!(bad.unwrap_err().reason, RejectReason::MissingField);
 //! ```
 
+use crate::attrs::Attrs;
 use crate::json::{StrictValue, StrictVisitor};
 use crate::time::Timestamp;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
 
@@ -140,14 +141,14 @@ pub struct InputEvent {
 #[derive(Clone, Debug, PartialEq)]
 #[allow(missing_docs)] // field names are those of SPEC §2
 pub enum EventBody {
-    AccountUpserted { account_id: String, attributes: Map<String, Value> },
+    AccountUpserted { account_id: String, attributes: Attrs },
     AccountDeleted { account_id: String },
-    PersonUpserted { person_id: String, account_id: Option<String>, attributes: Map<String, Value> },
+    PersonUpserted { person_id: String, account_id: Option<String>, attributes: Attrs },
     PersonDeleted { person_id: String },
-    OpportunityUpserted { opportunity_id: String, account_id: String, attributes: Map<String, Value> },
+    OpportunityUpserted { opportunity_id: String, account_id: String, attributes: Attrs },
     OpportunityDeleted { opportunity_id: String },
     AccountAudience { account_id: String, audience_id: String, status: AudienceStatus },
-    PersonActivity { person_id: String, account_id: Option<String>, activity: String, properties: Map<String, Value> },
+    PersonActivity { person_id: String, account_id: Option<String>, activity: String, properties: Attrs },
 }
 
 impl EventBody {
@@ -329,12 +330,63 @@ impl<'de> Wire<'de> {
     }
 }
 
-/// The record as read: the plain fields, and the two object fields kept as JSON values.
+/// An object field (`attributes`, `properties`): read straight into [`Attrs`] (no B-tree nodes), or any
+/// other JSON value, kept to report it as not an object.
+enum ObjField {
+    Obj(Attrs),
+    Other(Value),
+}
+
+impl<'de> Deserialize<'de> for ObjField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjVisitor;
+        impl<'de> Visitor<'de> for ObjVisitor {
+            type Value = ObjField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ObjField, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let StrictValue(v) = map.next_value()?;
+                    pairs.push((key.into_boxed_str(), v));
+                }
+                Attrs::from_pairs(pairs)
+                    .map(ObjField::Obj)
+                    .map_err(|k| de::Error::custom(format_args!("duplicate key `{k}`")))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<ObjField, E> {
+                Ok(ObjField::Other(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<ObjField, E> {
+                Ok(ObjField::Other(Value::Number(v.into())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<ObjField, E> {
+                Ok(ObjField::Other(Value::Number(v.into())))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ObjField, E> {
+                StrictVisitor.visit_f64(v).map(ObjField::Other)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ObjField, E> {
+                Ok(ObjField::Other(Value::String(v.to_owned())))
+            }
+            fn visit_unit<E>(self) -> Result<ObjField, E> {
+                Ok(ObjField::Other(Value::Null))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ObjField, A::Error> {
+                StrictVisitor.visit_seq(seq).map(ObjField::Other)
+            }
+        }
+        d.deserialize_any(ObjVisitor)
+    }
+}
+
+/// The record as read: the plain fields, and the two object fields.
 #[derive(Default)]
 struct WireRecord<'de> {
     wire: Wire<'de>,
-    attributes: Option<Value>,
-    properties: Option<Value>,
+    attributes: Option<ObjField>,
+    properties: Option<ObjField>,
 }
 
 impl<'de> Deserialize<'de> for WireRecord<'de> {
@@ -366,7 +418,7 @@ impl<'de> Visitor<'de> for WireVisitor {
                     others.push(other);
                 }
                 KeyOrOther::Known(k @ (Key::Attributes | Key::Properties)) => {
-                    let StrictValue(v) = map.next_value()?;
+                    let v: ObjField = map.next_value()?;
                     let slot = if k == Key::Attributes { &mut w.attributes } else { &mut w.properties };
                     if slot.replace(v).is_some() {
                         return Err(dup(if k == Key::Attributes { "attributes" } else { "properties" }));
@@ -445,12 +497,12 @@ fn opt_id(key: Key, v: Option<Field<'_>>) -> Result<Option<String>, Rejection> {
     if absent(v.as_ref()) { Ok(None) } else { id(key, v).map(Some) }
 }
 
-fn object(name: &str, v: Option<Value>, required: bool) -> Result<Map<String, Value>, Rejection> {
+fn object(name: &str, v: Option<ObjField>, required: bool) -> Result<Attrs, Rejection> {
     match v {
-        None | Some(Value::Null) if !required => Ok(Map::new()),
-        None | Some(Value::Null) => Err(missing(name)),
-        Some(Value::Object(m)) => Ok(m),
-        Some(_) => Err(invalid(name, "is not an object")),
+        None | Some(ObjField::Other(Value::Null)) if !required => Ok(Attrs::default()),
+        None | Some(ObjField::Other(Value::Null)) => Err(missing(name)),
+        Some(ObjField::Obj(m)) => Ok(m),
+        Some(ObjField::Other(_)) => Err(invalid(name, "is not an object")),
     }
 }
 
@@ -483,7 +535,7 @@ fn decode_wire(rec: WireRecord<'_>, limits: &DecodeLimits) -> Result<InputEvent,
     let need = |keys: &[Key], wire: &Wire<'_>| -> Result<(), Rejection> {
         for &k in keys {
             let gone = match k {
-                Key::Attributes => matches!(attributes, None | Some(Value::Null)),
+                Key::Attributes => matches!(attributes, None | Some(ObjField::Other(Value::Null))),
                 _ => absent(wire.get(k)),
             };
             if gone {

@@ -77,13 +77,20 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
     /// Write buffer (memtable) size per column family, in bytes.
     pub write_buffer_bytes: usize,
+    /// Cap on the memtables of all column families together, in bytes.
+    pub write_buffer_total_bytes: usize,
     /// fsync every commit (survives power loss, not only process crashes).
     pub sync_commits: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { block_cache_bytes: 128 << 20, write_buffer_bytes: 32 << 20, sync_commits: false }
+        StoreOptions {
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 16 << 20,
+            write_buffer_total_bytes: 64 << 20,
+            sync_commits: false,
+        }
     }
 }
 
@@ -266,6 +273,7 @@ impl Store {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
+        db_opts.set_db_write_buffer_size(options.write_buffer_total_bytes);
         let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_opts.clone()));
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
         let mut write_opts = WriteOptions::default();
