@@ -199,7 +199,8 @@ fn inspect(state: &std::path::Path, tenant: Option<&str>, account: Option<&str>)
     let store = caravan_state::Store::open(state, &caravan_state::StoreOptions::default())?;
     let out = match (tenant, account) {
         (Some(t), Some(a)) => {
-            let Some((record, persons)) = store.load_account(t, a)? else {
+            let Some(caravan_state::StoredAccount { record, persons, opportunities }) = store.load_account(t, a)?
+            else {
                 eprintln!("caravan: no account `{a}` in tenant `{t}`");
                 return Ok(ExitCode::FAILURE);
             };
@@ -225,6 +226,8 @@ fn inspect(state: &std::path::Path, tenant: Option<&str>, account: Option<&str>)
                 "entries": record.entries,
                 "persons": persons.iter().filter(|p| p.present).map(|p| serde_json::json!({
                     "person_id": p.person_id, "attributes": p.attributes.to_map(), "version": p.version})).collect::<Vec<_>>(),
+                "opportunities": opportunities.iter().filter(|o| o.present).map(|o| serde_json::json!({
+                    "opportunity_id": o.opportunity_id, "attributes": o.attributes.to_map(), "version": o.version})).collect::<Vec<_>>(),
                 "timers": timers,
             })
         }

@@ -26,7 +26,7 @@ use caravan_schemas::definition::Reentry;
 use caravan_schemas::input::{AudienceStatus, EventBody, InputEvent};
 use caravan_schemas::json::opt_json_eq;
 use caravan_schemas::output::{ActionRecord, ChangeEvent, ChangeOp, Entity, Origin};
-use caravan_schemas::state::{AccountRecord, InstanceRecord, PersonRecord, TimerRecord};
+use caravan_schemas::state::{AccountRecord, InstanceRecord, OpportunityRecord, PersonRecord, TimerRecord};
 use caravan_schemas::time::{Timestamp, TimestampText};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -92,6 +92,24 @@ pub struct PersonSlot {
     pub dirty: bool,
 }
 
+/// One opportunity of an account, with a flag telling the engine it must be written back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpportunitySlot {
+    /// The stored record.
+    pub record: OpportunityRecord,
+    /// Changed since the engine last took the dirty set.
+    pub dirty: bool,
+}
+
+/// A person or an opportunity moving from one account to another, with its record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Moved {
+    /// A person.
+    Person(PersonRecord),
+    /// An opportunity.
+    Opportunity(OpportunityRecord),
+}
+
 /// Everything the state machine reads and writes for one account.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AccountState {
@@ -105,6 +123,8 @@ pub struct AccountState {
     pub record_dirty: bool,
     /// The account's people (and tombstones of deleted ones), in the order they joined.
     pub persons: Vec<PersonSlot>,
+    /// The account's opportunities (and tombstones of deleted ones), by id.
+    pub opportunities: Vec<OpportunitySlot>,
 }
 
 impl AccountState {
@@ -116,11 +136,18 @@ impl AccountState {
             record: AccountRecord::default(),
             record_dirty: false,
             persons: Vec::new(),
+            opportunities: Vec::new(),
         }
     }
 
     /// Rebuilds an account from stored records (persons in any order; they are put in join order).
-    pub fn from_records(tenant: &str, account_id: &str, record: AccountRecord, mut persons: Vec<PersonRecord>) -> Self {
+    pub fn from_records(
+        tenant: &str,
+        account_id: &str,
+        record: AccountRecord,
+        mut persons: Vec<PersonRecord>,
+        opportunities: Vec<OpportunityRecord>,
+    ) -> Self {
         persons.sort_by_key(|p| p.joined);
         AccountState {
             tenant: tenant.to_owned(),
@@ -128,6 +155,24 @@ impl AccountState {
             record,
             record_dirty: false,
             persons: persons.into_iter().map(|record| PersonSlot { record, dirty: false }).collect(),
+            opportunities: opportunities.into_iter().map(|record| OpportunitySlot { record, dirty: false }).collect(),
+        }
+    }
+
+    fn opportunity_ix(&self, id: &str) -> Option<usize> {
+        self.opportunities.iter().position(|o| o.record.opportunity_id == id)
+    }
+
+    /// Removes a person or an opportunity from this account (it moves to another one, or is re-created
+    /// there after a delete) and hands back its record. The engine deletes its key here in the same commit.
+    pub fn detach(&mut self, entity: Entity, id: &str) -> Option<Moved> {
+        match entity {
+            Entity::Person => self.detach_person(id).map(Moved::Person),
+            Entity::Opportunity => {
+                let ix = self.opportunity_ix(id)?;
+                Some(Moved::Opportunity(self.opportunities.remove(ix).record))
+            }
+            Entity::Account => None,
         }
     }
 
@@ -144,7 +189,11 @@ impl AccountState {
 
     /// Whether the account has no record, no people and nothing to keep.
     pub fn is_empty(&self) -> bool {
-        !self.record.exists && self.record.version == 0 && self.persons.is_empty() && self.record.entries.is_empty()
+        !self.record.exists
+            && self.record.version == 0
+            && self.persons.is_empty()
+            && self.opportunities.is_empty()
+            && self.record.entries.is_empty()
     }
 }
 
@@ -274,13 +323,18 @@ impl Tracker {
         for t in self.touched {
             let (exists, attrs, version) = match t.entity {
                 Entity::Account => (acct.record.exists, &acct.record.attributes, &mut acct.record.version),
-                _ => {
+                Entity::Person => {
                     let Some(ix) = acct.person_ix(&t.id) else { continue };
                     let p = &mut acct.persons[ix];
                     (p.record.present, &p.record.attributes, &mut p.record.version)
                 }
+                Entity::Opportunity => {
+                    let Some(ix) = acct.opportunity_ix(&t.id) else { continue };
+                    let o = &mut acct.opportunities[ix];
+                    (o.record.present, &o.record.attributes, &mut o.record.version)
+                }
             };
-            let moved = t.entity == Entity::Person && t.existed && exists && t.account_id != acct.account_id;
+            let moved = t.entity != Entity::Account && t.existed && exists && t.account_id != acct.account_id;
             let (op, before, after) = match (t.existed, exists) {
                 (false, false) => continue,
                 (false, true) => (ChangeOp::Create, Map::new(), attrs.to_map()),
@@ -312,10 +366,18 @@ impl Tracker {
                 Entity::Person => "person",
                 Entity::Opportunity => "opportunity",
             };
-            if t.entity == Entity::Account {
-                acct.record_dirty = true;
-            } else if let Some(ix) = acct.person_ix(&t.id) {
-                acct.persons[ix].dirty = true;
+            match t.entity {
+                Entity::Account => acct.record_dirty = true,
+                Entity::Person => {
+                    if let Some(ix) = acct.person_ix(&t.id) {
+                        acct.persons[ix].dirty = true;
+                    }
+                }
+                Entity::Opportunity => {
+                    if let Some(ix) = acct.opportunity_ix(&t.id) {
+                        acct.opportunities[ix].dirty = true;
+                    }
+                }
             }
             let (journey_id, node_id) = match t.by {
                 Some((j, n)) => (Some(j), Some(n)),
@@ -343,13 +405,13 @@ impl Tracker {
 
 /// Applies one input event routed to this account.
 ///
-/// `attach` carries the record of a person who moves here from another account (or is re-created after a
-/// delete there), detached from it by the engine before this call.
+/// `attach` carries the record of a person or opportunity that moves here from another account (or is
+/// re-created after a delete there), detached from it by the engine before this call, with that account's id.
 pub fn apply_event(
     defs: &Definitions,
     acct: &mut AccountState,
     ev: &InputEvent,
-    attach: Option<(PersonRecord, String)>,
+    attach: Option<(Moved, String)>,
     cause: &Cause<'_>,
     out: &mut Effects,
 ) {
@@ -379,13 +441,13 @@ pub fn apply_event(
             let seq = cause.seq;
             let (ix, joins) = match (acct.person_ix(person_id), attach) {
                 (Some(ix), _) => (ix, !acct.persons[ix].record.present),
-                (None, Some((record, from))) => {
+                (None, Some((Moved::Person(record), from))) => {
                     let (present, attrs) = (record.present, record.attributes.clone());
                     acct.persons.push(PersonSlot { record, dirty: true });
                     tracker.touch(Entity::Person, person_id, present, &attrs, &from, Origin::Input, None);
                     (acct.persons.len() - 1, true)
                 }
-                (None, None) => {
+                (None, _) => {
                     let record = PersonRecord { person_id: person_id.clone(), ..PersonRecord::default() };
                     acct.persons.push(PersonSlot { record, dirty: true });
                     (acct.persons.len() - 1, true)
@@ -443,8 +505,55 @@ pub fn apply_event(
         EventBody::PersonActivity { person_id, activity, properties, .. } => {
             on_activity(defs, acct, ev.ts, person_id, activity, properties, cause, &mut tracker, out);
         }
-        // Opportunities are accepted and de-duplicated; keeping them in state is issue #3's work.
-        EventBody::OpportunityUpserted { .. } | EventBody::OpportunityDeleted { .. } => {}
+        EventBody::OpportunityUpserted { opportunity_id, attributes, .. } => {
+            let ix = match (acct.opportunity_ix(opportunity_id), attach) {
+                (Some(ix), _) => ix,
+                (None, Some((Moved::Opportunity(record), from))) => {
+                    let (present, attrs) = (record.present, record.attributes.clone());
+                    acct.opportunities.push(OpportunitySlot { record, dirty: true });
+                    tracker.touch(Entity::Opportunity, opportunity_id, present, &attrs, &from, Origin::Input, None);
+                    acct.opportunities.len() - 1
+                }
+                (None, _) => {
+                    let record =
+                        OpportunityRecord { opportunity_id: opportunity_id.clone(), ..OpportunityRecord::default() };
+                    acct.opportunities.push(OpportunitySlot { record, dirty: true });
+                    acct.opportunities.len() - 1
+                }
+            };
+            let o = &acct.opportunities[ix].record;
+            tracker.touch(
+                Entity::Opportunity,
+                opportunity_id,
+                o.present,
+                &o.attributes,
+                &acct.account_id,
+                Origin::Input,
+                None,
+            );
+            let slot = &mut acct.opportunities[ix];
+            slot.record.present = true;
+            slot.record.attributes.merge(attributes);
+            slot.dirty = true;
+        }
+        EventBody::OpportunityDeleted { opportunity_id } => {
+            if let Some(ix) = acct.opportunity_ix(opportunity_id).filter(|&ix| acct.opportunities[ix].record.present) {
+                let o = &acct.opportunities[ix].record;
+                tracker.touch(
+                    Entity::Opportunity,
+                    opportunity_id,
+                    true,
+                    &o.attributes,
+                    &acct.account_id,
+                    Origin::Input,
+                    None,
+                );
+                let slot = &mut acct.opportunities[ix];
+                slot.record.present = false;
+                slot.record.attributes.clear();
+                slot.dirty = true;
+            }
+        }
     }
     tracker.finish(acct, cause, out);
 }
@@ -534,8 +643,8 @@ fn on_activity(
             let ev = event_value.get_or_insert_with(|| {
                 serde_json::json!({"activity": activity, "person_id": person_id, "properties": properties.to_map(), "ts": ts.to_rfc3339()})
             });
-            let account = account_value(acct);
-            if !cond.eval(&[("event", ev), ("account", &account)]) {
+            let (account, opportunities) = (account_value(acct), opportunities_value(acct));
+            if !cond.eval(&[("event", ev), ("account", &account), ("opportunities", &opportunities)]) {
                 i += 1;
                 continue;
             }
@@ -555,6 +664,21 @@ fn on_activity(
             i += 1;
         }
     }
+}
+
+/// The `opportunities` variable of conditions: the account's opportunities as maps with their `id`.
+fn opportunities_value(acct: &AccountState) -> Value {
+    Value::Array(
+        acct.opportunities
+            .iter()
+            .filter(|o| o.record.present)
+            .map(|o| {
+                let mut m = o.record.attributes.to_map();
+                m.insert("id".into(), Value::String(o.record.opportunity_id.clone()));
+                Value::Object(m)
+            })
+            .collect(),
+    )
 }
 
 /// The `account` variable of conditions: attributes plus `id` and `audiences`.
@@ -622,8 +746,9 @@ fn run(
                 *next
             }
             Node::SplitAccounts { paths, otherwise } => {
-                let account = account_value(acct);
-                paths.iter().find(|(c, _)| c.eval(&[("account", &account)])).map(|(_, t)| *t).or(*otherwise)
+                let (account, opportunities) = (account_value(acct), opportunities_value(acct));
+                let vars = [("account", &account), ("opportunities", &opportunities)];
+                paths.iter().find(|(c, _)| c.eval(&vars)).map(|(_, t)| *t).or(*otherwise)
             }
             Node::Listen { timeout, .. } => {
                 if let Some(d) = timeout {

@@ -47,12 +47,18 @@ impl Condition {
             Err(_) => return Err(vec![format!("condition `{source}` does not parse")]),
         };
         let refs = program.references();
+        let mut bound = Vec::new();
+        comprehension_vars(program.expression(), &mut bound);
         let mut problems = Vec::new();
         let allowed: &[&str] = match scope {
             Scope::Account => &["account", "opportunities"],
             Scope::Listen => &["account", "opportunities", "event"],
         };
         for var in refs.variables() {
+            if bound.iter().any(|b| b == var) {
+                // Bound by a macro such as `exists(o, ...)` (the binding is not checked for scope).
+                continue;
+            }
             if NOT_YET.contains(&var) {
                 problems.push(format!("condition `{source}`: `{var}` is not supported by this version yet"));
             } else if !allowed.contains(&var) {
@@ -93,6 +99,43 @@ impl Condition {
             }
             matches!(self.program.execute(&scope), Ok(cel::Value::Bool(true)))
         })
+    }
+}
+
+/// The names that macros (`all`, `exists`, `map`, ...) bind in an expression.
+fn comprehension_vars(e: &cel::common::ast::IdedExpr, out: &mut Vec<String>) {
+    use cel::common::ast::{EntryExpr, Expr};
+    match &e.expr {
+        Expr::Comprehension(c) => {
+            out.push(c.iter_var.clone());
+            out.extend(c.iter_var2.iter().cloned());
+            out.push(c.accu_var.clone());
+            for sub in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                comprehension_vars(sub, out);
+            }
+        }
+        Expr::Call(call) => {
+            if let Some(t) = &call.target {
+                comprehension_vars(t, out);
+            }
+            for a in &call.args {
+                comprehension_vars(a, out);
+            }
+        }
+        Expr::List(l) => l.elements.iter().for_each(|x| comprehension_vars(x, out)),
+        Expr::Select(sel) => comprehension_vars(&sel.operand, out),
+        Expr::Map(m) => m.entries.iter().for_each(|x| match &x.expr {
+            EntryExpr::MapEntry(me) => {
+                comprehension_vars(&me.key, out);
+                comprehension_vars(&me.value, out);
+            }
+            EntryExpr::StructField(f) => comprehension_vars(&f.value, out),
+        }),
+        Expr::Struct(st) => st.entries.iter().for_each(|x| match &x.expr {
+            EntryExpr::MapEntry(me) => comprehension_vars(&me.value, out),
+            EntryExpr::StructField(f) => comprehension_vars(&f.value, out),
+        }),
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
     }
 }
 

@@ -1,6 +1,6 @@
 //! Table-driven tests of the account state machine over short event scripts.
 
-use crate::account::{AccountState, Cause, Definitions, Effects, TimerHandle, apply_event, fire_timer};
+use crate::account::{AccountState, Cause, Definitions, Effects, Moved, TimerHandle, apply_event, fire_timer};
 use crate::journey::compile_journey;
 use caravan_schemas::definition::read_document;
 use caravan_schemas::input::{DecodeLimits, InputEvent, decode};
@@ -143,7 +143,8 @@ fn a_person_who_moves_gets_one_update_carrying_account_id() {
     let e1 =
         ev(json!({"type":"person.upserted","event_id":"e1","person_id":"p","account_id":"a","attributes":{"k":1}}));
     apply_event(&defs, &mut a, &e1, None, &Cause::record(1, e1.ts, "e1"), &mut out);
-    let moved = a.detach_person("p").expect("p is in a");
+    let moved = a.detach(caravan_schemas::output::Entity::Person, "p").expect("p is in a");
+    assert!(matches!(moved, Moved::Person(_)));
     assert!(a.persons.is_empty());
     out.clear();
     let e2 =
@@ -349,4 +350,35 @@ proptest! {
         ids.dedup();
         prop_assert_eq!(ids.len(), n, "action ids are unique");
     }
+}
+
+#[test]
+fn opportunities_change_move_and_feed_conditions() {
+    let yaml = "kind: journey\ntenant: t\nid: o\nversion: 1\naudience: target\nstart: s\nnodes:\n  s:\n    split_accounts:\n      - {when: 'opportunities.exists(o, o.stage == \"won\")', next: yes}\n    otherwise: no\n  yes: {action: {send_alert: {template: won}}}\n  no: {action: {send_alert: {template: open}}}\n";
+    let mut defs = Definitions::default();
+    defs.publish(compile_journey(&read_document(yaml).expect("parses")).expect("valid")).expect("publishes");
+    let mut s = Script::new(defs);
+    let out = s.apply(json!({"type":"opportunity.upserted","event_id":"o1","opportunity_id":"x","account_id":"a","attributes":{"stage":"open","amount":10}}));
+    let c = &out.changes[0];
+    assert_eq!((c.entity, c.op, c.version), (caravan_schemas::output::Entity::Opportunity, ChangeOp::Create, 1));
+    let out = s.apply(json!({"type":"opportunity.upserted","event_id":"o2","opportunity_id":"x","account_id":"a","attributes":{"stage":"won"}}));
+    assert_eq!(Value::Object(out.changes[0].before.clone()), json!({"stage":"open"}));
+    let out = s.apply(
+        json!({"type":"account.audience","event_id":"in","account_id":"a","audience_id":"target","status":"entered"}),
+    );
+    assert_eq!(out.actions[0].node_id, "yes", "the split sees the won opportunity");
+    let out = s.apply(json!({"type":"opportunity.deleted","event_id":"o3","opportunity_id":"x"}));
+    assert_eq!((out.changes[0].op, out.changes[0].version), (ChangeOp::Delete, 3));
+    // A deleted opportunity moving to another account is re-created there; its version goes on.
+    let moved = s.acct.detach(caravan_schemas::output::Entity::Opportunity, "x").expect("tombstone");
+    let mut b = AccountState::new("t", "b");
+    let mut out = Effects::default();
+    let e = ev(
+        json!({"type":"opportunity.upserted","event_id":"o4","opportunity_id":"x","account_id":"b","attributes":{"stage":"new"}}),
+    );
+    apply_event(&s.defs, &mut b, &e, Some((moved, "a".into())), &Cause::record(99, e.ts, "o4"), &mut out);
+    assert_eq!(
+        (out.changes[0].op, out.changes[0].version, out.changes[0].account_id.as_str()),
+        (ChangeOp::Create, 4, "b")
+    );
 }

@@ -1,7 +1,7 @@
 //! The stored shape of per-account state, and its versioned binary codec.
 //!
 //! It owns the types that `operators` computes on and `state` stores: [`AccountRecord`], [`PersonRecord`],
-//! [`InstanceRecord`], [`PersonIndexRecord`], and [`encode`]/[`decode`], which put a format-version byte in
+//! [`InstanceRecord`], [`OpportunityRecord`], [`IndexRecord`], and [`encode`]/[`decode`], which put a format-version byte in
 //! front of a bincode body. It is not storage: no RocksDB here. Types stay plain (no internally tagged enums,
 //! no `serde_json::Value` fields except inside [`Attrs`], stored as JSON text) because bincode is not
 //! self-describing.
@@ -109,13 +109,27 @@ pub struct PersonRecord {
     pub joined: u64,
 }
 
-/// The person index (column family `person_index`, key tenant | person): where a person is.
+/// Where a person or an opportunity lives (column families `person_index` and `opportunity_index`, key
+/// tenant | id).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PersonIndexRecord {
-    /// The account that holds the person's record (also for a deleted person: its tombstone lives there).
+pub struct IndexRecord {
+    /// The account that holds the entity's record (also once deleted: its tombstone lives there).
     pub account_id: String,
-    /// False once the person is deleted: it then has no known account for routing.
+    /// False once the entity is deleted: it then has no known account for routing.
     pub present: bool,
+}
+
+/// One opportunity, stored under its account (column family `opportunities`, key tenant | account | id).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpportunityRecord {
+    /// The opportunity id.
+    pub opportunity_id: String,
+    /// False for a deleted opportunity kept only to continue its version numbers.
+    pub present: bool,
+    /// Current attributes (`stage`, `amount`, `is_closed`, `is_won`, ...).
+    pub attributes: Attrs,
+    /// Version of the last change event emitted for it.
+    pub version: u64,
 }
 
 #[cfg(test)]
@@ -126,12 +140,12 @@ mod tests {
 
     #[test]
     fn version_byte_is_checked() {
-        let rec = PersonIndexRecord { account_id: "a".into(), present: true };
+        let rec = IndexRecord { account_id: "a".into(), present: true };
         let mut bytes = encode(&rec);
-        assert_eq!(decode::<PersonIndexRecord>(&bytes).expect("round trip"), rec);
+        assert_eq!(decode::<IndexRecord>(&bytes).expect("round trip"), rec);
         bytes[0] = 9;
-        assert!(matches!(decode::<PersonIndexRecord>(&bytes), Err(CodecError::Version { found: 9 })));
-        assert!(matches!(decode::<PersonIndexRecord>(&[]), Err(CodecError::Corrupt(_))));
+        assert!(matches!(decode::<IndexRecord>(&bytes), Err(CodecError::Version { found: 9 })));
+        assert!(matches!(decode::<IndexRecord>(&[]), Err(CodecError::Corrupt(_))));
     }
 
     proptest! {

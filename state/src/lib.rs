@@ -17,7 +17,9 @@
 //! |---|---|---|
 //! | `accounts` | tenant `\0` account | [`AccountRecord`] |
 //! | `persons` | tenant `\0` account `\0` person | [`PersonRecord`] (one prefix scan lists an account's people) |
-//! | `person_index` | tenant `\0` person | [`PersonIndexRecord`] |
+//! | `person_index` | tenant `\0` person | [`IndexRecord`] |
+//! | `opportunities` | tenant `\0` account `\0` opportunity | [`OpportunityRecord`] |
+//! | `opportunity_index` | tenant `\0` opportunity | [`IndexRecord`] |
 //! | `timers` | tenant `\0` account `\0` journey `\0` instance | [`TimerRecord`] |
 //! | `dedup` | epoch (u64 big-endian) | the applied event-id hashes of that epoch |
 //! | `meta` | `checkpoint` | [`Checkpoint`] |
@@ -29,14 +31,16 @@
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
 //! let mut delta = Delta::default();
-//! delta.put_person_index("t", "p", &caravan_schemas::state::PersonIndexRecord { account_id: "a".into(), present: true });
+//! delta.put_person_index("t", "p", &caravan_schemas::state::IndexRecord { account_id: "a".into(), present: true });
 //! store.commit(&delta, &Checkpoint { epoch: 1, ..Checkpoint::default() }).unwrap();
 //! assert_eq!(store.person_index("t", "p").unwrap().unwrap().account_id, "a");
 //! assert_eq!(store.checkpoint().unwrap().unwrap().epoch, 1);
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
-use caravan_schemas::state::{self as codec, AccountRecord, CodecError, PersonIndexRecord, PersonRecord, TimerRecord};
+use caravan_schemas::state::{
+    self as codec, AccountRecord, CodecError, IndexRecord, OpportunityRecord, PersonRecord, TimerRecord,
+};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
@@ -68,7 +72,8 @@ pub enum StateError {
 pub type Result<T> = std::result::Result<T, StateError>;
 
 /// The column families, in the order they are opened.
-pub const COLUMN_FAMILIES: [&str; 6] = ["accounts", "persons", "person_index", "timers", "dedup", "meta"];
+pub const COLUMN_FAMILIES: [&str; 8] =
+    ["accounts", "persons", "person_index", "timers", "dedup", "meta", "opportunities", "opportunity_index"];
 
 /// Tuning of the RocksDB instance.
 #[derive(Clone, Debug)]
@@ -153,6 +158,8 @@ const PERSON_INDEX: usize = 2;
 const TIMERS: usize = 3;
 const DEDUP: usize = 4;
 const META: usize = 5;
+const OPPORTUNITIES: usize = 6;
+const OPPORTUNITY_INDEX: usize = 7;
 
 impl Delta {
     /// Number of writes.
@@ -194,8 +201,23 @@ impl Delta {
     }
 
     /// Writes a person index entry.
-    pub fn put_person_index(&mut self, tenant: &str, person: &str, rec: &PersonIndexRecord) {
+    pub fn put_person_index(&mut self, tenant: &str, person: &str, rec: &IndexRecord) {
         self.put(PERSON_INDEX, key2(tenant, person), codec::encode(rec));
+    }
+
+    /// Writes an opportunity record under its account.
+    pub fn put_opportunity(&mut self, tenant: &str, account: &str, rec: &OpportunityRecord) {
+        self.put(OPPORTUNITIES, key3(tenant, account, &rec.opportunity_id), codec::encode(rec));
+    }
+
+    /// Removes an opportunity record from an account (it moved away).
+    pub fn delete_opportunity(&mut self, tenant: &str, account: &str, opportunity: &str) {
+        self.delete(OPPORTUNITIES, key3(tenant, account, opportunity));
+    }
+
+    /// Writes an opportunity index entry.
+    pub fn put_opportunity_index(&mut self, tenant: &str, opportunity: &str, rec: &IndexRecord) {
+        self.put(OPPORTUNITY_INDEX, key2(tenant, opportunity), codec::encode(rec));
     }
 
     /// Writes a pending timer.
@@ -222,6 +244,17 @@ impl Delta {
     pub fn delete_dedup_epoch(&mut self, epoch: u64) {
         self.delete(DEDUP, epoch.to_be_bytes().to_vec());
     }
+}
+
+/// An account as stored: its record, its people and its opportunities.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoredAccount {
+    /// The account record (default when only people or opportunities are stored).
+    pub record: AccountRecord,
+    /// Its people, in key order.
+    pub persons: Vec<PersonRecord>,
+    /// Its opportunities, in key order.
+    pub opportunities: Vec<OpportunityRecord>,
 }
 
 /// One pending timer as stored.
@@ -323,11 +356,11 @@ impl Store {
         }
     }
 
-    /// Loads an account and its people; `None` when nothing is stored for it.
+    /// Loads an account with its people and opportunities; `None` when nothing is stored for it.
     ///
     /// # Errors
     /// On a read failure or a corrupt value.
-    pub fn load_account(&self, tenant: &str, account: &str) -> Result<Option<(AccountRecord, Vec<PersonRecord>)>> {
+    pub fn load_account(&self, tenant: &str, account: &str) -> Result<Option<StoredAccount>> {
         self.check()?;
         let key = key2(tenant, account);
         let record = match self.db.get_cf(self.cf(ACCOUNTS), &key)? {
@@ -336,28 +369,46 @@ impl Store {
         };
         let mut prefix = key;
         prefix.push(0);
-        let mut persons = Vec::new();
-        for item in self.db.iterator_cf(self.cf(PERSONS), IteratorMode::From(&prefix, Direction::Forward)) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            persons.push(decode_at::<PersonRecord>(&k, &v)?);
-        }
-        if record.is_none() && persons.is_empty() {
+        let persons: Vec<PersonRecord> = self.scan(PERSONS, &prefix)?;
+        let opportunities: Vec<OpportunityRecord> = self.scan(OPPORTUNITIES, &prefix)?;
+        if record.is_none() && persons.is_empty() && opportunities.is_empty() {
             return Ok(None);
         }
-        Ok(Some((record.unwrap_or_default(), persons)))
+        Ok(Some(StoredAccount { record: record.unwrap_or_default(), persons, opportunities }))
+    }
+
+    fn scan<T: serde::de::DeserializeOwned>(&self, cf: usize, prefix: &[u8]) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(decode_at::<T>(&k, &v)?);
+        }
+        Ok(out)
     }
 
     /// Reads a person index entry.
     ///
     /// # Errors
     /// On a read failure or a corrupt value.
-    pub fn person_index(&self, tenant: &str, person: &str) -> Result<Option<PersonIndexRecord>> {
+    pub fn person_index(&self, tenant: &str, person: &str) -> Result<Option<IndexRecord>> {
+        self.index(PERSON_INDEX, tenant, person)
+    }
+
+    /// Reads an opportunity index entry.
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn opportunity_index(&self, tenant: &str, opportunity: &str) -> Result<Option<IndexRecord>> {
+        self.index(OPPORTUNITY_INDEX, tenant, opportunity)
+    }
+
+    fn index(&self, cf: usize, tenant: &str, id: &str) -> Result<Option<IndexRecord>> {
         self.check()?;
-        let key = key2(tenant, person);
-        match self.db.get_cf(self.cf(PERSON_INDEX), &key)? {
+        let key = key2(tenant, id);
+        match self.db.get_cf(self.cf(cf), &key)? {
             Some(v) => decode_at(&key, &v).map(Some),
             None => Ok(None),
         }

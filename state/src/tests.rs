@@ -39,9 +39,9 @@ fn commit_is_durable_across_reopen() {
     let cp = store.checkpoint().expect("reads").expect("present");
     assert_eq!(cp.epoch, 7);
     assert_eq!(cp.output_lengths, [1, 2, 3]);
-    let (acct, persons) = store.load_account("t", "a").expect("reads").expect("present");
-    assert_eq!(acct.attributes.get("employees"), Some(&json!(1200)));
-    assert_eq!(persons.len(), 2);
+    let stored = store.load_account("t", "a").expect("reads").expect("present");
+    assert_eq!(stored.record.attributes.get("employees"), Some(&json!(1200)));
+    assert_eq!(stored.persons.len(), 2);
     assert_eq!(store.load_account("t", "zz").expect("reads"), None);
 }
 
@@ -55,8 +55,8 @@ fn prefix_scans_never_leak_across_accounts_or_tenants() {
     d.put_person("t2", "a", &person("p3", 1));
     d.put_person("t\0", "a", &person("p4", 1));
     store.commit(&d, &Checkpoint::default()).expect("commits");
-    let (_, persons) = store.load_account("t", "a").expect("reads").expect("present");
-    let ids: Vec<&str> = persons.iter().map(|p| p.person_id.as_str()).collect();
+    let stored = store.load_account("t", "a").expect("reads").expect("present");
+    let ids: Vec<&str> = stored.persons.iter().map(|p| p.person_id.as_str()).collect();
     assert_eq!(ids, ["p1"]);
 }
 
@@ -131,7 +131,7 @@ proptest! {
                 match op {
                     ModelOp::Put(k, v) => {
                         let (k, v) = (format!("p{k}"), format!("a{v}"));
-                        d.put_person_index("t", &k, &PersonIndexRecord { account_id: v.clone(), present: true });
+                        d.put_person_index("t", &k, &IndexRecord { account_id: v.clone(), present: true });
                         pending.insert(k, v);
                     }
                     ModelOp::Delete(k) => {

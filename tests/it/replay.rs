@@ -185,3 +185,44 @@ fn reaching_the_end_of_input_fires_nothing_more() {
     assert_eq!(state_json["journeys"][0]["node"], "w");
     assert_eq!(state_json["timers"][0]["due"], "2026-01-01T01:00:00.000Z");
 }
+
+#[test]
+fn opportunities_are_versioned_moved_and_deleted_through_their_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let defs = one_journey(dir.path(), "  w: {wait: 1h}\n");
+    let lines = [
+        r#"{"tenant":"t","type":"opportunity.upserted","event_id":"1","ts":"2026-01-01T00:00:00Z","opportunity_id":"x","account_id":"a","attributes":{"stage":"open","amount":100}}"#,
+        r#"{"tenant":"t","type":"opportunity.upserted","event_id":"2","ts":"2026-01-01T00:01:00Z","opportunity_id":"x","account_id":"a","attributes":{"amount":100.0}}"#,
+        r#"{"tenant":"t","type":"opportunity.upserted","event_id":"3","ts":"2026-01-01T00:02:00Z","opportunity_id":"x","account_id":"b","attributes":{"stage":"won"}}"#,
+        r#"{"tenant":"t","type":"opportunity.deleted","event_id":"4","ts":"2026-01-01T00:03:00Z","opportunity_id":"x"}"#,
+        r#"{"tenant":"t","type":"opportunity.deleted","event_id":"5","ts":"2026-01-01T00:04:00Z","opportunity_id":"never-seen"}"#,
+        r#"{"tenant":"t","type":"opportunity.upserted","event_id":"6","ts":"2026-01-01T00:05:00Z","opportunity_id":"x","account_id":"c","attributes":{}}"#,
+    ];
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, lines.join("\n")).expect("write");
+    let mut runs = Vec::new();
+    for workers in ["1", "3"] {
+        let (out, state) = (dir.path().join(format!("out{workers}")), dir.path().join(format!("state{workers}")));
+        replay(&defs, &input, &out, Some(&state), &["--workers", workers]);
+        let changes = read_ndjson(&out.join("changes.ndjson"));
+        let got: Vec<(String, String, i64, String)> = changes
+            .iter()
+            .map(|c| {
+                let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                (s("op"), s("account_id"), c["version"].as_i64().unwrap_or(0), s("cause_event_id"))
+            })
+            .collect();
+        let want = [("create", "a", 1, "1"), ("update", "b", 2, "3"), ("delete", "b", 3, "4"), ("create", "c", 4, "6")];
+        let want: Vec<(String, String, i64, String)> =
+            want.iter().map(|(o, a, v, e)| ((*o).into(), (*a).into(), *v, (*e).into())).collect();
+        assert_eq!(got, want, "{workers} workers");
+        assert!(changes.iter().all(|c| c["entity"] == "opportunity"));
+        assert_eq!(changes[1]["before"], serde_json::json!({"account_id": "a", "stage": "open"}));
+        assert_eq!(changes[1]["after"], serde_json::json!({"account_id": "b", "stage": "won"}));
+        let shown = caravan(&["inspect", "--state", &state.display().to_string(), "--tenant", "t", "--account", "c"]);
+        let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("inspect prints JSON");
+        assert_eq!(shown["opportunities"][0]["version"], 4);
+        runs.push(output_bytes(&out));
+    }
+    assert!(runs[0] == runs[1]);
+}

@@ -3,8 +3,9 @@
 //! Batches, not records, cross threads. Every batch has a number; the committer needs one part from the
 //! router and one from every worker for each batch number before the batch can commit.
 
+use caravan_operators::account::Moved;
 use caravan_schemas::input::InputEvent;
-use caravan_schemas::state::PersonRecord;
+use caravan_schemas::output::Entity;
 use caravan_state::Delta;
 use std::sync::Arc;
 
@@ -29,8 +30,8 @@ pub(crate) struct Item {
     pub(crate) routed_to: Option<String>,
     /// The event.
     pub(crate) event: Box<InputEvent>,
-    /// A person record moving in from another account, with that account's id (rare: boxed).
-    pub(crate) attach: Option<Box<(PersonRecord, String)>>,
+    /// A person or opportunity moving in from another account, with that account's id (rare: boxed).
+    pub(crate) attach: Option<Box<(Moved, String)>>,
 }
 
 impl Item {
@@ -50,13 +51,14 @@ pub(crate) struct Batch {
 pub(crate) enum WorkerMsg {
     /// Apply the batch's records of this worker and run timer passes after every record.
     Batch(Arc<Batch>),
-    /// Remove a person from an account (it moves to another one) and reply with its record. Runs between
-    /// batches; its writes commit with the next batch.
+    /// Remove a person or opportunity from an account (it moves to another one) and reply with its record.
+    /// Runs between batches; its writes commit with the next batch.
     Detach {
+        entity: Entity,
         tenant: String,
         account_id: String,
-        person_id: String,
-        reply: crossbeam_channel::Sender<Result<Option<PersonRecord>, String>>,
+        id: String,
+        reply: crossbeam_channel::Sender<Result<Option<Moved>, String>>,
     },
 }
 

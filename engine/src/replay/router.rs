@@ -1,17 +1,18 @@
 //! The router: the one sequential stage of a replay. It puts decoded records back in input order, drops
 //! duplicates, routes person events through the person index, keeps the watermark, and cuts batches.
 //!
-//! It owns the person index (tenant | person -> account) and the de-duplication window, both in memory in
+//! It owns the person and opportunity indexes (tenant | id -> account) and the de-duplication window, both in memory in
 //! front of RocksDB, and the single watermark of a replay (SPEC §3.2: one stream, one watermark, whatever
-//! the number of workers). It is not a state machine: accounts are the workers' business; a person's move
-//! from one account to another is the only time the router asks a worker for something (`Detach`).
+//! the number of workers). It is not a state machine: accounts are the workers' business; a person's or an
+//! opportunity's move from one account to another is the only time the router asks a worker for something
+//! (`Detach`).
 
 use super::messages::{Batch, CommitMsg, Item, Route, RouterPart, WorkerMsg};
 use super::reader::{Parsed, ParsedChunk, ParsedLine};
 use crate::EngineError;
 use caravan_schemas::input::{EventBody, InputEvent, RejectReason};
-use caravan_schemas::output::{RejectedRecord, SourcePosition};
-use caravan_schemas::state::PersonIndexRecord;
+use caravan_schemas::output::{Entity, RejectedRecord, SourcePosition};
+use caravan_schemas::state::IndexRecord;
 use caravan_state::{Delta, Store};
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxHashMap;
@@ -83,7 +84,7 @@ impl DedupWindow {
 }
 
 struct IndexSlot {
-    rec: Option<PersonIndexRecord>,
+    rec: Option<IndexRecord>,
     /// The batch that last changed it (0: clean since loaded). Not evicted before that batch commits.
     dirty_batch: u64,
 }
@@ -113,11 +114,13 @@ pub(crate) struct Router<'s> {
     part: RouterPart,
 }
 
-fn index_key(tenant: &str, person: &str) -> Box<str> {
-    let mut k = String::with_capacity(tenant.len() + person.len() + 1);
+/// The in-memory index key: a kind byte (`p` person, `o` opportunity), the tenant, `\0`, the id.
+fn index_key(entity: Entity, tenant: &str, id: &str) -> Box<str> {
+    let mut k = String::with_capacity(tenant.len() + id.len() + 2);
+    k.push(if entity == Entity::Opportunity { 'o' } else { 'p' });
     k.push_str(tenant);
     k.push('\0');
-    k.push_str(person);
+    k.push_str(id);
     k.into_boxed_str()
 }
 
@@ -212,16 +215,21 @@ impl<'s> Router<'s> {
         Ok(())
     }
 
-    fn lookup(&mut self, key: &str, tenant: &str, person: &str) -> Result<Option<PersonIndexRecord>, EngineError> {
-        if let Some(slot) = self.index.get(key) {
+    fn lookup(&mut self, entity: Entity, tenant: &str, id: &str) -> Result<Option<IndexRecord>, EngineError> {
+        let key = index_key(entity, tenant, id);
+        if let Some(slot) = self.index.get(&key) {
             return Ok(slot.rec.clone());
         }
-        let rec = if self.complete_cache { None } else { self.store.person_index(tenant, person)? };
-        self.index.insert(key.into(), IndexSlot { rec: rec.clone(), dirty_batch: 0 });
+        let rec = match (self.complete_cache, entity) {
+            (true, _) => None,
+            (false, Entity::Opportunity) => self.store.opportunity_index(tenant, id)?,
+            (false, _) => self.store.person_index(tenant, id)?,
+        };
+        self.index.insert(key, IndexSlot { rec: rec.clone(), dirty_batch: 0 });
         Ok(rec)
     }
 
-    fn set_index(&mut self, key: Box<str>, rec: PersonIndexRecord) {
+    fn set_index(&mut self, key: Box<str>, rec: IndexRecord) {
         let batch = self.batch;
         match self.index.get_mut(&key) {
             Some(slot) => {
@@ -245,46 +253,35 @@ impl<'s> Router<'s> {
             return Ok(());
         }
         let tenant = event.tenant.as_str();
-        let mut detach_from: Option<String> = None;
-        let (route_account, index_update): (Option<String>, Option<PersonIndexRecord>) = match &event.body {
-            EventBody::PersonUpserted { person_id, account_id, .. } => {
-                let key = index_key(tenant, person_id);
-                let known = self.lookup(&key, tenant, person_id)?;
-                let target = match (account_id, &known) {
-                    (Some(a), _) => Some(a.clone()),
-                    (None, Some(k)) if k.present => Some(k.account_id.clone()),
-                    _ => None,
-                };
-                if let (Some(t), Some(k)) = (&target, &known)
-                    && k.account_id != *t
-                {
-                    detach_from = Some(k.account_id.clone());
-                }
-                let update = target.as_ref().map(|t| PersonIndexRecord { account_id: t.clone(), present: true });
+        // Persons and opportunities are indexed (tenant | id -> account); `indexed` names the entity.
+        let indexed: Option<(Entity, &str)> = match &event.body {
+            EventBody::PersonUpserted { person_id, .. }
+            | EventBody::PersonDeleted { person_id }
+            | EventBody::PersonActivity { person_id, .. } => Some((Entity::Person, person_id)),
+            EventBody::OpportunityUpserted { opportunity_id, .. }
+            | EventBody::OpportunityDeleted { opportunity_id } => Some((Entity::Opportunity, opportunity_id)),
+            _ => None,
+        };
+        let known = match indexed {
+            Some((entity, id)) => self.lookup(entity, tenant, id)?,
+            None => None,
+        };
+        let known_account = known.as_ref().filter(|k| k.present).map(|k| k.account_id.clone());
+        let (route_account, index_update): (Option<String>, Option<IndexRecord>) = match &event.body {
+            EventBody::PersonUpserted { account_id, .. } => {
+                let target = account_id.clone().or(known_account);
+                let update = target.as_ref().map(|t| IndexRecord { account_id: t.clone(), present: true });
                 (target, update)
             }
-            EventBody::PersonDeleted { person_id } => {
-                let key = index_key(tenant, person_id);
-                match self.lookup(&key, tenant, person_id)? {
-                    Some(k) if k.present => {
-                        let update = PersonIndexRecord { account_id: k.account_id.clone(), present: false };
-                        (Some(k.account_id), Some(update))
-                    }
-                    // Deleting an unknown (or already deleted) person is a no-op, but an applied one.
-                    _ => (None, None),
-                }
+            EventBody::OpportunityUpserted { account_id, .. } => {
+                (Some(account_id.clone()), Some(IndexRecord { account_id: account_id.clone(), present: true }))
             }
-            EventBody::PersonActivity { person_id, account_id, .. } => match account_id {
-                Some(a) => (Some(a.clone()), None),
-                None => {
-                    let key = index_key(tenant, person_id);
-                    match self.lookup(&key, tenant, person_id)? {
-                        Some(k) if k.present => (Some(k.account_id), None),
-                        _ => (None, None),
-                    }
-                }
-            },
-            EventBody::OpportunityDeleted { .. } => (None, None),
+            // Deleting an unknown (or already deleted) entity is a no-op, but an applied one.
+            EventBody::PersonDeleted { .. } | EventBody::OpportunityDeleted { .. } => {
+                let update = known_account.as_ref().map(|a| IndexRecord { account_id: a.clone(), present: false });
+                (known_account, update)
+            }
+            EventBody::PersonActivity { account_id, .. } => (account_id.clone().or(known_account), None),
             other => (other.account_id().map(str::to_owned), None),
         };
         let needs_account = matches!(&event.body, EventBody::PersonUpserted { .. } | EventBody::PersonActivity { .. });
@@ -299,33 +296,38 @@ impl<'s> Router<'s> {
             );
             return Ok(());
         }
+        // An upsert into another account than the one holding the entity's record (alive, or its
+        // tombstone) moves the record: detach it there first.
+        let moving_from = match (&index_update, &known) {
+            (Some(u), Some(k)) if u.present && k.account_id != u.account_id => Some(k.account_id.clone()),
+            _ => None,
+        };
         let mut attach = None;
-        if let (Some(from), Some(person)) = (detach_from, event.body.person_id()) {
-            // The move's detach must run after every earlier record of the old account: cut the batch here.
+        if let (Some(from), Some((entity, id))) = (moving_from, indexed) {
+            // The detach must run after every earlier record of the old account: cut the batch here.
             self.flush()?;
             let (tx, rx) = crossbeam_channel::bounded(1);
             let w = worker_of(tenant, &from, self.cfg.workers);
-            self.workers[w]
-                .send(WorkerMsg::Detach {
-                    tenant: tenant.to_owned(),
-                    account_id: from.clone(),
-                    person_id: person.to_owned(),
-                    reply: tx,
-                })
-                .map_err(|_| EngineError::Stopped)?;
+            let msg = WorkerMsg::Detach {
+                entity,
+                tenant: tenant.to_owned(),
+                account_id: from.clone(),
+                id: id.to_owned(),
+                reply: tx,
+            };
+            self.workers[w].send(msg).map_err(|_| EngineError::Stopped)?;
             match rx.recv().map_err(|_| EngineError::Stopped)? {
-                Ok(Some(rec)) => attach = Some(Box::new((rec, from))),
+                Ok(Some(moved)) => attach = Some(Box::new((moved, from))),
                 Ok(None) => tracing::warn!(
-                    person,
+                    id,
                     account = from.as_str(),
-                    "Person index named an account that does not hold the person."
+                    "The index named an account that does not hold the record."
                 ),
                 Err(e) => return Err(EngineError::Internal(e)),
             }
         }
-        if let (Some(update), Some(person)) = (index_update, event.body.person_id()) {
-            let key = index_key(tenant, person);
-            self.set_index(key, update);
+        if let (Some(update), Some((entity, id))) = (index_update, indexed) {
+            self.set_index(index_key(entity, tenant, id), update);
         }
         self.dedup.insert(hash);
         self.part.dedup.push(hash);
@@ -359,8 +361,12 @@ impl<'s> Router<'s> {
         let mut delta = Delta::default();
         for key in self.dirty.drain(..) {
             if let Some(IndexSlot { rec: Some(rec), .. }) = self.index.get(&key) {
-                let (tenant, person) = key.split_once('\0').unwrap_or(("", &key));
-                delta.put_person_index(tenant, person, rec);
+                let (kind, rest) = key.split_at(1);
+                let (tenant, id) = rest.split_once('\0').unwrap_or(("", rest));
+                match kind {
+                    "o" => delta.put_opportunity_index(tenant, id, rec),
+                    _ => delta.put_person_index(tenant, id, rec),
+                }
             }
         }
         let next_part = empty_part(batch + 1, self.part.records_end, self.part.bytes_end, self.max_ts);

@@ -8,8 +8,10 @@
 
 use super::messages::{Batch, CommitMsg, Group, Route, WorkerMsg, WorkerPart};
 use crate::EngineError;
+use caravan_operators::account::Moved;
 use caravan_operators::account::{AccountState, Cause, Definitions, Effects, TimerHandle, apply_event, fire_timer};
-use caravan_schemas::state::{PersonRecord, TimerRecord};
+use caravan_schemas::output::Entity;
+use caravan_schemas::state::TimerRecord;
 use caravan_state::{Delta, Store};
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxHashMap;
@@ -33,8 +35,8 @@ struct Cached {
     state: AccountState,
     /// The batch that last changed it (0: clean). Not evicted before that batch commits.
     dirty_batch: u64,
-    /// Persons detached (moved away) whose stored records must be deleted.
-    detached: Vec<String>,
+    /// Persons and opportunities detached (moved away) whose stored records must be deleted.
+    detached: Vec<(Entity, String)>,
 }
 
 /// The worker's accounts, by tenant then account: lookups by `&str` allocate nothing.
@@ -58,7 +60,7 @@ impl AccountCache {
         if !accounts.contains_key(account) {
             let stored = if self.complete { None } else { store.load_account(tenant, account)? };
             let state = match stored {
-                Some((record, persons)) => AccountState::from_records(tenant, account, record, persons),
+                Some(s) => AccountState::from_records(tenant, account, s.record, s.persons, s.opportunities),
                 None => AccountState::new(tenant, account),
             };
             accounts.insert(account.into(), Cached { state, dirty_batch: 0, detached: Vec::new() });
@@ -144,13 +146,13 @@ impl<'s> Worker<'s> {
         for msg in input {
             match msg {
                 WorkerMsg::Batch(batch) => self.batch(me, &batch)?,
-                WorkerMsg::Detach { tenant, account_id, person_id, reply } => {
-                    let result = self.detach(&tenant, &account_id, &person_id).map_err(|e| e.to_string());
+                WorkerMsg::Detach { entity, tenant, account_id, id, reply } => {
+                    let result = self.detach(entity, &tenant, &account_id, &id).map_err(|e| e.to_string());
                     let failed = result.is_err();
                     // The router waits for this reply; if it is gone, the run is stopping anyway.
                     let _ = reply.send(result);
                     if failed {
-                        return Err(EngineError::Internal(format!("detaching person {person_id} failed")));
+                        return Err(EngineError::Internal(format!("detaching {id} from account {account_id} failed")));
                     }
                 }
             }
@@ -158,15 +160,15 @@ impl<'s> Worker<'s> {
         Ok(())
     }
 
-    /// Detaches a person between batches. The account stays pinned (dirty in a batch that cannot have
-    /// committed) until the next batch part carries the removal.
-    fn detach(&mut self, tenant: &str, account: &str, person: &str) -> Result<Option<PersonRecord>, EngineError> {
+    /// Detaches a person or opportunity between batches. The account stays pinned (dirty in a batch that
+    /// cannot have committed) until the next batch part carries the removal.
+    fn detach(&mut self, entity: Entity, tenant: &str, account: &str, id: &str) -> Result<Option<Moved>, EngineError> {
         let cached = self.cache.get(self.store, tenant, account, u64::MAX)?;
-        let rec = cached.state.detach_person(person);
-        if rec.is_some() {
-            cached.detached.push(person.to_owned());
+        let moved = cached.state.detach(entity, id);
+        if moved.is_some() {
+            cached.detached.push((entity, id.to_owned()));
         }
-        Ok(rec)
+        Ok(moved)
     }
 
     /// Records the timers a step armed and cancelled, in the queue and in the delta.
@@ -256,8 +258,11 @@ impl<'s> Worker<'s> {
         for (tenant, account) in std::mem::take(&mut self.cache.dirty) {
             let Some(c) = self.cache.tenants.get_mut(&tenant).and_then(|a| a.get_mut(&account)) else { continue };
             c.dirty_batch = batch.id;
-            for person in c.detached.drain(..) {
-                part.delta.delete_person(&tenant, &account, &person);
+            for (entity, id) in c.detached.drain(..) {
+                match entity {
+                    Entity::Opportunity => part.delta.delete_opportunity(&tenant, &account, &id),
+                    _ => part.delta.delete_person(&tenant, &account, &id),
+                }
             }
             if c.state.record_dirty {
                 part.delta.put_account(&tenant, &account, &c.state.record);
@@ -266,6 +271,10 @@ impl<'s> Worker<'s> {
             for p in c.state.persons.iter_mut().filter(|p| p.dirty) {
                 part.delta.put_person(&tenant, &account, &p.record);
                 p.dirty = false;
+            }
+            for o in c.state.opportunities.iter_mut().filter(|o| o.dirty) {
+                part.delta.put_opportunity(&tenant, &account, &o.record);
+                o.dirty = false;
             }
         }
         self.commit.send(CommitMsg::Worker(part)).map_err(|_| EngineError::Stopped)?;
