@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 /// Why a record was rejected (SPEC §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     /// Not parseable as one JSON object (also duplicate keys, NaN, invalid UTF-8, too deep).

@@ -5,11 +5,27 @@
 
 use crate::input::RejectReason;
 use crate::time::TimestampText;
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object"})
+}
+
+/// The JSON Schemas of the output records, by file stem: `action`, `change`, `rejected`.
+pub fn output_schemas() -> [(&'static str, Value); 3] {
+    let to_value = |s: schemars::Schema| s.to_value();
+    [
+        ("action", to_value(schemars::schema_for!(ActionRecord))),
+        ("change", to_value(schemars::schema_for!(ChangeEvent))),
+        ("rejected", to_value(schemars::schema_for!(RejectedRecord))),
+    ]
+}
+
 /// One action to carry out (topic `caravan.actions`, `actions.ndjson`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ActionRecord {
     /// The tenant.
     pub tenant: String,
@@ -19,6 +35,7 @@ pub struct ActionRecord {
     #[serde(rename = "type")]
     pub kind: String,
     /// The action's parameters as written in the journey (without `to`).
+    #[schemars(schema_with = "object_schema")]
     pub params: Value,
     /// The journey that ran the action.
     pub journey_id: String,
@@ -38,7 +55,7 @@ pub struct ActionRecord {
 }
 
 /// The entity a change event is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Entity {
     /// An account.
@@ -50,7 +67,7 @@ pub enum Entity {
 }
 
 /// What happened to the entity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeOp {
     /// First upsert (or first after a delete).
@@ -62,7 +79,7 @@ pub enum ChangeOp {
 }
 
 /// What caused a change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// The input record touched the entity.
@@ -72,7 +89,8 @@ pub enum Origin {
 }
 
 /// One net change of an account, person or opportunity (topic `caravan.changes`, `changes.ndjson`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ChangeEvent {
     /// The tenant.
     pub tenant: String,
@@ -91,6 +109,7 @@ pub struct ChangeEvent {
     /// The changed fields after (`{}` for a delete).
     pub after: Map<String, Value>,
     /// Per-entity version: 1, 2, 3, ... without gaps.
+    #[schemars(range(min = 1))]
     pub version: u64,
     /// Event time of the cause.
     pub ts: TimestampText,
@@ -107,14 +126,15 @@ pub struct ChangeEvent {
 }
 
 /// Where a rejected record came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum SourcePosition {
     /// A line of a file (1-based); `-` for standard input.
     File {
         /// The file path as given.
         file: String,
         /// 1-based line number.
+        #[schemars(range(min = 1))]
         line: u64,
     },
     /// A Kafka record.
@@ -129,7 +149,8 @@ pub enum SourcePosition {
 }
 
 /// A record that was not applied (topic `caravan.rejected`, `rejected.ndjson`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RejectedRecord {
     /// The reason.
     pub reason: RejectReason,
@@ -160,6 +181,44 @@ impl RejectedRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checked-in schemas (`schemas/json/`) are the ones the types generate. Regenerate with
+    /// `CARAVAN_UPDATE_SCHEMAS=1 cargo test --release -p caravan-schemas`.
+    #[test]
+    fn checked_in_schemas_match_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("json");
+        for (name, schema) in output_schemas() {
+            let path = dir.join(format!("{name}.schema.json"));
+            let text = serde_json::to_string_pretty(&schema).expect("serializes") + "\n";
+            if std::env::var_os("CARAVAN_UPDATE_SCHEMAS").is_some() {
+                std::fs::create_dir_all(&dir).expect("mkdir");
+                std::fs::write(&path, &text).expect("write");
+            }
+            let stored = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(stored, text, "{} is stale: regenerate it (see this test's doc)", path.display());
+            assert!(jsonschema::meta::is_valid(&schema), "{name} is a valid JSON Schema");
+        }
+    }
+
+    #[test]
+    fn records_validate_against_their_schemas_and_bad_ones_do_not() {
+        let [(_, action), (_, change), (_, rejected)] = output_schemas();
+        let rec = RejectedRecord::new(
+            RejectReason::TooLarge,
+            "x".into(),
+            b"{}",
+            SourcePosition::File { file: "f".into(), line: 1 },
+        );
+        let v = jsonschema::validator_for(&rejected).expect("compiles");
+        assert!(v.is_valid(&serde_json::to_value(&rec).expect("serializes")));
+        assert!(!v.is_valid(
+            &serde_json::json!({"reason": "bad_reason", "detail": "x", "raw": "", "source": {"file": "f", "line": 1}})
+        ));
+        let v = jsonschema::validator_for(&action).expect("compiles");
+        assert!(!v.is_valid(&serde_json::json!({"tenant": "t"})));
+        let v = jsonschema::validator_for(&change).expect("compiles");
+        assert!(!v.is_valid(&serde_json::json!({"entity": "buying_group"})));
+    }
 
     #[test]
     fn rejected_keeps_raw_as_text_or_base64() {

@@ -144,6 +144,15 @@ impl Serialize for TimestampText {
     }
 }
 
+impl schemars::JsonSchema for TimestampText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "date-time"})
+    }
+}
+
 /// A [`Timestamp`] that serializes as RFC 3339 text (output records).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimestampText(pub Timestamp);

@@ -13,6 +13,7 @@ fn reference_workload_counts_equal_the_model_for_several_seeds() {
         replay(&reference_definitions(), &input, &out, None, &[]);
         assert_counts_match(&out, &expect);
         assert!(read_ndjson(&out.join("rejected.ndjson")).is_empty());
+        assert_outputs_match_schemas(&out);
     }
 }
 
@@ -119,6 +120,7 @@ fn people_move_between_accounts_and_timers_fire_after_their_record() {
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0]["reason"], "unknown_person_account");
         assert_eq!(rejected[0]["source"]["line"], 7);
+        assert_outputs_match_schemas(&out);
     }
 }
 
@@ -217,6 +219,7 @@ fn opportunities_are_versioned_moved_and_deleted_through_their_index() {
             want.iter().map(|(o, a, v, e)| ((*o).into(), (*a).into(), *v, (*e).into())).collect();
         assert_eq!(got, want, "{workers} workers");
         assert!(changes.iter().all(|c| c["entity"] == "opportunity"));
+        assert_outputs_match_schemas(&out);
         assert_eq!(changes[1]["before"], serde_json::json!({"account_id": "a", "stage": "open"}));
         assert_eq!(changes[1]["after"], serde_json::json!({"account_id": "b", "stage": "won"}));
         let shown = caravan(&["inspect", "--state", &state.display().to_string(), "--tenant", "t", "--account", "c"]);

@@ -134,3 +134,20 @@ pub fn assert_counts_match(out: &Path, expect: &BTreeMap<String, u64>) {
 pub fn output_bytes(out: &Path) -> [Vec<u8>; 3] {
     ["actions.ndjson", "changes.ndjson", "rejected.ndjson"].map(|f| std::fs::read(out.join(f)).unwrap_or_default())
 }
+
+/// Asserts that every record of the three output files validates against its published JSON Schema
+/// (`schemas/json/`), with a real validator.
+pub fn assert_outputs_match_schemas(out: &Path) {
+    for (file, schema) in [("actions.ndjson", "action"), ("changes.ndjson", "change"), ("rejected.ndjson", "rejected")]
+    {
+        let path = root().join(format!("schemas/json/{schema}.schema.json"));
+        let schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("schema file")).expect("schema JSON");
+        let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+        for (i, record) in read_ndjson(&out.join(file)).iter().enumerate() {
+            let errors: Vec<String> =
+                validator.iter_errors(record).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+            assert!(errors.is_empty(), "{file} line {}: {errors:?}\n{record}", i + 1);
+        }
+    }
+}
