@@ -207,7 +207,8 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     let mut dedup = router::DedupWindow::new(opts.dedup_window);
     for (_, hashes) in &stored_epochs {
         for h in hashes {
-            dedup.insert(*h);
+            let _ = dedup.insert(*h);
+            dedup.settle();
         }
     }
     let epoch_sizes: Vec<(u64, usize)> = stored_epochs.iter().map(|(e, h)| (*e, h.len())).collect();

@@ -61,25 +61,43 @@ pub(crate) struct DedupWindow {
 
 impl DedupWindow {
     pub(crate) fn new(capacity: usize) -> DedupWindow {
-        DedupWindow { set: HashSet::default(), order: VecDeque::new(), capacity }
+        let set = HashSet::with_capacity_and_hasher(capacity.min(1 << 24), BuildHasherDefault::default());
+        DedupWindow { set, order: VecDeque::with_capacity(capacity.min(1 << 24)), capacity }
     }
 
-    pub(crate) fn contains(&self, h: u128) -> bool {
-        self.set.contains(&h)
-    }
-
-    pub(crate) fn insert(&mut self, h: u128) {
+    /// Remembers an id; false when it was already there (a duplicate). One hash lookup for both.
+    pub(crate) fn insert(&mut self, h: u128) -> bool {
         if self.capacity == 0 {
-            return;
+            return true;
         }
-        if self.set.insert(h) {
-            self.order.push_back(h);
+        if !self.set.insert(h) {
+            return false;
         }
+        self.order.push_back(h);
+        true
+    }
+
+    /// Drops the oldest ids beyond the capacity; called once the last inserted id is known to be applied,
+    /// so that the window is exactly the last `capacity` applied ids.
+    pub(crate) fn settle(&mut self) {
         while self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
         }
+    }
+
+    /// Forgets the id remembered last (an event that turned out not to be applied).
+    pub(crate) fn forget_last(&mut self, h: u128) {
+        if self.order.back() == Some(&h) {
+            self.order.pop_back();
+            self.set.remove(&h);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn contains(&self, h: u128) -> bool {
+        self.set.contains(&h)
     }
 }
 
@@ -248,7 +266,8 @@ impl<'s> Router<'s> {
 
     fn route_event(&mut self, event: Box<InputEvent>, raw: Option<Vec<u8>>, line: u64) -> Result<(), EngineError> {
         let hash = event_hash(&event.tenant, &event.event_id);
-        if self.dedup.contains(hash) {
+        // Remembered now (one lookup); forgotten again below if the event turns out not to be applied.
+        if !self.dedup.insert(hash) {
             self.part.duplicates += 1;
             return Ok(());
         }
@@ -287,6 +306,7 @@ impl<'s> Router<'s> {
         let needs_account = matches!(&event.body, EventBody::PersonUpserted { .. } | EventBody::PersonActivity { .. });
         if route_account.is_none() && needs_account {
             let person = event.body.person_id().unwrap_or_default();
+            self.dedup.forget_last(hash);
             let raw = raw.unwrap_or_default();
             self.reject(
                 RejectReason::UnknownPersonAccount,
@@ -329,7 +349,7 @@ impl<'s> Router<'s> {
         if let (Some(update), Some((entity, id))) = (index_update, indexed) {
             self.set_index(index_key(entity, tenant, id), update);
         }
-        self.dedup.insert(hash);
+        self.dedup.settle();
         self.part.dedup.push(hash);
         self.part.applied += 1;
         let ts = event.ts.0;
@@ -401,12 +421,19 @@ mod tests {
     fn dedup_window_keeps_the_last_n() {
         let mut w = DedupWindow::new(3);
         for h in 1..=5u128 {
-            w.insert(h);
+            assert!(w.insert(h));
+            w.settle();
         }
+        assert!(!w.insert(5), "a duplicate");
+        // An id that was not applied after all is forgotten without evicting anything.
+        assert!(w.insert(9));
+        w.forget_last(9);
+        w.settle();
+        assert!(!w.contains(9) && w.contains(3));
         assert!(!w.contains(1) && !w.contains(2));
         assert!(w.contains(3) && w.contains(4) && w.contains(5));
         let mut off = DedupWindow::new(0);
-        off.insert(1);
+        assert!(off.insert(1));
         assert!(!off.contains(1));
     }
 
