@@ -153,6 +153,14 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = args.metrics_listen {
         telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
     }
+    // SIGTERM/SIGINT: stop reading, commit what was read, exit 0. A second signal exits at once (130);
+    // that is safe too, the next run resumes from the last commit.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, std::sync::Arc::clone(&stop))
+            .context("installing signal handlers")?;
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&stop)).context("installing signal handlers")?;
+    }
     let defaults = replay::ReplayOptions::default();
     let workers = args.workers.unwrap_or(defaults.workers);
     if workers == 0 {
@@ -177,6 +185,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         store: caravan_state::StoreOptions { sync_commits: args.sync, ..defaults.store.clone() },
         sync: args.sync,
         progress: !args.no_progress && std::io::stderr().is_terminal(),
+        stop: Some(stop),
         ..defaults
     };
     let s = replay::replay(&opts, defs)?;
@@ -189,6 +198,12 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     );
     println!("events: {} applied, {} rejected, {} duplicates", s.applied, s.rejected, s.duplicates);
     println!("outputs: {} actions, {} changes -> {}", s.actions, s.changes, opts.out.display());
+    if !s.complete {
+        println!(
+            "stopped by a signal after record {}: everything read is committed; rerun the same command to resume",
+            s.resumed_at + s.records
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -62,6 +62,8 @@ pub struct ReplayOptions {
     pub sync: bool,
     /// Show a progress bar on standard error.
     pub progress: bool,
+    /// Set (e.g. by SIGTERM) to stop reading: the records read so far are processed and committed.
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for ReplayOptions {
@@ -84,6 +86,7 @@ impl Default for ReplayOptions {
             store: StoreOptions::default(),
             sync: false,
             progress: false,
+            stop: None,
         }
     }
 }
@@ -107,6 +110,8 @@ pub struct Summary {
     pub changes: u64,
     /// Wall time of this run.
     pub elapsed: Duration,
+    /// False when the run was stopped before the end of its input (a rerun resumes it).
+    pub complete: bool,
 }
 
 impl Summary {
@@ -256,13 +261,14 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         let reader = {
             let bar = progress.clone();
             let chunk_bytes = opts.chunk_bytes;
+            let stop = opts.stop.clone();
             std::thread::Builder::new()
                 .name("caravan-reader".into())
                 .spawn_scoped(scope, move || {
-                    reader::read_chunks(input, chunk_bytes, start_record, start_bytes, &chunk_tx, &|pos| {
-                        bar.set_position(pos)
-                    })
-                    .map_err(|e| EngineError::io("reading the input".into(), e))
+                    let stopped = || stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
+                    let progress = |pos| bar.set_position(pos);
+                    reader::read_chunks(input, chunk_bytes, start_record, start_bytes, &chunk_tx, &progress, &stopped)
+                        .map_err(|e| EngineError::io("reading the input".into(), e))
                 })
                 .map_err(|e| EngineError::io("starting a thread".into(), e))?
         };
@@ -336,8 +342,9 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
             errors.push(e);
         }
         let join_err = |_| EngineError::Internal("a pipeline thread panicked".into());
+        let mut reached_end = false;
         match reader.join().map_err(join_err) {
-            Ok(Ok(_)) => {}
+            Ok(Ok((_, eof))) => reached_end = eof,
             Ok(Err(e)) | Err(e) => errors.push(e),
         }
         for h in decoder_handles {
@@ -360,12 +367,12 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         };
         match (first_error(errors), last) {
             (Some(e), _) => Err(e),
-            (None, Some(cp)) => Ok(cp),
+            (None, Some(cp)) => Ok((cp, reached_end)),
             (None, None) => Err(EngineError::Internal("the committer ended without a checkpoint".into())),
         }
     });
     progress.finish_and_clear();
-    let cp = result?;
+    let (cp, complete) = result?;
     Ok(Summary {
         records: cp.records - start_record,
         resumed_at: start_record,
@@ -375,5 +382,6 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         actions: cp.totals[3],
         changes: cp.totals[4],
         elapsed: started.elapsed(),
+        complete,
     })
 }

@@ -47,7 +47,8 @@ pub(crate) struct ParsedChunk {
 }
 
 /// Reads `input` from its current position in chunks of about `chunk_bytes`, cut after a newline, and sends
-/// them until the input ends or the receiver is gone. Returns the number of bytes read.
+/// them until the input ends, `stop()` turns true, or the receiver is gone. Returns the number of bytes read
+/// and whether the end of the input was reached.
 ///
 /// # Errors
 /// An I/O error of the input.
@@ -58,13 +59,18 @@ pub(crate) fn read_chunks(
     start_byte: u64,
     out: &Sender<Chunk>,
     progress: &dyn Fn(u64),
-) -> std::io::Result<u64> {
+    stop: &dyn Fn() -> bool,
+) -> std::io::Result<(u64, bool)> {
     let mut carry: Vec<u8> = Vec::new();
     let mut id = 0u64;
     let mut record = first_record;
     let mut offset = start_byte;
     let mut eof = false;
     while !eof {
+        if stop() {
+            // A graceful stop: what was read so far is processed and committed; the rest is left for a rerun.
+            break;
+        }
         let mut buf = std::mem::take(&mut carry);
         buf.reserve(chunk_bytes);
         let target = buf.len() + chunk_bytes;
@@ -105,7 +111,7 @@ pub(crate) fn read_chunks(
         offset += len;
         progress(offset);
     }
-    Ok(offset - start_byte)
+    Ok((offset - start_byte, eof))
 }
 
 /// Decodes chunks until the input channel closes.
@@ -152,7 +158,8 @@ mod tests {
     fn chunks_hold_whole_lines_and_positions_add_up() {
         let text = b"{\"a\":1}\n\n{\"b\":2}\nlast-without-newline".to_vec();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let read = read_chunks(&text[..], 8, 0, 0, &tx, &|_| {}).expect("reads");
+        let (read, eof) = read_chunks(&text[..], 8, 0, 0, &tx, &|_| {}, &|| false).expect("reads");
+        assert!(eof);
         drop(tx);
         assert_eq!(read, text.len() as u64);
         let chunks: Vec<Chunk> = rx.iter().collect();
