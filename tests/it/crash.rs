@@ -3,8 +3,29 @@
 
 use crate::support::*;
 use rand::{Rng, SeedableRng};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Starts a resumable replay in the background, its stdout and stderr piped (to read) or dropped.
+fn spawn_replay(defs: &Path, input: &Path, out: &Path, state: &Path, extra: &[&str], piped: bool) -> Child {
+    let io = || if piped { Stdio::piped() } else { Stdio::null() };
+    Command::new(caravan_bin())
+        .args(["replay", "--no-progress"])
+        .args(extra)
+        .arg("--definitions")
+        .arg(defs)
+        .arg("--input")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .arg("--state")
+        .arg(state)
+        .stdout(io())
+        .stderr(io())
+        .spawn()
+        .expect("caravan starts")
+}
 
 #[test]
 fn kill_at_random_points_then_resume_gives_identical_outputs() {
@@ -25,20 +46,8 @@ fn kill_at_random_points_then_resume_gives_identical_outputs() {
     let (out, state) = (dir.path().join("out"), dir.path().join("state"));
     let mut killed_mid_run = 0;
     for _ in 0..8 {
-        let mut child = Command::new(caravan_bin())
-            .args(["replay", "--no-progress", "--workers", "2", "--commit-interval", "5ms", "--commit-records", "2000"])
-            .arg("--definitions")
-            .arg(&defs)
-            .arg("--input")
-            .arg(&input)
-            .arg("--out")
-            .arg(&out)
-            .arg("--state")
-            .arg(&state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("caravan starts");
+        let extra = ["--workers", "2", "--commit-interval", "5ms", "--commit-records", "2000"];
+        let mut child = spawn_replay(&defs, &input, &out, &state, &extra, false);
         let wait = rng.random_range(20..(full.as_millis() as u64).max(40) + 30);
         std::thread::sleep(Duration::from_millis(wait));
         if child.try_wait().expect("status").is_none() {
@@ -72,20 +81,7 @@ fn sigterm_stops_cleanly_and_a_rerun_finishes_identically() {
     replay(&defs, &input, &reference, None, &[]);
 
     let (out, state) = (dir.path().join("out"), dir.path().join("state"));
-    let child = Command::new(caravan_bin())
-        .args(["replay", "--no-progress", "--commit-interval", "20ms"])
-        .arg("--definitions")
-        .arg(&defs)
-        .arg("--input")
-        .arg(&input)
-        .arg("--out")
-        .arg(&out)
-        .arg("--state")
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("caravan starts");
+    let child = spawn_replay(&defs, &input, &out, &state, &["--commit-interval", "20ms"], true);
     std::thread::sleep(Duration::from_millis(300));
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
     assert!(status.success());
