@@ -196,7 +196,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         s.elapsed.as_secs_f64(),
         s.records_per_second()
     );
-    println!("events: {} applied, {} rejected, {} duplicates", s.applied, s.rejected, s.duplicates);
+    println!("events: {} applied, {} rejected, {} duplicates, {} late", s.applied, s.rejected, s.duplicates, s.late);
     println!("outputs: {} actions, {} changes -> {}", s.actions, s.changes, opts.out.display());
     if !s.complete {
         println!(
@@ -254,7 +254,7 @@ fn inspect(state: &std::path::Path, tenant: Option<&str>, account: Option<&str>)
                     "max_ts": c.max_ts.map(|t| caravan_schemas::time::Timestamp(t).to_rfc3339()),
                     "output_lengths": c.output_lengths,
                     "applied": c.totals[0], "rejected": c.totals[1], "duplicates": c.totals[2],
-                    "actions": c.totals[3], "changes": c.totals[4]})),
+                    "actions": c.totals[3], "changes": c.totals[4], "late": c.totals[5]})),
                 "state_bytes": store.approximate_size_bytes(),
             })
         }

@@ -12,6 +12,8 @@ pub const EVENTS_APPLIED: &str = "caravan_events_applied_total";
 pub const EVENTS_REJECTED: &str = "caravan_events_rejected_total";
 /// Duplicate input records dropped.
 pub const EVENTS_DUPLICATE: &str = "caravan_events_duplicate_total";
+/// Applied input records that were behind the watermark.
+pub const EVENTS_LATE: &str = "caravan_events_late_total";
 /// Action records emitted.
 pub const ACTIONS_EMITTED: &str = "caravan_actions_emitted_total";
 /// Change events emitted.
@@ -28,6 +30,7 @@ pub fn describe() {
     metrics::describe_counter!(EVENTS_APPLIED, "Input records applied to state.");
     metrics::describe_counter!(EVENTS_REJECTED, "Input records rejected, all reasons.");
     metrics::describe_counter!(EVENTS_DUPLICATE, "Duplicate input records dropped.");
+    metrics::describe_counter!(EVENTS_LATE, "Applied input records that were behind the watermark.");
     metrics::describe_counter!(ACTIONS_EMITTED, "Action records emitted.");
     metrics::describe_counter!(CHANGES_EMITTED, "Change events emitted.");
     metrics::describe_counter!(COMMITS, "Epochs committed (outputs, state and input position together).");
@@ -39,9 +42,9 @@ pub fn describe() {
     );
 }
 
-/// Records one committed epoch: applied, rejected, duplicates, actions, changes.
-pub fn record_epoch(counts: &[u64; 5], writes: usize, took: Duration) {
-    let names = [EVENTS_APPLIED, EVENTS_REJECTED, EVENTS_DUPLICATE, ACTIONS_EMITTED, CHANGES_EMITTED];
+/// Records one committed epoch: applied, rejected, duplicates, actions, changes, late.
+pub fn record_epoch(counts: &[u64; 6], writes: usize, took: Duration) {
+    let names = [EVENTS_APPLIED, EVENTS_REJECTED, EVENTS_DUPLICATE, ACTIONS_EMITTED, CHANGES_EMITTED, EVENTS_LATE];
     for (name, n) in names.into_iter().zip(counts) {
         metrics::counter!(name).increment(*n);
     }

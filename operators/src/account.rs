@@ -123,7 +123,7 @@ pub struct AccountState {
     pub record_dirty: bool,
     /// The account's people (and tombstones of deleted ones), in the order they joined.
     pub persons: Vec<PersonSlot>,
-    /// The account's opportunities (and tombstones of deleted ones), by id.
+    /// The account's opportunities (and tombstones of deleted ones), sorted by id.
     pub opportunities: Vec<OpportunitySlot>,
 }
 
@@ -149,6 +149,8 @@ impl AccountState {
         opportunities: Vec<OpportunityRecord>,
     ) -> Self {
         persons.sort_by_key(|p| p.joined);
+        let mut opportunities = opportunities;
+        opportunities.sort_by(|a, b| a.opportunity_id.cmp(&b.opportunity_id));
         AccountState {
             tenant: tenant.to_owned(),
             account_id: account_id.to_owned(),
@@ -160,7 +162,15 @@ impl AccountState {
     }
 
     fn opportunity_ix(&self, id: &str) -> Option<usize> {
-        self.opportunities.iter().position(|o| o.record.opportunity_id == id)
+        self.opportunities.binary_search_by(|o| o.record.opportunity_id.as_str().cmp(id)).ok()
+    }
+
+    /// Adds an opportunity at its place in id order (the order they are stored and reloaded in, so that
+    /// conditions see the same list before and after a reload). Returns its index.
+    fn insert_opportunity(&mut self, record: OpportunityRecord) -> usize {
+        let at = self.opportunities.partition_point(|o| o.record.opportunity_id < record.opportunity_id);
+        self.opportunities.insert(at, OpportunitySlot { record, dirty: true });
+        at
     }
 
     /// Removes a person or an opportunity from this account (it moves to another one, or is re-created
@@ -510,15 +520,13 @@ pub fn apply_event(
                 (Some(ix), _) => ix,
                 (None, Some((Moved::Opportunity(record), from))) => {
                     let (present, attrs) = (record.present, record.attributes.clone());
-                    acct.opportunities.push(OpportunitySlot { record, dirty: true });
                     tracker.touch(Entity::Opportunity, opportunity_id, present, &attrs, &from, Origin::Input, None);
-                    acct.opportunities.len() - 1
+                    acct.insert_opportunity(record)
                 }
                 (None, _) => {
                     let record =
                         OpportunityRecord { opportunity_id: opportunity_id.clone(), ..OpportunityRecord::default() };
-                    acct.opportunities.push(OpportunitySlot { record, dirty: true });
-                    acct.opportunities.len() - 1
+                    acct.insert_opportunity(record)
                 }
             };
             let o = &acct.opportunities[ix].record;
@@ -759,7 +767,9 @@ fn run(
             Node::Wait { spec, .. } => {
                 let due = match spec {
                     WaitSpec::For(d) => cause.ts.plus(*d),
-                    WaitSpec::Until(t) => *t,
+                    // A passed `until` is due at once: never before its cause, so that outputs keep the order
+                    // of execution.
+                    WaitSpec::Until(t) => (*t).max(cause.ts),
                 };
                 arm(acct, i, due, cause, out);
                 return;

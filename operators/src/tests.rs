@@ -382,3 +382,21 @@ fn opportunities_change_move_and_feed_conditions() {
         (ChangeOp::Create, 4, "b")
     );
 }
+
+#[test]
+fn a_passed_until_is_due_at_its_cause_and_opportunities_keep_id_order() {
+    let yaml = "kind: journey\ntenant: t\nid: u\nversion: 1\naudience: target\nstart: w\nnodes:\n  w: {wait: {until: '2020-01-01T00:00:00Z'}, next: m}\n  m: {action: {send_alert: {template: x}}}\n";
+    let mut defs = Definitions::default();
+    defs.publish(compile_journey(&read_document(yaml).expect("parses")).expect("valid")).expect("publishes");
+    let mut s = Script::new(defs);
+    s.apply(
+        json!({"type":"opportunity.upserted","event_id":"o2","opportunity_id":"o2","account_id":"a","attributes":{}}),
+    );
+    s.apply(
+        json!({"type":"opportunity.upserted","event_id":"o1","opportunity_id":"o1","account_id":"a","attributes":{}}),
+    );
+    let ids: Vec<&str> = s.acct.opportunities.iter().map(|o| o.record.opportunity_id.as_str()).collect();
+    assert_eq!(ids, ["o1", "o2"], "the order a reload gives");
+    let timer = s.enter("in", T0);
+    assert_eq!(timer.timer.due, ts(T0).0, "due at its cause, not in the past");
+}

@@ -112,8 +112,8 @@ pub struct Checkpoint {
     pub max_ts: Option<i64>,
     /// Lengths of the output files after this epoch's outputs: actions, changes, rejected.
     pub output_lengths: [u64; 3],
-    /// Counters for the summary: events applied, rejected, duplicates, actions, changes.
-    pub totals: [u64; 5],
+    /// Counters for the summary: events applied, rejected, duplicates, actions, changes, late.
+    pub totals: [u64; 6],
 }
 
 /// One write to apply atomically with others.

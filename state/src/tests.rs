@@ -31,7 +31,7 @@ fn commit_is_durable_across_reopen() {
             input_bytes: 5000,
             max_ts: Some(42),
             output_lengths: [1, 2, 3],
-            totals: [1, 2, 3, 4, 5],
+            totals: [1, 2, 3, 4, 5, 6],
         };
         store.commit(&d, &cp).expect("commits");
     }

@@ -158,7 +158,8 @@ fn a_timer_fires_once_the_watermark_reaches_its_due_time_exactly() {
     let input = dir.path().join("in.ndjson");
     std::fs::write(&input, lines.join("\n")).expect("write");
     let out = dir.path().join("out");
-    replay(&defs, &input, &out, None, &[]);
+    let run = replay(&defs, &input, &out, None, &[]);
+    assert!(String::from_utf8_lossy(&run.stdout).contains("5 applied, 0 rejected, 0 duplicates, 1 late"));
     let actions = read_ndjson(&out.join("actions.ndjson"));
     assert_eq!(actions.len(), 1);
     assert_eq!(actions[0]["cause_event_id"], "exact");

@@ -90,7 +90,7 @@ pub(crate) struct Committer<'s> {
     last_batch: u64,
     epoch_records: u64,
     epoch_started: Instant,
-    counts: [u64; 5],
+    counts: [u64; 6],
 }
 
 impl<'s> Committer<'s> {
@@ -119,7 +119,7 @@ impl<'s> Committer<'s> {
             last_batch: 0,
             epoch_records: 0,
             epoch_started: Instant::now(),
-            counts: [0; 5],
+            counts: [0; 6],
         }
     }
 
@@ -174,8 +174,9 @@ impl<'s> Committer<'s> {
         self.checkpoint.max_ts = router.max_ts;
         let actions: u64 = p.workers.iter().map(|w| w.action_count).sum();
         let changes: u64 = p.workers.iter().map(|w| w.change_count).sum();
-        for (i, n) in
-            [router.applied, router.rejected_count, router.duplicates, actions, changes].into_iter().enumerate()
+        for (i, n) in [router.applied, router.rejected_count, router.duplicates, actions, changes, router.late]
+            .into_iter()
+            .enumerate()
         {
             self.counts[i] += n;
         }
@@ -225,7 +226,7 @@ impl<'s> Committer<'s> {
         self.store.commit(&delta, &self.checkpoint)?;
         self.committed.store(self.last_batch, Ordering::Release);
         telemetry::record_epoch(&self.counts, delta.len(), started.elapsed());
-        self.counts = [0; 5];
+        self.counts = [0; 6];
         self.epoch_records = 0;
         self.epoch_started = Instant::now();
         Ok(())

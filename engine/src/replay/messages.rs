@@ -110,10 +110,11 @@ pub(crate) struct RouterPart {
     pub(crate) bytes_end: u64,
     /// Largest applied event time after this batch.
     pub(crate) max_ts: Option<i64>,
-    /// Counts in this batch: applied, rejected, duplicates.
+    /// Counts in this batch: applied (of which late), rejected, duplicates.
     pub(crate) applied: u64,
     pub(crate) rejected_count: u64,
     pub(crate) duplicates: u64,
+    pub(crate) late: u64,
 }
 
 /// Messages to the committer.

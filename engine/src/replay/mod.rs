@@ -104,6 +104,8 @@ pub struct Summary {
     pub rejected: u64,
     /// Duplicates dropped.
     pub duplicates: u64,
+    /// Applied records that were behind the watermark.
+    pub late: u64,
     /// Action records.
     pub actions: u64,
     /// Change events.
@@ -381,6 +383,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         duplicates: cp.totals[2],
         actions: cp.totals[3],
         changes: cp.totals[4],
+        late: cp.totals[5],
         elapsed: started.elapsed(),
         complete,
     })

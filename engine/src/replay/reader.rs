@@ -89,6 +89,11 @@ pub(crate) fn read_chunks(
                 eof = true;
                 break;
             }
+            // A short read (a pipe with nothing more for now): pass the whole lines on rather than wait
+            // for a full chunk, so that a quiet standard input does not hold back processing and commits.
+            if len + n < target && buf[len..].contains(&b'\n') {
+                break;
+            }
         }
         // Cut after the last newline; keep the tail for the next chunk (all of it at the end of input).
         let cut = if eof { buf.len() } else { buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) };

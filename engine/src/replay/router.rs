@@ -154,6 +154,7 @@ fn empty_part(batch: u64, records_end: u64, bytes_end: u64, max_ts: Option<i64>)
         applied: 0,
         rejected_count: 0,
         duplicates: 0,
+        late: 0,
     }
 }
 
@@ -353,6 +354,10 @@ impl<'s> Router<'s> {
         self.part.dedup.push(hash);
         self.part.applied += 1;
         let ts = event.ts.0;
+        // Late: strictly behind the watermark. Still applied; it only never moves time.
+        if self.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns)) {
+            self.part.late += 1;
+        }
         let max_ts = self.max_ts.map_or(ts, |m| m.max(ts));
         self.max_ts = Some(max_ts);
         self.part.max_ts = self.max_ts;
