@@ -282,9 +282,11 @@ impl<'s> Router<'s> {
             | EventBody::OpportunityDeleted { opportunity_id } => Some((Entity::Opportunity, opportunity_id)),
             _ => None,
         };
+        // An activity that names its account needs no index (it routes without moving the person).
+        let names_account = matches!(&event.body, EventBody::PersonActivity { account_id: Some(_), .. });
         let known = match indexed {
-            Some((entity, id)) => self.lookup(entity, tenant, id)?,
-            None => None,
+            Some((entity, id)) if !names_account => self.lookup(entity, tenant, id)?,
+            _ => None,
         };
         let known_account = known.as_ref().filter(|k| k.present).map(|k| k.account_id.clone());
         let (route_account, index_update): (Option<String>, Option<IndexRecord>) = match &event.body {
