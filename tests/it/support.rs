@@ -151,3 +151,73 @@ pub fn assert_outputs_match_schemas(out: &Path) {
         }
     }
 }
+
+/// A random stream over few accounts and people: moves, deletes, re-creations, opportunities, audience
+/// entries and exits, activities, with time jumps that fire several timers in one pass.
+pub fn random_stream(seed: u64, n: usize) -> String {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut ms: i64 = 1_767_225_600_000; // 2026-01-01
+    let mut lines = Vec::with_capacity(n);
+    for i in 0..n {
+        ms += match rng.random_range(0..10) {
+            0 => rng.random_range(0..3 * 86_400_000), // a jump: many timers due at once
+            1..=3 => 0,                               // same instant
+            _ => rng.random_range(0..3_600_000),
+        };
+        // Some records run slightly behind (late ones included).
+        let ts_ms = if rng.random_range(0..8) == 0 { ms - rng.random_range(0..20_000) } else { ms };
+        let ts = caravan_schemas::time::Timestamp(ts_ms * 1_000_000).to_rfc3339();
+        let a = format!("a{}", rng.random_range(0..6));
+        let p = format!("p{}", rng.random_range(0..10));
+        let o = format!("o{}", rng.random_range(0..4));
+        let env = format!(r#""tenant":"t","event_id":"r{i}","ts":"{ts}""#);
+        let line = match rng.random_range(0..12) {
+            0 => format!(
+                r#"{{{env},"type":"account.upserted","account_id":"{a}","attributes":{{"employees":{}}}}}"#,
+                rng.random_range(0..3000)
+            ),
+            1 | 2 => format!(
+                r#"{{{env},"type":"person.upserted","person_id":"{p}","account_id":"{a}","attributes":{{"score":{}}}}}"#,
+                rng.random_range(0..3)
+            ),
+            3 => format!(r#"{{{env},"type":"person.deleted","person_id":"{p}"}}"#),
+            4 => format!(
+                r#"{{{env},"type":"account.audience","account_id":"{a}","audience_id":"target","status":"entered"}}"#
+            ),
+            5 => format!(
+                r#"{{{env},"type":"account.audience","account_id":"{a}","audience_id":"target","status":"exited"}}"#
+            ),
+            6 => format!(
+                r#"{{{env},"type":"opportunity.upserted","opportunity_id":"{o}","account_id":"{a}","attributes":{{"stage":"s{}"}}}}"#,
+                rng.random_range(0..3)
+            ),
+            7 => format!(r#"{{{env},"type":"opportunity.deleted","opportunity_id":"{o}"}}"#),
+            8 => format!(r#"{{{env},"type":"account.deleted","account_id":"{a}"}}"#),
+            9 => format!(r#"{{{env},"type":"person.activity","person_id":"{p}","activity":"email.clicked"}}"#),
+            _ => format!(
+                r#"{{{env},"type":"person.activity","person_id":"{p}","account_id":"{a}","activity":"email.clicked"}}"#
+            ),
+        };
+        lines.push(line);
+    }
+    lines.join("\n") + "\n"
+}
+
+/// Two journeys that the random streams exercise: waits, listens, splits over opportunities, `until`,
+/// re-entry and exit on audience exit.
+pub fn random_stream_journeys(dir: &Path) -> PathBuf {
+    let defs = dir.join("defs");
+    std::fs::create_dir(&defs).expect("mkdir");
+    std::fs::write(
+        defs.join("a.yaml"),
+        "kind: journey\ntenant: t\nid: a\nversion: 1\naudience: target\nreentry: after_exit\nexit_on_audience_exit: true\nstart: hi\nnodes:\n  hi: {action: {send_email: {asset: hi}}, next: w}\n  w: {wait: 1h, next: split}\n  split:\n    split_accounts:\n      - {when: 'account.employees >= 1000 || opportunities.exists(o, o.stage == \"s2\")', next: l}\n    otherwise: w2\n  l: {listen: {activity: email.clicked}, timeout: 2d, next: set, on_timeout: bye}\n  set: {action: {set_account_attribute: {field: hot, value: true}}, next: w2}\n  w2: {wait: 30m, next: bye}\n  bye: {action: {send_email: {asset: bye}}}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        defs.join("b.yaml"),
+        "kind: journey\ntenant: t\nid: b\nversion: 1\naudience: target\nstart: u\nnodes:\n  u: {wait: {until: '2026-01-02T00:00:00Z'}, next: m}\n  m: {action: {send_alert: {template: x}}, next: n}\n  n: {wait: 6h, next: z}\n  z: {action: {set_account_attribute: {field: late_stage, value: 2}}}\n",
+    )
+    .expect("write");
+    defs
+}
