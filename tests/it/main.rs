@@ -7,5 +7,6 @@ mod support;
 
 mod bad_input;
 mod crash;
+mod metrics;
 mod replay;
 mod validate;
