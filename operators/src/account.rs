@@ -192,18 +192,9 @@ impl AccountState {
 
     /// Removes a person from this account (it moves to another one) and hands back its record.
     /// The engine writes the removal (a delete of the person's key here) with the same commit.
-    pub fn detach_person(&mut self, person_id: &str) -> Option<PersonRecord> {
+    fn detach_person(&mut self, person_id: &str) -> Option<PersonRecord> {
         let ix = self.person_ix(person_id)?;
         Some(self.persons.remove(ix).record)
-    }
-
-    /// Whether the account has no record, no people and nothing to keep.
-    pub fn is_empty(&self) -> bool {
-        !self.record.exists
-            && self.record.version == 0
-            && self.persons.is_empty()
-            && self.opportunities.is_empty()
-            && self.record.entries.is_empty()
     }
 }
 
