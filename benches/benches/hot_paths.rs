@@ -82,7 +82,7 @@ fn commit_bench(c: &mut Criterion) {
                 let mut d = Delta::default();
                 for i in 0..1000 {
                     let mut p = PersonRecord {
-                        person_id: format!("p{i}"),
+                        person_id: format!("p{i}").into(),
                         present: true,
                         version: 2,
                         joined: i,

@@ -21,6 +21,7 @@
 
 use crate::ids;
 use crate::journey::{ActionKind, Journey, Node, NodeIx, WaitSpec};
+use caravan_schemas::Id;
 use caravan_schemas::attrs::Attrs;
 use caravan_schemas::definition::Reentry;
 use caravan_schemas::input::{AudienceStatus, EventBody, InputEvent};
@@ -114,9 +115,9 @@ pub enum Moved {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AccountState {
     /// The tenant.
-    pub tenant: String,
+    pub tenant: Id,
     /// The account id.
-    pub account_id: String,
+    pub account_id: Id,
     /// The account record.
     pub record: AccountRecord,
     /// The account record changed since the engine last took the dirty set.
@@ -131,8 +132,8 @@ impl AccountState {
     /// A new, empty account: it exists only after its first upsert.
     pub fn new(tenant: &str, account_id: &str) -> AccountState {
         AccountState {
-            tenant: tenant.to_owned(),
-            account_id: account_id.to_owned(),
+            tenant: Id::from(tenant),
+            account_id: Id::from(account_id),
             record: AccountRecord::default(),
             record_dirty: false,
             persons: Vec::new(),
@@ -152,8 +153,8 @@ impl AccountState {
         let mut opportunities = opportunities;
         opportunities.sort_by(|a, b| a.opportunity_id.cmp(&b.opportunity_id));
         AccountState {
-            tenant: tenant.to_owned(),
-            account_id: account_id.to_owned(),
+            tenant: Id::from(tenant),
+            account_id: Id::from(account_id),
             record,
             record_dirty: false,
             persons: persons.into_iter().map(|record| PersonSlot { record, dirty: false }).collect(),
@@ -235,7 +236,7 @@ impl<'a> Cause<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TimerHandle {
     /// The journey.
-    pub journey_id: String,
+    pub journey_id: Id,
     /// The instance number.
     pub instance: u32,
     /// Due time and arming order.
@@ -270,12 +271,12 @@ impl Effects {
 /// The state of one entity at the first time a cause touched it.
 struct Touch {
     entity: Entity,
-    id: String,
+    id: Id,
     existed: bool,
     attributes: Attrs,
-    account_id: String,
+    account_id: Id,
     origin: Origin,
-    by: Option<(String, String)>,
+    by: Option<(Id, Id)>,
 }
 
 /// Net change tracking for one cause: at most one change event per entity (SPEC §7).
@@ -305,12 +306,12 @@ impl Tracker {
         }
         self.touched.push(Touch {
             entity,
-            id: id.to_owned(),
+            id: Id::from(id),
             existed,
             attributes: attrs.clone(),
-            account_id: account_id.to_owned(),
+            account_id: Id::from(account_id),
             origin,
-            by: by.map(|(j, n)| (j.to_owned(), n.to_owned())),
+            by: by.map(|(j, n)| (Id::from(j), Id::from(n))),
         });
     }
 
@@ -351,8 +352,8 @@ impl Tracker {
                         }
                     }
                     if moved {
-                        before.insert("account_id".into(), Value::String(t.account_id.clone()));
-                        after.insert("account_id".into(), Value::String(acct.account_id.clone()));
+                        before.insert("account_id".into(), Value::String(t.account_id.to_string()));
+                        after.insert("account_id".into(), Value::String(acct.account_id.to_string()));
                     }
                     if before.is_empty() {
                         continue;
@@ -396,7 +397,7 @@ impl Tracker {
                 version,
                 ts: TimestampText(cause.ts),
                 origin: t.origin,
-                cause_event_id: cause.event_id.to_owned(),
+                cause_event_id: Id::from(cause.event_id),
                 journey_id,
                 node_id,
             });
@@ -412,7 +413,7 @@ pub fn apply_event(
     defs: &Definitions,
     acct: &mut AccountState,
     ev: &InputEvent,
-    attach: Option<(Moved, String)>,
+    attach: Option<(Moved, Id)>,
     cause: &Cause<'_>,
     out: &mut Effects,
 ) {
@@ -586,18 +587,18 @@ fn enter_journeys(
         match acct.record.entries.iter_mut().find(|(j, _)| *j == journey.id) {
             Some(e) => e.1 = instance,
             None => {
-                acct.record.entries.push((journey.id.clone(), instance));
+                acct.record.entries.push((Id::from(journey.id.as_str()), instance));
                 acct.record.entries.sort();
             }
         }
         let rec = InstanceRecord {
-            journey_id: journey.id.clone(),
+            journey_id: Id::from(journey.id.as_str()),
             journey_version: journey.version,
             instance,
-            node: journey.node_name(journey.start).to_owned(),
+            node: Id::from(journey.node_name(journey.start)),
             timer: None,
         };
-        let at = acct.record.instances.partition_point(|i| i.journey_id < journey.id);
+        let at = acct.record.instances.partition_point(|i| i.journey_id.as_str() < journey.id.as_str());
         acct.record.instances.insert(at, rec);
         acct.record_dirty = true;
         run(journey, acct, at, journey.start, cause, tracker, out);
@@ -673,7 +674,7 @@ fn opportunities_value(acct: &AccountState) -> Value {
             .filter(|o| o.record.present)
             .map(|o| {
                 let mut m = o.record.attributes.to_map();
-                m.insert("id".into(), Value::String(o.record.opportunity_id.clone()));
+                m.insert("id".into(), Value::String(o.record.opportunity_id.to_string()));
                 Value::Object(m)
             })
             .collect(),
@@ -683,8 +684,11 @@ fn opportunities_value(acct: &AccountState) -> Value {
 /// The `account` variable of conditions: attributes plus `id` and `audiences`.
 fn account_value(acct: &AccountState) -> Value {
     let mut m = acct.record.attributes.to_map();
-    m.insert("id".into(), Value::String(acct.account_id.clone()));
-    m.insert("audiences".into(), Value::Array(acct.record.audiences.iter().cloned().map(Value::String).collect()));
+    m.insert("id".into(), Value::String(acct.account_id.to_string()));
+    m.insert(
+        "audiences".into(),
+        Value::Array(acct.record.audiences.iter().map(|a| Value::String(a.to_string())).collect()),
+    );
     Value::Object(m)
 }
 
@@ -737,7 +741,7 @@ fn run(
 ) {
     let mut at = Some(from);
     while let Some(n) = at {
-        acct.record.instances[i].node = journey.node_name(n).to_owned();
+        acct.record.instances[i].node = Id::from(journey.node_name(n));
         acct.record_dirty = true;
         at = match &journey.nodes[n] {
             Node::Action { kind, params, next } => {
@@ -798,15 +802,15 @@ fn execute(
     let record = |person: Option<&str>| ActionRecord {
         tenant: acct.tenant.clone(),
         action_id: ids::action_id(&acct.tenant, &journey.id, journey.version, &acct.account_id, node, person, instance),
-        kind: kind.type_name().to_owned(),
+        kind: Id::const_new(kind.type_name()),
         params: params.clone(),
-        journey_id: journey.id.clone(),
+        journey_id: Id::from(journey.id.as_str()),
         journey_version: journey.version,
-        node_id: node.to_owned(),
+        node_id: Id::from(node),
         account_id: acct.account_id.clone(),
-        person_id: person.map(str::to_owned),
+        person_id: person.map(Id::from),
         ts: TimestampText(cause.ts),
-        cause_event_id: cause.event_id.to_owned(),
+        cause_event_id: Id::from(cause.event_id),
     };
     match kind {
         ActionKind::SendEmail => {

@@ -331,7 +331,7 @@ proptest! {
                 pending.extend(out.armed.iter().cloned());
                 log.extend(out.actions.iter().map(|a| a.action_id.clone()));
                 for c in &out.changes {
-                    let v = versions.entry(c.entity_id.clone()).or_insert(0);
+                    let v = versions.entry(c.entity_id.to_string()).or_insert(0);
                     assert_eq!(c.version, *v + 1, "gapless versions");
                     *v = c.version;
                     log.push(serde_json::to_string(c).expect("serializes"));

@@ -15,12 +15,13 @@
 //! assert_eq!(a.get("b"), Some(&json!(2)));
 //! ```
 
+use crate::Id;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 /// Attributes sorted by key, without duplicates.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Attrs(Vec<(Box<str>, Value)>);
+pub struct Attrs(Vec<(Id, Value)>);
 
 impl Attrs {
     fn find(&self, key: &str) -> Result<usize, usize> {
@@ -83,7 +84,7 @@ impl Attrs {
     ///
     /// # Errors
     /// The first key that appears twice.
-    pub fn from_pairs(mut pairs: Vec<(Box<str>, Value)>) -> Result<Attrs, Box<str>> {
+    pub fn from_pairs(mut pairs: Vec<(Id, Value)>) -> Result<Attrs, Id> {
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(w[0].0.clone());
@@ -100,17 +101,19 @@ impl Attrs {
 impl Serialize for Attrs {
     /// Stored as JSON text, so that binary codecs that are not self-describing can carry any value.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut text = String::with_capacity(16 + 24 * self.0.len());
-        text.push('{');
+        let mut text = Vec::with_capacity(16 + 24 * self.0.len());
+        text.push(b'{');
         for (i, (k, v)) in self.0.iter().enumerate() {
             if i > 0 {
-                text.push(',');
+                text.push(b',');
             }
-            text.push_str(&serde_json::to_string(&**k).map_err(serde::ser::Error::custom)?);
-            text.push(':');
-            text.push_str(&serde_json::to_string(v).map_err(serde::ser::Error::custom)?);
+            serde_json::to_writer(&mut text, k.as_str()).map_err(serde::ser::Error::custom)?;
+            text.push(b':');
+            serde_json::to_writer(&mut text, v).map_err(serde::ser::Error::custom)?;
         }
-        text.push('}');
+        text.push(b'}');
+        // serde_json writes UTF-8 only.
+        let text = String::from_utf8(text).map_err(serde::ser::Error::custom)?;
         s.serialize_str(&text)
     }
 }
@@ -119,13 +122,13 @@ impl<'de> Deserialize<'de> for Attrs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         let map: Map<String, Value> = serde_json::from_str(&text).map_err(serde::de::Error::custom)?;
-        Ok(Attrs(map.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect()))
+        Ok(Attrs(map.into_iter().map(|(k, v)| (Id::from(k), v)).collect()))
     }
 }
 
 impl From<Map<String, Value>> for Attrs {
     fn from(map: Map<String, Value>) -> Attrs {
-        Attrs(map.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect())
+        Attrs(map.into_iter().map(|(k, v)| (Id::from(k), v)).collect())
     }
 }
 

@@ -13,6 +13,7 @@
 //! assert_eq!(bad.unwrap_err().reason, RejectReason::MissingField);
 //! ```
 
+use crate::Id;
 use crate::attrs::Attrs;
 use crate::json::{StrictValue, StrictVisitor};
 use crate::time::Timestamp;
@@ -128,9 +129,9 @@ pub fn is_activity_kind(kind: &str) -> bool {
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputEvent {
     /// The tenant; nothing crosses tenants.
-    pub tenant: String,
+    pub tenant: Id,
     /// Unique within the tenant; duplicates are dropped.
-    pub event_id: String,
+    pub event_id: Id,
     /// Event time.
     pub ts: Timestamp,
     /// The type-specific fields.
@@ -141,14 +142,14 @@ pub struct InputEvent {
 #[derive(Clone, Debug, PartialEq)]
 #[allow(missing_docs)] // field names are those of SPEC §2
 pub enum EventBody {
-    AccountUpserted { account_id: String, attributes: Attrs },
-    AccountDeleted { account_id: String },
-    PersonUpserted { person_id: String, account_id: Option<String>, attributes: Attrs },
-    PersonDeleted { person_id: String },
-    OpportunityUpserted { opportunity_id: String, account_id: String, attributes: Attrs },
-    OpportunityDeleted { opportunity_id: String },
-    AccountAudience { account_id: String, audience_id: String, status: AudienceStatus },
-    PersonActivity { person_id: String, account_id: Option<String>, activity: String, properties: Attrs },
+    AccountUpserted { account_id: Id, attributes: Attrs },
+    AccountDeleted { account_id: Id },
+    PersonUpserted { person_id: Id, account_id: Option<Id>, attributes: Attrs },
+    PersonDeleted { person_id: Id },
+    OpportunityUpserted { opportunity_id: Id, account_id: Id, attributes: Attrs },
+    OpportunityDeleted { opportunity_id: Id },
+    AccountAudience { account_id: Id, audience_id: Id, status: AudienceStatus },
+    PersonActivity { person_id: Id, account_id: Option<Id>, activity: Id, properties: Attrs },
 }
 
 impl EventBody {
@@ -347,9 +348,9 @@ impl<'de> Deserialize<'de> for ObjField {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ObjField, A::Error> {
                 let mut pairs = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
+                while let Some(key) = map.next_key::<Id>()? {
                     let StrictValue(v) = map.next_value()?;
-                    pairs.push((key.into_boxed_str(), v));
+                    pairs.push((key, v));
                 }
                 Attrs::from_pairs(pairs)
                     .map(ObjField::Obj)
@@ -450,9 +451,12 @@ pub fn decode(raw: &[u8], limits: &DecodeLimits) -> Result<InputEvent, Rejection
             format!("record of {} bytes is over the limit of {} bytes", raw.len(), limits.max_record_bytes),
         ));
     }
-    let text = std::str::from_utf8(raw)
-        .map_err(|e| Rejection::new(RejectReason::MalformedJson, format!("invalid UTF-8: {e}")))?;
-    let wire: WireRecord<'_> = serde_json::from_str(text).map_err(|e| {
+    // serde_json checks UTF-8 as it reads (inside strings; any other non-ASCII byte is a syntax error), so
+    // the whole-record check runs only to explain a failure.
+    let wire: WireRecord<'_> = serde_json::from_slice(raw).map_err(|e| {
+        if let Err(utf8) = std::str::from_utf8(raw) {
+            return Rejection::new(RejectReason::MalformedJson, format!("invalid UTF-8: {utf8}"));
+        }
         let msg = e.to_string();
         if msg.starts_with("number out of range") {
             Rejection::new(RejectReason::InvalidField, msg)
@@ -476,7 +480,7 @@ fn absent(f: Option<&Field<'_>>) -> bool {
 }
 
 /// Checks an id: a non-empty string without control characters.
-fn id(key: Key, v: Option<Field<'_>>) -> Result<String, Rejection> {
+fn id(key: Key, v: Option<Field<'_>>) -> Result<Id, Rejection> {
     let name = KEYS[key as usize].0;
     match v {
         None | Some(Field::Other(Value::Null)) => Err(missing(name)),
@@ -486,14 +490,14 @@ fn id(key: Key, v: Option<Field<'_>>) -> Result<String, Rejection> {
             } else if s.chars().any(char::is_control) {
                 Err(invalid(name, "contains a control character"))
             } else {
-                Ok(s.into_owned())
+                Ok(Id::from(s.as_ref()))
             }
         }
         Some(Field::Other(_)) => Err(invalid(name, "is not a string")),
     }
 }
 
-fn opt_id(key: Key, v: Option<Field<'_>>) -> Result<Option<String>, Rejection> {
+fn opt_id(key: Key, v: Option<Field<'_>>) -> Result<Option<Id>, Rejection> {
     if absent(v.as_ref()) { Ok(None) } else { id(key, v).map(Some) }
 }
 
@@ -596,7 +600,7 @@ fn decode_wire(rec: WireRecord<'_>, limits: &DecodeLimits) -> Result<InputEvent,
             let person_id = id(Key::PersonId, wire.take(Key::PersonId))?;
             let account_id = opt_id(Key::AccountId, wire.take(Key::AccountId))?;
             let activity = match wire.take(Key::Activity) {
-                Some(Field::Str(s)) if is_activity_kind(&s) => s.into_owned(),
+                Some(Field::Str(s)) if is_activity_kind(&s) => Id::from(s.as_ref()),
                 Some(Field::Str(s)) => return Err(invalid("activity", &format!("names no activity kind: `{s}`"))),
                 _ => return Err(invalid("activity", "is not a string")),
             };

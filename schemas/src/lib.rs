@@ -27,3 +27,7 @@ pub mod json;
 pub mod output;
 pub mod state;
 pub mod time;
+
+/// An identifier or short name (tenant, event, account, person, attribute key): stored inline up to 24
+/// bytes, so the ids of a typical event cost no heap allocation.
+pub type Id = compact_str::CompactString;

@@ -3,6 +3,7 @@
 //! It owns the field names and JSON shapes of everything Caravan emits. It is not a sink: it never writes.
 //! Serialization is deterministic: maps are ordered by key, optional fields are left out when absent.
 
+use crate::Id;
 use crate::input::RejectReason;
 use crate::time::TimestampText;
 use schemars::JsonSchema;
@@ -28,30 +29,37 @@ pub fn output_schemas() -> [(&'static str, Value); 3] {
 #[serde(deny_unknown_fields)]
 pub struct ActionRecord {
     /// The tenant.
-    pub tenant: String,
+    #[schemars(with = "String")]
+    pub tenant: Id,
     /// Deterministic id: journey, version, account, node, person, instance number.
     pub action_id: String,
     /// The action kind, e.g. `send_email`.
     #[serde(rename = "type")]
-    pub kind: String,
+    #[schemars(with = "String")]
+    pub kind: Id,
     /// The action's parameters as written in the journey (without `to`).
     #[schemars(schema_with = "object_schema")]
     pub params: Value,
     /// The journey that ran the action.
-    pub journey_id: String,
+    #[schemars(with = "String")]
+    pub journey_id: Id,
     /// Its version.
     pub journey_version: u32,
     /// The node that ran the action.
-    pub node_id: String,
+    #[schemars(with = "String")]
+    pub node_id: Id,
     /// The account.
-    pub account_id: String,
+    #[schemars(with = "String")]
+    pub account_id: Id,
     /// The targeted person, for person actions.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub person_id: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub person_id: Option<Id>,
     /// Event time of the cause.
     pub ts: TimestampText,
     /// The input record that caused it (for timers: the record after which the timer fired).
-    pub cause_event_id: String,
+    #[schemars(with = "String")]
+    pub cause_event_id: Id,
 }
 
 /// The entity a change event is about.
@@ -93,15 +101,18 @@ pub enum Origin {
 #[serde(deny_unknown_fields)]
 pub struct ChangeEvent {
     /// The tenant.
-    pub tenant: String,
+    #[schemars(with = "String")]
+    pub tenant: Id,
     /// Deterministic id: entity kind, entity id and version.
     pub change_id: String,
     /// The entity kind.
     pub entity: Entity,
     /// The entity's id.
-    pub entity_id: String,
+    #[schemars(with = "String")]
+    pub entity_id: Id,
     /// The account the entity belongs to (after the change).
-    pub account_id: String,
+    #[schemars(with = "String")]
+    pub account_id: Id,
     /// Create, update or delete.
     pub op: ChangeOp,
     /// The changed fields before (`{}` for a create).
@@ -116,13 +127,16 @@ pub struct ChangeEvent {
     /// Input or action.
     pub origin: Origin,
     /// The cause's input record.
-    pub cause_event_id: String,
+    #[schemars(with = "String")]
+    pub cause_event_id: Id,
     /// The journey whose action caused it (origin `action`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub journey_id: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub journey_id: Option<Id>,
     /// The node whose action caused it (origin `action`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub node_id: Option<Id>,
 }
 
 /// Where a rejected record came from.

@@ -6,6 +6,7 @@
 //! no `serde_json::Value` fields except inside [`Attrs`], stored as JSON text) because bincode is not
 //! self-describing.
 
+use crate::Id;
 use crate::attrs::Attrs;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -63,24 +64,24 @@ pub struct AccountRecord {
     /// Version of the last change event emitted for the account (0: none yet).
     pub version: u64,
     /// Audiences the account is in, sorted.
-    pub audiences: Vec<String>,
+    pub audiences: Vec<Id>,
     /// Running journey instances, in journey id order.
     pub instances: Vec<InstanceRecord>,
     /// How many times the account entered each journey (for `reentry` and instance numbers), by journey id.
-    pub entries: Vec<(String, u32)>,
+    pub entries: Vec<(Id, u32)>,
 }
 
 /// Where one journey instance of an account stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     /// Journey id.
-    pub journey_id: String,
+    pub journey_id: Id,
     /// The version the account entered.
     pub journey_version: u32,
     /// 1 for the first entry, 2 for a re-entry, ...
     pub instance: u32,
     /// The node where the instance waits (a `listen` or `wait`).
-    pub node: String,
+    pub node: Id,
     /// The pending timer of that node, if any.
     pub timer: Option<TimerRecord>,
 }
@@ -98,7 +99,7 @@ pub struct TimerRecord {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PersonRecord {
     /// The person id.
-    pub person_id: String,
+    pub person_id: Id,
     /// False for a deleted person kept only to continue its version numbers.
     pub present: bool,
     /// Current attributes.
@@ -114,7 +115,7 @@ pub struct PersonRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexRecord {
     /// The account that holds the entity's record (also once deleted: its tombstone lives there).
-    pub account_id: String,
+    pub account_id: Id,
     /// False once the entity is deleted: it then has no known account for routing.
     pub present: bool,
 }
@@ -123,7 +124,7 @@ pub struct IndexRecord {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OpportunityRecord {
     /// The opportunity id.
-    pub opportunity_id: String,
+    pub opportunity_id: Id,
     /// False for a deleted opportunity kept only to continue its version numbers.
     pub present: bool,
     /// Current attributes (`stage`, `amount`, `is_closed`, `is_won`, ...).
@@ -165,7 +166,7 @@ mod tests {
                 exists: true,
                 attributes: Attrs::from(attributes),
                 version,
-                audiences: keys.clone(),
+                audiences: keys.iter().map(|k| Id::from(k.as_str())).collect(),
                 instances: vec![InstanceRecord {
                     journey_id: "j".into(), journey_version: 3, instance: 1, node: "n".into(),
                     timer: Some(TimerRecord { due, arm }),

@@ -3,7 +3,7 @@
 //! It owns the output files and the commit protocol of replay mode. It gathers, for each batch number, the
 //! router's part and every worker's part, puts the outputs in their global order (record, then the timers
 //! that fired after it by due time and arming order), and every epoch (a run of whole batches):
-//! 1. appends the epoch's outputs to the three files;
+//! 1. appends the epoch's outputs to the three files (through buffers as batches arrive, flushed here);
 //! 2. commits, in one RocksDB write batch, the state delta, the de-duplication window's new ids, and a
 //!    checkpoint holding the input position and the files' lengths after step 1.
 //!
@@ -20,7 +20,7 @@ use caravan_state::{Checkpoint, Delta, Store};
 use crossbeam_channel::Receiver;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,7 +76,9 @@ struct Pending {
 pub(crate) struct Committer<'s> {
     cfg: CommitterConfig,
     store: &'s Store,
-    files: [File; 3],
+    files: [BufWriter<File>; 3],
+    /// Bytes appended to each file since the last commit.
+    appended: [u64; 3],
     checkpoint: Checkpoint,
     dedup_epochs: VecDeque<(u64, usize)>,
     dedup_total: usize,
@@ -84,7 +86,6 @@ pub(crate) struct Committer<'s> {
     pending: BTreeMap<u64, Pending>,
     next_batch: u64,
     // The epoch being gathered.
-    buffers: [Vec<u8>; 3],
     delta: Delta,
     dedup: Vec<u128>,
     last_batch: u64,
@@ -106,14 +107,14 @@ impl<'s> Committer<'s> {
         Committer {
             cfg,
             store,
-            files,
+            files: files.map(|f| BufWriter::with_capacity(1 << 20, f)),
+            appended: [0; 3],
             checkpoint,
             dedup_epochs: dedup_epochs.into(),
             dedup_total,
             committed,
             pending: BTreeMap::new(),
             next_batch: 1,
-            buffers: Default::default(),
             delta: Delta::default(),
             dedup: Vec::new(),
             last_batch: 0,
@@ -144,7 +145,7 @@ impl<'s> Committer<'s> {
                 .is_some_and(|p| p.router.is_some() && p.workers.len() == self.cfg.workers)
             {
                 let Some(p) = self.pending.remove(&self.next_batch) else { break };
-                self.absorb(p);
+                self.absorb(p)?;
                 self.next_batch += 1;
                 if self.epoch_started.elapsed() >= self.cfg.commit_interval
                     || self.epoch_records >= self.cfg.commit_records
@@ -159,15 +160,24 @@ impl<'s> Committer<'s> {
         Ok(self.checkpoint)
     }
 
-    fn absorb(&mut self, p: Pending) {
-        let Some(router) = p.router else { return };
+    /// Appends a whole batch's outputs in their global order and adds its delta to the epoch.
+    fn append(&mut self, file: usize, bytes: &[u8]) -> Result<(), EngineError> {
+        self.files[file]
+            .write_all(bytes)
+            .map_err(|e| EngineError::io(format!("appending to {}", OUTPUT_FILES[file]), e))?;
+        self.appended[file] += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn absorb(&mut self, p: Pending) -> Result<(), EngineError> {
+        let Some(router) = p.router else { return Ok(()) };
         let mut groups: Vec<_> = p.workers.iter().flat_map(|w| w.groups.iter().map(move |g| (w, g))).collect();
         groups.sort_by(|(_, a), (_, b)| a.order_key().cmp(&b.order_key()));
         for (w, g) in groups {
-            self.buffers[0].extend_from_slice(&w.actions[g.actions.clone()]);
-            self.buffers[1].extend_from_slice(&w.changes[g.changes.clone()]);
+            self.append(0, &w.actions[g.actions.clone()])?;
+            self.append(1, &w.changes[g.changes.clone()])?;
         }
-        self.buffers[2].extend_from_slice(&router.rejected);
+        self.append(2, &router.rejected)?;
         self.epoch_records += router.records_end.saturating_sub(self.checkpoint.records);
         self.checkpoint.records = router.records_end;
         self.checkpoint.input_bytes = router.bytes_end;
@@ -186,22 +196,18 @@ impl<'s> Committer<'s> {
         }
         self.dedup.extend_from_slice(&router.dedup);
         self.last_batch = router.batch;
+        Ok(())
     }
 
     fn commit(&mut self) -> Result<(), EngineError> {
         let started = Instant::now();
         let epoch = self.checkpoint.epoch + 1;
-        for (i, buf) in self.buffers.iter_mut().enumerate() {
-            if !buf.is_empty() {
-                self.files[i]
-                    .write_all(buf)
-                    .map_err(|e| EngineError::io(format!("appending to {}", OUTPUT_FILES[i]), e))?;
-                self.checkpoint.output_lengths[i] += buf.len() as u64;
-                buf.clear();
-            }
+        for (i, file) in self.files.iter_mut().enumerate() {
+            file.flush().map_err(|e| EngineError::io(format!("appending to {}", OUTPUT_FILES[i]), e))?;
             if self.cfg.sync_outputs {
-                self.files[i].sync_data().map_err(|e| EngineError::io(format!("syncing {}", OUTPUT_FILES[i]), e))?;
+                file.get_ref().sync_data().map_err(|e| EngineError::io(format!("syncing {}", OUTPUT_FILES[i]), e))?;
             }
+            self.checkpoint.output_lengths[i] += std::mem::take(&mut self.appended[i]);
         }
         let mut delta = std::mem::take(&mut self.delta);
         if !self.dedup.is_empty() && self.cfg.dedup_capacity > 0 {

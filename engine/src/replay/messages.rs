@@ -4,34 +4,40 @@
 //! router and one from every worker for each batch number before the batch can commit.
 
 use caravan_operators::account::Moved;
+use caravan_schemas::Id;
 use caravan_schemas::input::InputEvent;
 use caravan_schemas::output::Entity;
 use caravan_state::Delta;
 use std::sync::Arc;
 
-/// Where an applied record goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Route {
-    /// To the worker that owns the account.
-    Worker(usize),
-    /// Applied with no effect on any account (e.g. deleting an unknown person); timers still get their pass.
-    Nowhere,
+/// The part of an applied record that every worker reads, kept apart from the record so that a worker
+/// walks a dense array and touches only its own records.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Step {
+    /// The worker that owns the record's account, or [`Step::NOWHERE`] for a record applied with no effect
+    /// on any account (e.g. deleting an unknown person); timers still get their pass after it.
+    pub(crate) worker: u32,
+    /// The watermark after this record (event-time nanoseconds).
+    pub(crate) watermark: i64,
+}
+
+impl Step {
+    pub(crate) const NOWHERE: u32 = u32::MAX;
 }
 
 /// One applied record, routed.
 pub(crate) struct Item {
     /// Input sequence number: the record's 1-based line.
     pub(crate) seq: u64,
-    /// The watermark after this record (event-time nanoseconds).
-    pub(crate) watermark: i64,
-    /// Where it goes.
-    pub(crate) route: Route,
+    /// [`super::router::account_key`] of the account it is applied to (0 when it goes nowhere): the
+    /// worker's cache is keyed by it, so that no thread hashes an account id twice.
+    pub(crate) account_key: u64,
     /// The account it is applied to, when the event does not name it (routed through the person index).
-    pub(crate) routed_to: Option<String>,
-    /// The event.
-    pub(crate) event: Box<InputEvent>,
+    pub(crate) routed_to: Option<Id>,
+    /// The event, inline: a batch is one allocation, not one per record.
+    pub(crate) event: InputEvent,
     /// A person or opportunity moving in from another account, with that account's id (rare: boxed).
-    pub(crate) attach: Option<Box<(Moved, String)>>,
+    pub(crate) attach: Option<Box<(Moved, Id)>>,
 }
 
 impl Item {
@@ -45,6 +51,8 @@ impl Item {
 pub(crate) struct Batch {
     pub(crate) id: u64,
     pub(crate) items: Vec<Item>,
+    /// One step per item, same index.
+    pub(crate) steps: Vec<Step>,
 }
 
 /// Work for a worker.
@@ -55,9 +63,9 @@ pub(crate) enum WorkerMsg {
     /// Runs between batches; its writes commit with the next batch.
     Detach {
         entity: Entity,
-        tenant: String,
-        account_id: String,
-        id: String,
+        tenant: Id,
+        account_id: Id,
+        id: Id,
         reply: crossbeam_channel::Sender<Result<Option<Moved>, String>>,
     },
 }

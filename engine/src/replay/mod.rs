@@ -12,6 +12,7 @@
 //! shares the operators and the state layout, not this pipeline.
 
 mod committer;
+mod keys;
 mod messages;
 pub(crate) mod reader;
 mod router;
@@ -222,7 +223,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     drop(stored_epochs);
     let mut timers: Vec<Vec<caravan_state::StoredTimer>> = (0..workers).map(|_| Vec::new()).collect();
     for t in store.timers()? {
-        timers[router::worker_of(&t.tenant, &t.account_id, workers)].push(t);
+        timers[keys::worker_of(keys::account_key(&t.tenant, &t.account_id), workers)].push(t);
     }
 
     let progress = if opts.progress {

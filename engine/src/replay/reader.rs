@@ -3,6 +3,7 @@
 //! It owns byte and line positions. It is not the router: it never looks at state, and it keeps no order
 //! of its own (chunks carry their number; the router puts them back in order).
 
+use super::keys;
 use caravan_schemas::input::{DecodeLimits, InputEvent, Rejection, decode};
 use crossbeam_channel::{Receiver, Sender};
 use std::io::Read;
@@ -23,11 +24,21 @@ pub(crate) struct Chunk {
 pub(crate) enum Parsed {
     /// An empty or all-whitespace line: skipped, not rejected.
     Blank,
-    /// A valid event, with its raw bytes when routing may still reject it (a person event without
-    /// `account_id`).
-    Event(Box<InputEvent>, Option<Vec<u8>>),
+    /// A valid event.
+    Event(Decoded),
     /// A bad record, with its raw bytes.
     Rejected(Rejection, Vec<u8>),
+}
+
+/// A valid event with the hashes the router needs, computed here, in parallel.
+pub(crate) struct Decoded {
+    pub(crate) event: InputEvent,
+    /// [`keys::event_hash`] of its tenant and event id.
+    pub(crate) dedup: u128,
+    /// [`keys::account_key`] of the account the event names, if it names one.
+    pub(crate) named_account: Option<u64>,
+    /// Its raw bytes when routing may still reject it (a person event without `account_id`).
+    pub(crate) raw: Option<Vec<u8>>,
 }
 
 /// A decoded line with its position.
@@ -91,12 +102,12 @@ pub(crate) fn read_chunks(
             }
             // A short read (a pipe with nothing more for now): pass the whole lines on rather than wait
             // for a full chunk, so that a quiet standard input does not hold back processing and commits.
-            if len + n < target && buf[len..].contains(&b'\n') {
+            if len + n < target && memchr::memchr(b'\n', &buf[len..]).is_some() {
                 break;
             }
         }
         // Cut after the last newline; keep the tail for the next chunk (all of it at the end of input).
-        let cut = if eof { buf.len() } else { buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) };
+        let cut = if eof { buf.len() } else { memchr::memrchr(b'\n', &buf).map_or(0, |p| p + 1) };
         if cut == 0 && !eof {
             // A single line longer than the chunk: keep reading into the same buffer.
             carry = buf;
@@ -106,7 +117,7 @@ pub(crate) fn read_chunks(
         if buf.is_empty() {
             break;
         }
-        let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(buf.last() != Some(&b'\n'));
+        let lines = memchr::memchr_iter(b'\n', &buf).count() as u64 + u64::from(buf.last() != Some(&b'\n'));
         let len = buf.len() as u64;
         if out.send(Chunk { id, first_record: record, start_byte: offset, data: buf }).is_err() {
             break;
@@ -127,7 +138,7 @@ pub(crate) fn decode_chunks(input: &Receiver<Chunk>, out: &Sender<ParsedChunk>, 
         let mut line = chunk.first_record;
         let data = &chunk.data;
         while pos < data.len() {
-            let end = data[pos..].iter().position(|&b| b == b'\n').map_or(data.len(), |p| pos + p);
+            let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |p| pos + p);
             let mut raw = &data[pos..end];
             if raw.last() == Some(&b'\r') {
                 raw = &raw[..raw.len() - 1];
@@ -138,10 +149,15 @@ pub(crate) fn decode_chunks(input: &Receiver<Chunk>, out: &Sender<ParsedChunk>, 
                 Parsed::Blank
             } else {
                 match decode(raw, limits) {
-                    Ok(e) => {
-                        let may_be_unroutable = e.body.account_id().is_none() && e.body.person_id().is_some();
-                        let raw = may_be_unroutable.then(|| raw.to_vec());
-                        Parsed::Event(Box::new(e), raw)
+                    Ok(event) => {
+                        let named = event.body.account_id();
+                        let may_be_unroutable = named.is_none() && event.body.person_id().is_some();
+                        Parsed::Event(Decoded {
+                            dedup: keys::event_hash(&event.tenant, &event.event_id),
+                            named_account: named.map(|a| keys::account_key(&event.tenant, a)),
+                            raw: may_be_unroutable.then(|| raw.to_vec()),
+                            event,
+                        })
                     }
                     Err(r) => Parsed::Rejected(r, raw.to_vec()),
                 }

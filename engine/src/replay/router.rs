@@ -7,31 +7,21 @@
 //! opportunity's move from one account to another is the only time the router asks a worker for something
 //! (`Detach`).
 
-use super::messages::{Batch, CommitMsg, Item, Route, RouterPart, WorkerMsg};
-use super::reader::{Parsed, ParsedChunk, ParsedLine};
+use super::keys::{self, index_key, worker_of};
+use super::messages::{Batch, CommitMsg, Item, RouterPart, Step, WorkerMsg};
+use super::reader::{Decoded, Parsed, ParsedChunk, ParsedLine};
 use crate::EngineError;
-use caravan_schemas::input::{EventBody, InputEvent, RejectReason};
+use caravan_schemas::Id;
+use caravan_schemas::input::{EventBody, RejectReason};
 use caravan_schemas::output::{Entity, RejectedRecord, SourcePosition};
 use caravan_schemas::state::IndexRecord;
 use caravan_state::{Delta, Store};
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxHashMap;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// The hash of an event id within its tenant, as the de-duplication window stores it.
-pub(crate) fn event_hash(tenant: &str, event_id: &str) -> u128 {
-    use xxhash_rust::xxh3::{xxh3_64, xxh3_128_with_seed};
-    xxh3_128_with_seed(event_id.as_bytes(), xxh3_64(tenant.as_bytes()))
-}
-
-/// The worker that owns an account.
-pub(crate) fn worker_of(tenant: &str, account: &str, workers: usize) -> usize {
-    use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
-    (xxh3_64_with_seed(account.as_bytes(), xxh3_64(tenant.as_bytes())) % workers as u64) as usize
-}
 
 /// The keys are already uniform hashes: use their low bits as they are.
 #[derive(Default)]
@@ -51,53 +41,72 @@ impl Hasher for IdentityHasher {
     }
 }
 
-/// The last `capacity` applied event ids, in input order. After a restart it is rebuilt from the stored
-/// epochs and trimmed to the same `capacity`, so it holds exactly what an uninterrupted run would hold.
+/// The last `capacity` applied event ids. After a restart it is rebuilt from the stored epochs, inserted in
+/// the same order, so it answers exactly as an uninterrupted run's window would.
+///
+/// Each id maps to its number in the sequence of applied ids; an id whose number is `capacity` or more
+/// behind the latest has left the window. Expired entries are purged in bulk once the map holds half a
+/// window more than `capacity`: that costs a sequential scan now and then instead of a second random
+/// memory access (the removal of the oldest id) for every record.
 pub(crate) struct DedupWindow {
-    set: HashSet<u128, BuildHasherDefault<IdentityHasher>>,
-    order: VecDeque<u128>,
+    seen: HashMap<u128, u64, BuildHasherDefault<IdentityHasher>>,
+    /// Ids inserted so far: the number of the latest one.
+    count: u64,
     capacity: usize,
+    /// Purge expired entries once the map holds this many.
+    purge_at: usize,
 }
 
 impl DedupWindow {
     pub(crate) fn new(capacity: usize) -> DedupWindow {
-        let set = HashSet::with_capacity_and_hasher(capacity.min(1 << 24), BuildHasherDefault::default());
-        DedupWindow { set, order: VecDeque::with_capacity(capacity.min(1 << 24)), capacity }
+        let purge_at = capacity.saturating_add((capacity / 2).max(1024));
+        let seen = HashMap::with_capacity_and_hasher(purge_at.min(1 << 25), BuildHasherDefault::default());
+        DedupWindow { seen, count: 0, capacity, purge_at }
     }
 
-    /// Remembers an id; false when it was already there (a duplicate). One hash lookup for both.
+    /// Remembers an id; false when it is in the window already (a duplicate). One hash lookup for both.
     pub(crate) fn insert(&mut self, h: u128) -> bool {
         if self.capacity == 0 {
             return true;
         }
-        if !self.set.insert(h) {
-            return false;
+        let window_start = self.count.saturating_sub(self.capacity as u64);
+        match self.seen.entry(h) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                if *e.get() > window_start {
+                    return false;
+                }
+                self.count += 1;
+                e.insert(self.count);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.count += 1;
+                e.insert(self.count);
+            }
         }
-        self.order.push_back(h);
         true
     }
 
-    /// Drops the oldest ids beyond the capacity; called once the last inserted id is known to be applied,
-    /// so that the window is exactly the last `capacity` applied ids.
+    /// Purges expired ids when there are enough of them; called once the last inserted id is known to be
+    /// applied.
     pub(crate) fn settle(&mut self) {
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
+        if self.seen.len() >= self.purge_at {
+            let window_start = self.count.saturating_sub(self.capacity as u64);
+            self.seen.retain(|_, n| *n > window_start);
         }
     }
 
     /// Forgets the id remembered last (an event that turned out not to be applied).
     pub(crate) fn forget_last(&mut self, h: u128) {
-        if self.order.back() == Some(&h) {
-            self.order.pop_back();
-            self.set.remove(&h);
+        if self.capacity > 0 && self.seen.get(&h) == Some(&self.count) {
+            self.seen.remove(&h);
+            self.count -= 1;
         }
     }
 
     #[cfg(test)]
     pub(crate) fn contains(&self, h: u128) -> bool {
-        self.set.contains(&h)
+        let window_start = self.count.saturating_sub(self.capacity as u64);
+        self.seen.get(&h).is_some_and(|n| *n > window_start)
     }
 }
 
@@ -120,8 +129,10 @@ pub(crate) struct Router<'s> {
     store: &'s Store,
     /// Nothing was stored when the run began and nothing has been evicted since: a cache miss is an absence.
     complete_cache: bool,
-    index: FxHashMap<Box<str>, IndexSlot>,
-    dirty: Vec<Box<str>>,
+    /// Person and opportunity index, by [`index_key`].
+    index: FxHashMap<u128, IndexSlot>,
+    /// Index entries changed in the current batch: what to write, and the entry to read it from.
+    dirty: Vec<(Entity, Id, Id, u128)>,
     dedup: DedupWindow,
     max_ts: Option<i64>,
     workers: Vec<Sender<WorkerMsg>>,
@@ -129,17 +140,8 @@ pub(crate) struct Router<'s> {
     committed: Arc<AtomicU64>,
     batch: u64,
     items: Vec<Item>,
+    steps: Vec<Step>,
     part: RouterPart,
-}
-
-/// The in-memory index key: a kind byte (`p` person, `o` opportunity), the tenant, `\0`, the id.
-fn index_key(entity: Entity, tenant: &str, id: &str) -> Box<str> {
-    let mut k = String::with_capacity(tenant.len() + id.len() + 2);
-    k.push(if entity == Entity::Opportunity { 'o' } else { 'p' });
-    k.push_str(tenant);
-    k.push('\0');
-    k.push_str(id);
-    k.into_boxed_str()
 }
 
 fn empty_part(batch: u64, records_end: u64, bytes_end: u64, max_ts: Option<i64>) -> RouterPart {
@@ -184,6 +186,7 @@ impl<'s> Router<'s> {
             committed,
             batch: 1,
             items: Vec::new(),
+            steps: Vec::new(),
             part: empty_part(1, start.0, start.1, max_ts),
         }
     }
@@ -199,6 +202,7 @@ impl<'s> Router<'s> {
             pending.insert(chunk.id, chunk);
             while let Some(chunk) = pending.remove(&next) {
                 self.items.reserve(chunk.lines.len());
+                self.steps.reserve(chunk.lines.len());
                 for line in chunk.lines {
                     self.route_line(line)?;
                 }
@@ -226,7 +230,7 @@ impl<'s> Router<'s> {
         match line.parsed {
             Parsed::Blank => {}
             Parsed::Rejected(r, raw) => self.reject(r.reason, r.detail, &raw, line.line),
-            Parsed::Event(event, raw) => self.route_event(event, raw, line.line)?,
+            Parsed::Event(decoded) => self.route_event(decoded, line.line)?,
         }
         // Only now is the line consumed: a batch cut inside `route_event` (a move) must not claim it.
         self.part.records_end = line.line;
@@ -248,25 +252,23 @@ impl<'s> Router<'s> {
         Ok(rec)
     }
 
-    fn set_index(&mut self, key: Box<str>, rec: IndexRecord) {
+    fn set_index(&mut self, entity: Entity, tenant: &str, id: &str, rec: IndexRecord) {
         let batch = self.batch;
-        match self.index.get_mut(&key) {
-            Some(slot) => {
-                if slot.dirty_batch != batch {
-                    self.dirty.push(key.clone());
-                }
-                slot.rec = Some(rec);
-                slot.dirty_batch = batch;
-            }
-            None => {
-                self.dirty.push(key.clone());
-                self.index.insert(key, IndexSlot { rec: Some(rec), dirty_batch: batch });
-            }
+        let key = index_key(entity, tenant, id);
+        let slot = self.index.entry(key).or_insert(IndexSlot { rec: None, dirty_batch: 0 });
+        if slot.rec.as_ref() == Some(&rec) {
+            // Stored (or about to be) as it is: most upserts do not move anybody.
+            return;
         }
+        if slot.dirty_batch != batch {
+            self.dirty.push((entity, Id::from(tenant), Id::from(id), key));
+        }
+        slot.rec = Some(rec);
+        slot.dirty_batch = batch;
     }
 
-    fn route_event(&mut self, event: Box<InputEvent>, raw: Option<Vec<u8>>, line: u64) -> Result<(), EngineError> {
-        let hash = event_hash(&event.tenant, &event.event_id);
+    fn route_event(&mut self, decoded: Decoded, line: u64) -> Result<(), EngineError> {
+        let Decoded { event, dedup: hash, named_account, raw } = decoded;
         // Remembered now (one lookup); forgotten again below if the event turns out not to be applied.
         if !self.dedup.insert(hash) {
             self.part.duplicates += 1;
@@ -289,7 +291,7 @@ impl<'s> Router<'s> {
             _ => None,
         };
         let known_account = known.as_ref().filter(|k| k.present).map(|k| k.account_id.clone());
-        let (route_account, index_update): (Option<String>, Option<IndexRecord>) = match &event.body {
+        let (route_account, index_update): (Option<Id>, Option<IndexRecord>) = match &event.body {
             EventBody::PersonUpserted { account_id, .. } => {
                 let target = account_id.clone().or(known_account);
                 let update = target.as_ref().map(|t| IndexRecord { account_id: t.clone(), present: true });
@@ -304,7 +306,7 @@ impl<'s> Router<'s> {
                 (known_account, update)
             }
             EventBody::PersonActivity { account_id, .. } => (account_id.clone().or(known_account), None),
-            other => (other.account_id().map(str::to_owned), None),
+            other => (other.account_id().map(Id::from), None),
         };
         let needs_account = matches!(&event.body, EventBody::PersonUpserted { .. } | EventBody::PersonActivity { .. });
         if route_account.is_none() && needs_account {
@@ -330,12 +332,12 @@ impl<'s> Router<'s> {
             // The detach must run after every earlier record of the old account: cut the batch here.
             self.flush()?;
             let (tx, rx) = crossbeam_channel::bounded(1);
-            let w = worker_of(tenant, &from, self.cfg.workers);
+            let w = worker_of(keys::account_key(tenant, &from), self.cfg.workers);
             let msg = WorkerMsg::Detach {
                 entity,
-                tenant: tenant.to_owned(),
+                tenant: Id::from(tenant),
                 account_id: from.clone(),
-                id: id.to_owned(),
+                id: Id::from(id),
                 reply: tx,
             };
             self.workers[w].send(msg).map_err(|_| EngineError::Stopped)?;
@@ -350,7 +352,7 @@ impl<'s> Router<'s> {
             }
         }
         if let (Some(update), Some((entity, id))) = (index_update, indexed) {
-            self.set_index(index_key(entity, tenant, id), update);
+            self.set_index(entity, tenant, id, update);
         }
         self.dedup.settle();
         self.part.dedup.push(hash);
@@ -363,22 +365,20 @@ impl<'s> Router<'s> {
         let max_ts = self.max_ts.map_or(ts, |m| m.max(ts));
         self.max_ts = Some(max_ts);
         self.part.max_ts = self.max_ts;
-        let (route, routed_to) = match route_account {
+        let (route, account_key, routed_to) = match route_account {
             Some(a) => {
-                let route = Route::Worker(worker_of(tenant, &a, self.cfg.workers));
-                // Keep the routing result only where the event does not name the account itself.
-                (route, (event.body.account_id() != Some(a.as_str())).then_some(a))
+                // The decoder hashed the account the event names; only a routed one is hashed here.
+                let named = event.body.account_id() == Some(a.as_str());
+                let key = match named_account {
+                    Some(k) if named => k,
+                    _ => keys::account_key(tenant, &a),
+                };
+                (worker_of(key, self.cfg.workers) as u32, key, (!named).then_some(a))
             }
-            None => (Route::Nowhere, None),
+            None => (Step::NOWHERE, 0, None),
         };
-        self.items.push(Item {
-            seq: line,
-            watermark: max_ts.saturating_sub(self.cfg.allowed_disorder_ns),
-            route,
-            routed_to,
-            event,
-            attach,
-        });
+        self.steps.push(Step { worker: route, watermark: max_ts.saturating_sub(self.cfg.allowed_disorder_ns) });
+        self.items.push(Item { seq: line, account_key, routed_to, event, attach });
         Ok(())
     }
 
@@ -386,20 +386,22 @@ impl<'s> Router<'s> {
     fn flush(&mut self) -> Result<(), EngineError> {
         let batch = self.batch;
         let mut delta = Delta::default();
-        for key in self.dirty.drain(..) {
+        for (entity, tenant, id, key) in self.dirty.drain(..) {
             if let Some(IndexSlot { rec: Some(rec), .. }) = self.index.get(&key) {
-                let (kind, rest) = key.split_at(1);
-                let (tenant, id) = rest.split_once('\0').unwrap_or(("", rest));
-                match kind {
-                    "o" => delta.put_opportunity_index(tenant, id, rec),
-                    _ => delta.put_person_index(tenant, id, rec),
+                match entity {
+                    Entity::Opportunity => delta.put_opportunity_index(&tenant, &id, rec),
+                    _ => delta.put_person_index(&tenant, &id, rec),
                 }
             }
         }
         let next_part = empty_part(batch + 1, self.part.records_end, self.part.bytes_end, self.max_ts);
         let mut part = std::mem::replace(&mut self.part, next_part);
         part.delta = delta;
-        let shared = Arc::new(Batch { id: batch, items: std::mem::take(&mut self.items) });
+        let shared = Arc::new(Batch {
+            id: batch,
+            items: std::mem::take(&mut self.items),
+            steps: std::mem::take(&mut self.steps),
+        });
         for w in &self.workers {
             w.send(WorkerMsg::Batch(Arc::clone(&shared))).map_err(|_| EngineError::Stopped)?;
         }
@@ -444,13 +446,38 @@ mod tests {
         assert!(!off.contains(1));
     }
 
-    #[test]
-    fn hashes_separate_tenants_and_routing_is_stable() {
-        assert_ne!(event_hash("t1", "e"), event_hash("t2", "e"));
-        assert_ne!(event_hash("t", "1e"), event_hash("t1", "e"));
-        for n in 1..5 {
-            assert!(worker_of("t", "a", n) < n);
-            assert_eq!(worker_of("t", "a", n), worker_of("t", "a", n));
+    proptest::proptest! {
+        /// The window answers like the obvious model (a queue of the last N applied ids) over long runs of
+        /// repeats and forgotten ids, across many purges.
+        #[test]
+        fn dedup_window_matches_a_queue_model(
+            capacity in 0usize..40,
+            ops in proptest::collection::vec((0u128..60, proptest::bool::weighted(0.1)), 0..4000),
+        ) {
+            let mut w = DedupWindow::new(capacity);
+            w.purge_at = capacity + 3;
+            let mut model: std::collections::VecDeque<u128> = std::collections::VecDeque::new();
+            for (h, not_applied) in ops {
+                let dup = capacity > 0 && model.contains(&h);
+                proptest::prop_assert_eq!(w.insert(h), !dup);
+                if dup {
+                    continue;
+                }
+                if not_applied {
+                    w.forget_last(h);
+                } else {
+                    if capacity > 0 {
+                        model.push_back(h);
+                        if model.len() > capacity {
+                            model.pop_front();
+                        }
+                    }
+                    w.settle();
+                }
+            }
+            for h in 0..60u128 {
+                proptest::prop_assert_eq!(w.contains(h), model.contains(&h));
+            }
         }
     }
 }

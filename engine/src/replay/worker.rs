@@ -6,15 +6,17 @@
 //! never locks account state: no other thread touches it. It is not the committer: nothing it does is
 //! durable until the committer commits the batch.
 
-use super::messages::{Batch, CommitMsg, Group, Route, WorkerMsg, WorkerPart};
+use super::keys;
+use super::messages::{Batch, CommitMsg, Group, WorkerMsg, WorkerPart};
 use crate::EngineError;
 use caravan_operators::account::Moved;
 use caravan_operators::account::{AccountState, Cause, Definitions, Effects, TimerHandle, apply_event, fire_timer};
+use caravan_schemas::Id;
 use caravan_schemas::output::Entity;
 use caravan_schemas::state::TimerRecord;
 use caravan_state::{Delta, Store};
 use crossbeam_channel::{Receiver, Sender};
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -25,9 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 struct Queued {
     due: i64,
     arm: Vec<u64>,
-    tenant: Arc<str>,
-    account_id: Arc<str>,
-    journey_id: String,
+    tenant: Id,
+    account_id: Id,
+    journey_id: Id,
     instance: u32,
 }
 
@@ -39,52 +41,68 @@ struct Cached {
     detached: Vec<(Entity, String)>,
 }
 
-/// The worker's accounts, by tenant then account: lookups by `&str` allocate nothing.
+/// The worker's accounts, in one hash table keyed by the router's [`keys::account_key`]: a lookup hashes
+/// nothing and compares the account id only in the bucket it lands in.
 #[derive(Default)]
 struct AccountCache {
-    tenants: FxHashMap<Box<str>, FxHashMap<Box<str>, Cached>>,
-    len: usize,
+    accounts: HashTable<Cached>,
     /// Accounts changed since the last batch part was built.
-    dirty: Vec<(Box<str>, Box<str>)>,
+    dirty: Vec<(u64, Id, Id)>,
     /// Nothing was stored when the run began and nothing was evicted since: a miss is an absence.
     complete: bool,
 }
 
+fn key_of(c: &Cached) -> u64 {
+    keys::account_key(&c.state.tenant, &c.state.account_id)
+}
+
 impl AccountCache {
+    fn find(&mut self, key: u64, tenant: &str, account: &str) -> Option<&mut Cached> {
+        self.accounts.find_mut(key, |c| c.state.account_id == account && c.state.tenant == tenant)
+    }
+
     /// The account, loaded from the store on a miss, and marked as changed in `batch`.
-    fn get(&mut self, store: &Store, tenant: &str, account: &str, batch: u64) -> Result<&mut Cached, EngineError> {
-        if !self.tenants.contains_key(tenant) {
-            self.tenants.insert(tenant.into(), FxHashMap::default());
-        }
-        let accounts = self.tenants.get_mut(tenant).expect("inserted above");
-        if !accounts.contains_key(account) {
-            let stored = if self.complete { None } else { store.load_account(tenant, account)? };
-            let state = match stored {
-                Some(s) => AccountState::from_records(tenant, account, s.record, s.persons, s.opportunities),
-                None => AccountState::new(tenant, account),
-            };
-            accounts.insert(account.into(), Cached { state, dirty_batch: 0, detached: Vec::new() });
-            self.len += 1;
-        }
-        let cached = accounts.get_mut(account).expect("inserted above");
+    fn get(
+        &mut self,
+        store: &Store,
+        key: u64,
+        tenant: &str,
+        account: &str,
+        batch: u64,
+    ) -> Result<&mut Cached, EngineError> {
+        let entry = self.accounts.entry(key, |c| c.state.account_id == account && c.state.tenant == tenant, key_of);
+        let cached = match entry {
+            hashbrown::hash_table::Entry::Occupied(e) => e.into_mut(),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                let stored = if self.complete { None } else { store.load_account(tenant, account)? };
+                let state = match stored {
+                    Some(s) => AccountState::from_records(tenant, account, s.record, s.persons, s.opportunities),
+                    None => AccountState::new(tenant, account),
+                };
+                e.insert(Cached { state, dirty_batch: 0, detached: Vec::new() }).into_mut()
+            }
+        };
         if cached.dirty_batch != batch {
             cached.dirty_batch = batch;
-            self.dirty.push((tenant.into(), account.into()));
+            self.dirty.push((key, Id::from(tenant), Id::from(account)));
         }
         Ok(cached)
     }
 
     /// Keeps the cache within `capacity`: drops accounts whose last change has committed.
     fn evict(&mut self, capacity: usize, committed: u64) {
-        if self.len <= capacity {
+        if self.accounts.len() <= capacity {
             return;
         }
-        let mut excess = self.len - capacity / 4 * 3;
-        for accounts in self.tenants.values_mut() {
-            let before = accounts.len();
-            super::drop_committed(accounts, &mut excess, committed, |c| c.dirty_batch);
-            self.len -= before - accounts.len();
-        }
+        let mut excess = self.accounts.len() - capacity / 4 * 3;
+        self.accounts.retain(|c| {
+            if excess > 0 && c.dirty_batch <= committed {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
         self.complete = false;
     }
 }
@@ -122,9 +140,9 @@ impl<'s> Worker<'s> {
                 Reverse(Queued {
                     due: t.timer.due,
                     arm: t.timer.arm,
-                    tenant: t.tenant.into(),
-                    account_id: t.account_id.into(),
-                    journey_id: t.journey_id,
+                    tenant: Id::from(t.tenant),
+                    account_id: Id::from(t.account_id),
+                    journey_id: Id::from(t.journey_id),
                     instance: t.instance,
                 })
             })
@@ -163,7 +181,7 @@ impl<'s> Worker<'s> {
     /// Detaches a person or opportunity between batches. The account stays pinned (dirty in a batch that
     /// cannot have committed) until the next batch part carries the removal.
     fn detach(&mut self, entity: Entity, tenant: &str, account: &str, id: &str) -> Result<Option<Moved>, EngineError> {
-        let cached = self.cache.get(self.store, tenant, account, u64::MAX)?;
+        let cached = self.cache.get(self.store, keys::account_key(tenant, account), tenant, account, u64::MAX)?;
         let moved = cached.state.detach(entity, id);
         if moved.is_some() {
             cached.detached.push((entity, id.to_owned()));
@@ -181,8 +199,8 @@ impl<'s> Worker<'s> {
             self.timers.push(Reverse(Queued {
                 due: h.timer.due,
                 arm: h.timer.arm,
-                tenant: tenant.into(),
-                account_id: account.into(),
+                tenant: Id::from(tenant),
+                account_id: Id::from(account),
                 journey_id: h.journey_id,
                 instance: h.instance,
             }));
@@ -221,12 +239,14 @@ impl<'s> Worker<'s> {
             change_count: 0,
         };
         let defs = Arc::clone(&self.defs);
-        for item in &batch.items {
-            if item.route == Route::Worker(me) {
+        let me = me as u32;
+        for (ix, step) in batch.steps.iter().enumerate() {
+            if step.worker == me {
+                let item = &batch.items[ix];
                 let (tenant, account) = (item.event.tenant.as_str(), item.account_id());
                 let cause = Cause::record(item.seq, item.event.ts, &item.event.event_id);
                 self.effects.clear();
-                let cached = self.cache.get(self.store, tenant, account, batch.id)?;
+                let cached = self.cache.get(self.store, item.account_key, tenant, account, batch.id)?;
                 apply_event(
                     &defs,
                     &mut cached.state,
@@ -239,13 +259,15 @@ impl<'s> Worker<'s> {
                 self.take_outputs(item.seq, None, &mut part);
             }
             // The timer pass after every applied record.
-            while self.timers.peek().is_some_and(|Reverse(t)| t.due <= item.watermark) {
+            while self.timers.peek().is_some_and(|Reverse(t)| t.due <= step.watermark) {
                 let Some(Reverse(q)) = self.timers.pop() else { break };
+                let item = &batch.items[ix];
                 let timer = TimerRecord { due: q.due, arm: q.arm };
                 let handle = TimerHandle { journey_id: q.journey_id, instance: q.instance, timer };
                 let cause = Cause::timer(item.seq, &handle.timer, &item.event.event_id);
                 self.effects.clear();
-                let cached = self.cache.get(self.store, &q.tenant, &q.account_id, batch.id)?;
+                let key = keys::account_key(&q.tenant, &q.account_id);
+                let cached = self.cache.get(self.store, key, &q.tenant, &q.account_id, batch.id)?;
                 if fire_timer(&defs, &mut cached.state, &handle, &cause, &mut self.effects) {
                     self.pending.delete_timer(&q.tenant, &q.account_id, &handle.journey_id, handle.instance);
                     self.note_timers(&q.tenant, &q.account_id);
@@ -255,8 +277,8 @@ impl<'s> Worker<'s> {
         }
         // The state delta of this batch: every account changed in it, as it stands now.
         part.delta = std::mem::take(&mut self.pending);
-        for (tenant, account) in std::mem::take(&mut self.cache.dirty) {
-            let Some(c) = self.cache.tenants.get_mut(&tenant).and_then(|a| a.get_mut(&account)) else { continue };
+        for (key, tenant, account) in std::mem::take(&mut self.cache.dirty) {
+            let Some(c) = self.cache.find(key, &tenant, &account) else { continue };
             c.dirty_batch = batch.id;
             for (entity, id) in c.detached.drain(..) {
                 match entity {
