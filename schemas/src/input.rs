@@ -13,6 +13,8 @@
 //! assert_eq!(bad.unwrap_err().reason, RejectReason::MissingField);
 //! ```
 
+mod fast;
+
 use crate::Id;
 use crate::attrs::Attrs;
 use crate::json::{StrictValue, StrictVisitor};
@@ -451,12 +453,17 @@ pub fn decode(raw: &[u8], limits: &DecodeLimits) -> Result<InputEvent, Rejection
             format!("record of {} bytes is over the limit of {} bytes", raw.len(), limits.max_record_bytes),
         ));
     }
-    // serde_json checks UTF-8 as it reads (inside strings; any other non-ASCII byte is a syntax error), so
-    // the whole-record check runs only to explain a failure.
-    let wire: WireRecord<'_> = serde_json::from_slice(raw).map_err(|e| {
-        if let Err(utf8) = std::str::from_utf8(raw) {
-            return Rejection::new(RejectReason::MalformedJson, format!("invalid UTF-8: {utf8}"));
-        }
+    let text = std::str::from_utf8(raw)
+        .map_err(|e| Rejection::new(RejectReason::MalformedJson, format!("invalid UTF-8: {e}")))?;
+    match fast::read(text) {
+        Some(wire) => decode_wire(wire, limits),
+        None => decode_text(text, limits),
+    }
+}
+
+/// The full reader: any JSON, every rule, every rejection explained.
+fn decode_text(text: &str, limits: &DecodeLimits) -> Result<InputEvent, Rejection> {
+    let wire: WireRecord<'_> = serde_json::from_str(text).map_err(|e| {
         let msg = e.to_string();
         if msg.starts_with("number out of range") {
             Rejection::new(RejectReason::InvalidField, msg)

@@ -307,7 +307,13 @@ impl Store {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_db_write_buffer_size(options.write_buffer_total_bytes);
-        let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_opts.clone()));
+        // The de-duplication window is random hashes, written once and deleted oldest first: compressing it
+        // only burns CPU, and its epochs do not need the bloom filters of point reads.
+        let mut dedup_opts = cf_opts.clone();
+        dedup_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let cfs = COLUMN_FAMILIES
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, if *n == "dedup" { dedup_opts.clone() } else { cf_opts.clone() }));
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(options.sync_commits);
