@@ -29,7 +29,7 @@ use caravan_schemas::json::opt_json_eq;
 use caravan_schemas::output::{ActionRecord, ChangeEvent, ChangeOp, Entity, Origin};
 use caravan_schemas::state::{AccountRecord, InstanceRecord, OpportunityRecord, PersonRecord, TimerRecord};
 use caravan_schemas::time::{Timestamp, TimestampText};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -339,21 +339,21 @@ impl Tracker {
             let moved = t.entity != Entity::Account && t.existed && exists && t.account_id != acct.account_id;
             let (op, before, after) = match (t.existed, exists) {
                 (false, false) => continue,
-                (false, true) => (ChangeOp::Create, Map::new(), attrs.to_map()),
-                (true, false) => (ChangeOp::Delete, t.attributes.to_map(), Map::new()),
+                (false, true) => (ChangeOp::Create, Attrs::default(), attrs.clone()),
+                (true, false) => (ChangeOp::Delete, t.attributes, Attrs::default()),
                 (true, true) => {
-                    let mut before = Map::new();
-                    let mut after = Map::new();
+                    let mut before = Attrs::default();
+                    let mut after = Attrs::default();
                     for (k, _) in t.attributes.iter().chain(attrs.iter()) {
                         let (old, new) = (t.attributes.get(k), attrs.get(k));
-                        if !before.contains_key(k) && !opt_json_eq(old, new) {
-                            before.insert(k.to_owned(), old.cloned().unwrap_or(Value::Null));
-                            after.insert(k.to_owned(), new.cloned().unwrap_or(Value::Null));
+                        if before.get(k).is_none() && !opt_json_eq(old, new) {
+                            before.insert(k, old.cloned().unwrap_or(Value::Null));
+                            after.insert(k, new.cloned().unwrap_or(Value::Null));
                         }
                     }
                     if moved {
-                        before.insert("account_id".into(), Value::String(t.account_id.to_string()));
-                        after.insert("account_id".into(), Value::String(acct.account_id.to_string()));
+                        before.insert("account_id", Value::String(t.account_id.to_string()));
+                        after.insert("account_id", Value::String(acct.account_id.to_string()));
                     }
                     if before.is_empty() {
                         continue;

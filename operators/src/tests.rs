@@ -93,8 +93,8 @@ fn change_events_are_net_versioned_and_minimal() {
     assert_eq!(out.changes.len(), 1);
     let c = &out.changes[0];
     assert_eq!((c.op, c.version, c.origin), (ChangeOp::Create, 1, Origin::Input));
-    assert_eq!(Value::Object(c.before.clone()), json!({}));
-    assert_eq!(Value::Object(c.after.clone()), json!({"x":1,"y":"k"}));
+    assert_eq!(Value::Object(c.before.to_map()), json!({}));
+    assert_eq!(Value::Object(c.after.to_map()), json!({"x":1,"y":"k"}));
     // Same values (1 == 1.0): nothing.
     assert!(
         s.apply(json!({"type":"account.upserted","event_id":"e2","account_id":"a","attributes":{"x":1.0}}))
@@ -107,13 +107,13 @@ fn change_events_are_net_versioned_and_minimal() {
     );
     let c = &out.changes[0];
     assert_eq!((c.op, c.version), (ChangeOp::Update, 2));
-    assert_eq!(Value::Object(c.before.clone()), json!({"x":1,"y":"k"}));
-    assert_eq!(Value::Object(c.after.clone()), json!({"x":2,"y":null}));
+    assert_eq!(Value::Object(c.before.to_map()), json!({"x":1,"y":"k"}));
+    assert_eq!(Value::Object(c.after.to_map()), json!({"x":2,"y":null}));
     let out = s.apply(json!({"type":"account.deleted","event_id":"e4","account_id":"a"}));
     let c = &out.changes[0];
     assert_eq!((c.op, c.version), (ChangeOp::Delete, 3));
-    assert_eq!(Value::Object(c.after.clone()), json!({}));
-    assert_eq!(Value::Object(c.before.clone()), json!({"x":2}));
+    assert_eq!(Value::Object(c.after.to_map()), json!({}));
+    assert_eq!(Value::Object(c.before.to_map()), json!({"x":2}));
     // Deleting again is a no-op; a later upsert is a create whose version continues.
     assert!(s.apply(json!({"type":"account.deleted","event_id":"e5","account_id":"a"})).changes.is_empty());
     let out = s.apply(json!({"type":"account.upserted","event_id":"e6","account_id":"a","attributes":{}}));
@@ -153,8 +153,8 @@ fn a_person_who_moves_gets_one_update_carrying_account_id() {
     assert_eq!(out.changes.len(), 1);
     let c = &out.changes[0];
     assert_eq!((c.op, c.version, c.account_id.as_str()), (ChangeOp::Update, 2, "b"));
-    assert_eq!(Value::Object(c.before.clone()), json!({"k":1,"account_id":"a"}));
-    assert_eq!(Value::Object(c.after.clone()), json!({"k":2,"account_id":"b"}));
+    assert_eq!(Value::Object(c.before.to_map()), json!({"k":1,"account_id":"a"}));
+    assert_eq!(Value::Object(c.after.to_map()), json!({"k":2,"account_id":"b"}));
 }
 
 #[test]
@@ -177,7 +177,7 @@ fn enterprise_path_listens_and_engages_on_a_click() {
     let c = &out.changes[0];
     assert_eq!(c.origin, Origin::Action);
     assert_eq!((c.journey_id.as_deref(), c.node_id.as_deref()), (Some("b2b-journey-v1"), Some("engaged")));
-    assert_eq!(Value::Object(c.after.clone()), json!({"engagement_stage":"engaged"}));
+    assert_eq!(Value::Object(c.after.to_map()), json!({"engagement_stage":"engaged"}));
     assert_eq!(out.actions[0].cause_event_id, "c");
     assert!(s.acct.record.instances.is_empty(), "the account exited");
 }
@@ -362,7 +362,7 @@ fn opportunities_change_move_and_feed_conditions() {
     let c = &out.changes[0];
     assert_eq!((c.entity, c.op, c.version), (caravan_schemas::output::Entity::Opportunity, ChangeOp::Create, 1));
     let out = s.apply(json!({"type":"opportunity.upserted","event_id":"o2","opportunity_id":"x","account_id":"a","attributes":{"stage":"won"}}));
-    assert_eq!(Value::Object(out.changes[0].before.clone()), json!({"stage":"open"}));
+    assert_eq!(Value::Object(out.changes[0].before.to_map()), json!({"stage":"open"}));
     let out = s.apply(
         json!({"type":"account.audience","event_id":"in","account_id":"a","audience_id":"target","status":"entered"}),
     );

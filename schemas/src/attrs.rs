@@ -98,6 +98,20 @@ impl Attrs {
     }
 }
 
+/// Serializes attributes as a JSON object in key order (output records), where [`Attrs`]' own
+/// `Serialize` stores them as JSON text.
+///
+/// # Errors
+/// Those of the serializer.
+pub fn serialize_as_object<S: Serializer>(attrs: &Attrs, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(attrs.0.len()))?;
+    for (k, v) in &attrs.0 {
+        map.serialize_entry(k.as_str(), v)?;
+    }
+    map.end()
+}
+
 impl Serialize for Attrs {
     /// Stored as JSON text, so that binary codecs that are not self-describing can carry any value.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

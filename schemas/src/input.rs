@@ -494,7 +494,11 @@ fn id(key: Key, v: Option<Field<'_>>) -> Result<Id, Rejection> {
         Some(Field::Str(s)) => {
             if s.is_empty() {
                 Err(invalid(name, "is empty"))
-            } else if s.chars().any(char::is_control) {
+            } else if if s.is_ascii() {
+                s.bytes().any(|b| b < 0x20 || b == 0x7f)
+            } else {
+                s.chars().any(char::is_control)
+            } {
                 Err(invalid(name, "contains a control character"))
             } else {
                 Ok(Id::from(s.as_ref()))

@@ -4,6 +4,7 @@
 //! Serialization is deterministic: maps are ordered by key, optional fields are left out when absent.
 
 use crate::Id;
+use crate::attrs::Attrs;
 use crate::input::RejectReason;
 use crate::time::TimestampText;
 use schemars::JsonSchema;
@@ -116,9 +117,13 @@ pub struct ChangeEvent {
     /// Create, update or delete.
     pub op: ChangeOp,
     /// The changed fields before (`{}` for a create).
-    pub before: Map<String, Value>,
+    #[serde(serialize_with = "crate::attrs::serialize_as_object")]
+    #[schemars(with = "Map<String, Value>")]
+    pub before: Attrs,
     /// The changed fields after (`{}` for a delete).
-    pub after: Map<String, Value>,
+    #[serde(serialize_with = "crate::attrs::serialize_as_object")]
+    #[schemars(with = "Map<String, Value>")]
+    pub after: Attrs,
     /// Per-entity version: 1, 2, 3, ... without gaps.
     #[schemars(range(min = 1))]
     pub version: u64,
