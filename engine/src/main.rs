@@ -87,7 +87,7 @@ struct ReplayArgs {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     commit_interval: Duration,
     /// Commit at least every this many input records.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 250_000)]
     commit_records: u64,
     /// Largest accepted record, in bytes.
     #[arg(long, default_value_t = 1 << 20)]

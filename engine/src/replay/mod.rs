@@ -78,7 +78,7 @@ impl Default for ReplayOptions {
             decoders: cores,
             chunk_bytes: 1 << 20,
             commit_interval: Duration::from_secs(1),
-            commit_records: 1_000_000,
+            commit_records: 250_000,
             allowed_disorder_ns: 5_000_000_000,
             dedup_window: 1_000_000,
             cache_accounts: 400_000,

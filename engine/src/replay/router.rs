@@ -367,13 +367,13 @@ impl<'s> Router<'s> {
         self.part.max_ts = self.max_ts;
         let (route, account_key, routed_to) = match route_account {
             Some(a) => {
-                // The decoder hashed the account the event names; only a routed one is hashed here.
-                let named = event.body.account_id() == Some(a.as_str());
-                let key = match named_account {
-                    Some(k) if named => k,
-                    _ => keys::account_key(tenant, &a),
+                // The decoder hashed the account the event names (every route above prefers it to the
+                // index); only an account found through the index is hashed here.
+                let (key, routed_to) = match named_account {
+                    Some(k) => (k, None),
+                    None => (keys::account_key(tenant, &a), Some(a)),
                 };
-                (worker_of(key, self.cfg.workers) as u32, key, (!named).then_some(a))
+                (worker_of(key, self.cfg.workers) as u32, key, routed_to)
             }
             None => (Step::NOWHERE, 0, None),
         };
