@@ -6,11 +6,15 @@ cd "$(dirname "$0")/.."
 bash ops/setup.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
-# Dependencies point one way: operators and state never import each other.
-if cargo tree --release -p caravan-operators -e normal --prefix none | grep -q '^caravan-state'; then
+# Dependencies point one way: operators and state never import each other. (The trees are captured first so
+# that a failing `cargo tree` stops the script instead of passing the check.)
+operators_deps=$(cargo tree -p caravan-operators -e normal --prefix none)
+state_deps=$(cargo tree -p caravan-state -e normal --prefix none)
+if grep -q '^caravan-state' <<<"$operators_deps"; then
   echo "operators depends on state" >&2; exit 1
 fi
-if cargo tree --release -p caravan-state -e normal --prefix none | grep -q '^caravan-operators'; then
+if grep -q '^caravan-operators' <<<"$state_deps"; then
   echo "state depends on operators" >&2; exit 1
 fi
+grep -q '^caravan-schemas' <<<"$operators_deps" || { echo "cargo tree listed no dependencies of operators" >&2; exit 1; }
 cargo test --release --workspace
