@@ -177,6 +177,22 @@ impl Delta {
         self.ops.extend(other.ops);
     }
 
+    /// Keeps only the last write of each key and orders the writes by column family and key: the same
+    /// effect when committed, fewer memtable inserts (hot accounts are written by many batches of an
+    /// epoch), and sorted inserts, which RocksDB's skip list takes much faster than random ones.
+    pub fn compact(&mut self) {
+        // Stable: of equal keys, the later write stays later.
+        self.ops.sort_by(|a, b| (a.cf, &a.key).cmp(&(b.cf, &b.key)));
+        let mut kept: Vec<Op> = Vec::with_capacity(self.ops.len());
+        for op in self.ops.drain(..) {
+            match kept.last_mut() {
+                Some(last) if last.cf == op.cf && last.key == op.key => *last = op,
+                _ => kept.push(op),
+            }
+        }
+        self.ops = kept;
+    }
+
     fn put(&mut self, cf: usize, key: Vec<u8>, value: Vec<u8>) {
         self.ops.push(Op { cf, key, value: Some(value) });
     }

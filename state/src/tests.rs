@@ -145,6 +145,12 @@ proptest! {
                     }
                 }
             }
+            // Every other epoch commits the compacted delta: last write per key, sorted.
+            if epoch % 2 == 1 {
+                let before = d.len();
+                d.compact();
+                prop_assert!(d.len() <= before.min(6));
+            }
             store.commit(&d, &Checkpoint { epoch: epoch as u64, ..Checkpoint::default() }).expect("commits");
             model = pending;
             for k in 0..6 {

@@ -210,6 +210,7 @@ impl<'s> Committer<'s> {
             self.checkpoint.output_lengths[i] += std::mem::take(&mut self.appended[i]);
         }
         let mut delta = std::mem::take(&mut self.delta);
+        delta.compact();
         if !self.dedup.is_empty() && self.cfg.dedup_capacity > 0 {
             delta.put_dedup_epoch(epoch, &self.dedup);
             self.dedup_epochs.push_back((epoch, self.dedup.len()));
