@@ -3,6 +3,7 @@
 //! Batches, not records, cross threads. Every batch has a number; the committer needs one part from the
 //! router and one from every worker for each batch number before the batch can commit.
 
+use super::reader::{Parsed, ParsedLine};
 use caravan_operators::account::Moved;
 use caravan_schemas::Id;
 use caravan_schemas::input::InputEvent;
@@ -10,49 +11,68 @@ use caravan_schemas::output::Entity;
 use caravan_state::Delta;
 use std::sync::Arc;
 
-/// The part of an applied record that every worker reads, kept apart from the record so that a worker
-/// walks a dense array and touches only its own records.
+/// One applied record, routed: what every worker reads of it, in a dense array, while the event itself stays
+/// where the decoder put it (in the chunk's lines, shared by the batch), so no stage copies events.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Step {
     /// The worker that owns the record's account, or [`Step::NOWHERE`] for a record applied with no effect
     /// on any account (e.g. deleting an unknown person); timers still get their pass after it.
     pub(crate) worker: u32,
+    /// Index of the record in [`Batch::lines`].
+    pub(crate) line: u32,
     /// The watermark after this record (event-time nanoseconds).
     pub(crate) watermark: i64,
+    /// Input sequence number: the record's 1-based line.
+    pub(crate) seq: u64,
+    /// [`super::keys::account_key`] of the account it is applied to (0 when it goes nowhere): the
+    /// worker's cache is keyed by it, so that no thread hashes an account id twice.
+    pub(crate) account_key: u64,
+    /// Index in [`Batch::extras`], or [`Step::NO_EXTRA`].
+    pub(crate) extra: u32,
 }
 
 impl Step {
     pub(crate) const NOWHERE: u32 = u32::MAX;
+    pub(crate) const NO_EXTRA: u32 = u32::MAX;
 }
 
-/// One applied record, routed.
-pub(crate) struct Item {
-    /// Input sequence number: the record's 1-based line.
-    pub(crate) seq: u64,
-    /// [`super::router::account_key`] of the account it is applied to (0 when it goes nowhere): the
-    /// worker's cache is keyed by it, so that no thread hashes an account id twice.
-    pub(crate) account_key: u64,
+/// What few records carry besides their event.
+pub(crate) struct Extra {
     /// The account it is applied to, when the event does not name it (routed through the person index).
     pub(crate) routed_to: Option<Id>,
-    /// The event, inline: a batch is one allocation, not one per record.
-    pub(crate) event: InputEvent,
-    /// A person or opportunity moving in from another account, with that account's id (rare: boxed).
+    /// A person or opportunity moving in from another account, with that account's id.
     pub(crate) attach: Option<Box<(Moved, Id)>>,
 }
 
-impl Item {
-    /// The account the record is applied to.
-    pub(crate) fn account_id(&self) -> &str {
-        self.routed_to.as_deref().or_else(|| self.event.body.account_id()).unwrap_or_default()
-    }
-}
-
-/// A batch of applied records in input order, shared by every worker.
+/// A batch of applied records in input order, shared by every worker: a chunk, or the part of one between
+/// two moves.
 pub(crate) struct Batch {
     pub(crate) id: u64,
-    pub(crate) items: Vec<Item>,
-    /// One step per item, same index.
+    /// The decoded lines of the chunk the batch comes from (shared with the chunk's other batches).
+    pub(crate) lines: Arc<Vec<ParsedLine>>,
+    /// The applied records of the batch, in input order.
     pub(crate) steps: Vec<Step>,
+    pub(crate) extras: Vec<Extra>,
+}
+
+impl Batch {
+    /// The event of a step (always there: the router makes steps of events only).
+    pub(crate) fn event(&self, step: &Step) -> Option<&InputEvent> {
+        match &self.lines.get(step.line as usize)?.parsed {
+            Parsed::Event(d) => Some(&d.event),
+            _ => None,
+        }
+    }
+
+    /// The extra of a step, if it has one.
+    pub(crate) fn extra(&self, step: &Step) -> Option<&Extra> {
+        self.extras.get(step.extra as usize)
+    }
+
+    /// The account a step's event is applied to.
+    pub(crate) fn account_id<'a>(&'a self, step: &Step, event: &'a InputEvent) -> &'a str {
+        self.extra(step).and_then(|x| x.routed_to.as_deref()).or_else(|| event.body.account_id()).unwrap_or_default()
+    }
 }
 
 /// Work for a worker.

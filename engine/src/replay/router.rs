@@ -8,7 +8,7 @@
 //! (`Detach`).
 
 use super::keys::{self, index_key, worker_of};
-use super::messages::{Batch, CommitMsg, Item, RouterPart, Step, WorkerMsg};
+use super::messages::{Batch, CommitMsg, Extra, RouterPart, Step, WorkerMsg};
 use super::reader::{Decoded, Parsed, ParsedChunk, ParsedLine};
 use crate::EngineError;
 use caravan_schemas::Id;
@@ -139,8 +139,10 @@ pub(crate) struct Router<'s> {
     commit: Sender<CommitMsg>,
     committed: Arc<AtomicU64>,
     batch: u64,
-    items: Vec<Item>,
+    /// The decoded lines of the chunk being routed; batches share them.
+    lines: Arc<Vec<ParsedLine>>,
     steps: Vec<Step>,
+    extras: Vec<Extra>,
     part: RouterPart,
 }
 
@@ -185,8 +187,9 @@ impl<'s> Router<'s> {
             commit,
             committed,
             batch: 1,
-            items: Vec::new(),
+            lines: Arc::new(Vec::new()),
             steps: Vec::new(),
+            extras: Vec::new(),
             part: empty_part(1, start.0, start.1, max_ts),
         }
     }
@@ -201,10 +204,11 @@ impl<'s> Router<'s> {
         for chunk in input {
             pending.insert(chunk.id, chunk);
             while let Some(chunk) = pending.remove(&next) {
-                self.items.reserve(chunk.lines.len());
-                self.steps.reserve(chunk.lines.len());
-                for line in chunk.lines {
-                    self.route_line(line)?;
+                let lines = Arc::new(chunk.lines);
+                self.lines = Arc::clone(&lines);
+                self.steps.reserve(lines.len());
+                for (ix, line) in lines.iter().enumerate() {
+                    self.route_line(line, ix as u32)?;
                 }
                 self.flush()?;
                 next += 1;
@@ -226,11 +230,11 @@ impl<'s> Router<'s> {
         self.part.rejected_count += 1;
     }
 
-    fn route_line(&mut self, line: ParsedLine) -> Result<(), EngineError> {
-        match line.parsed {
+    fn route_line(&mut self, line: &ParsedLine, ix: u32) -> Result<(), EngineError> {
+        match &line.parsed {
             Parsed::Blank => {}
-            Parsed::Rejected(r, raw) => self.reject(r.reason, r.detail, &raw, line.line),
-            Parsed::Event(decoded) => self.route_event(decoded, line.line)?,
+            Parsed::Rejected(r, raw) => self.reject(r.reason, r.detail.clone(), raw, line.line),
+            Parsed::Event(decoded) => self.route_event(decoded, ix, line.line)?,
         }
         // Only now is the line consumed: a batch cut inside `route_event` (a move) must not claim it.
         self.part.records_end = line.line;
@@ -267,8 +271,9 @@ impl<'s> Router<'s> {
         slot.dirty_batch = batch;
     }
 
-    fn route_event(&mut self, decoded: Decoded, line: u64) -> Result<(), EngineError> {
+    fn route_event(&mut self, decoded: &Decoded, ix: u32, line: u64) -> Result<(), EngineError> {
         let Decoded { event, dedup: hash, named_account, raw } = decoded;
+        let (hash, named_account) = (*hash, *named_account);
         // Remembered now (one lookup); forgotten again below if the event turns out not to be applied.
         if !self.dedup.insert(hash) {
             self.part.duplicates += 1;
@@ -312,11 +317,11 @@ impl<'s> Router<'s> {
         if route_account.is_none() && needs_account {
             let person = event.body.person_id().unwrap_or_default();
             self.dedup.forget_last(hash);
-            let raw = raw.unwrap_or_default();
+            let raw = raw.as_deref().unwrap_or_default();
             self.reject(
                 RejectReason::UnknownPersonAccount,
                 format!("person `{person}` has no known account and the event names none"),
-                &raw,
+                raw,
                 line,
             );
             return Ok(());
@@ -377,8 +382,20 @@ impl<'s> Router<'s> {
             }
             None => (Step::NOWHERE, 0, None),
         };
-        self.steps.push(Step { worker: route, watermark: max_ts.saturating_sub(self.cfg.allowed_disorder_ns) });
-        self.items.push(Item { seq: line, account_key, routed_to, event, attach });
+        let extra = if routed_to.is_some() || attach.is_some() {
+            self.extras.push(Extra { routed_to, attach });
+            (self.extras.len() - 1) as u32
+        } else {
+            Step::NO_EXTRA
+        };
+        self.steps.push(Step {
+            worker: route,
+            line: ix,
+            watermark: max_ts.saturating_sub(self.cfg.allowed_disorder_ns),
+            seq: line,
+            account_key,
+            extra,
+        });
         Ok(())
     }
 
@@ -399,8 +416,9 @@ impl<'s> Router<'s> {
         part.delta = delta;
         let shared = Arc::new(Batch {
             id: batch,
-            items: std::mem::take(&mut self.items),
+            lines: Arc::clone(&self.lines),
             steps: std::mem::take(&mut self.steps),
+            extras: std::mem::take(&mut self.extras),
         });
         for w in &self.workers {
             w.send(WorkerMsg::Batch(Arc::clone(&shared))).map_err(|_| EngineError::Stopped)?;

@@ -240,38 +240,31 @@ impl<'s> Worker<'s> {
         };
         let defs = Arc::clone(&self.defs);
         let me = me as u32;
-        for (ix, step) in batch.steps.iter().enumerate() {
+        for step in &batch.steps {
+            let Some(event) = batch.event(step) else { continue };
             if step.worker == me {
-                let item = &batch.items[ix];
-                let (tenant, account) = (item.event.tenant.as_str(), item.account_id());
-                let cause = Cause::record(item.seq, item.event.ts, &item.event.event_id);
+                let (tenant, account) = (event.tenant.as_str(), batch.account_id(step, event));
+                let cause = Cause::record(step.seq, event.ts, &event.event_id);
                 self.effects.clear();
-                let cached = self.cache.get(self.store, item.account_key, tenant, account, batch.id)?;
-                apply_event(
-                    &defs,
-                    &mut cached.state,
-                    &item.event,
-                    item.attach.as_deref().cloned(),
-                    &cause,
-                    &mut self.effects,
-                );
+                let cached = self.cache.get(self.store, step.account_key, tenant, account, batch.id)?;
+                let attach = batch.extra(step).and_then(|x| x.attach.as_deref()).cloned();
+                apply_event(&defs, &mut cached.state, event, attach, &cause, &mut self.effects);
                 self.note_timers(tenant, account);
-                self.take_outputs(item.seq, None, &mut part);
+                self.take_outputs(step.seq, None, &mut part);
             }
             // The timer pass after every applied record.
             while self.timers.peek().is_some_and(|Reverse(t)| t.due <= step.watermark) {
                 let Some(Reverse(q)) = self.timers.pop() else { break };
-                let item = &batch.items[ix];
                 let timer = TimerRecord { due: q.due, arm: q.arm };
                 let handle = TimerHandle { journey_id: q.journey_id, instance: q.instance, timer };
-                let cause = Cause::timer(item.seq, &handle.timer, &item.event.event_id);
+                let cause = Cause::timer(step.seq, &handle.timer, &event.event_id);
                 self.effects.clear();
                 let key = keys::account_key(&q.tenant, &q.account_id);
                 let cached = self.cache.get(self.store, key, &q.tenant, &q.account_id, batch.id)?;
                 if fire_timer(&defs, &mut cached.state, &handle, &cause, &mut self.effects) {
                     self.pending.delete_timer(&q.tenant, &q.account_id, &handle.journey_id, handle.instance);
                     self.note_timers(&q.tenant, &q.account_id);
-                    self.take_outputs(item.seq, Some((handle.timer.due, handle.timer.arm.clone())), &mut part);
+                    self.take_outputs(step.seq, Some((handle.timer.due, handle.timer.arm.clone())), &mut part);
                 }
             }
         }
