@@ -85,6 +85,10 @@ impl Attrs {
     /// # Errors
     /// The first key that appears twice.
     pub fn from_pairs(mut pairs: Vec<(Id, Value)>) -> Result<Attrs, Id> {
+        // Records often list their attributes in key order already: then there is nothing to sort or check.
+        if pairs.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Ok(Attrs(pairs));
+        }
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(w[0].0.clone());
