@@ -241,8 +241,10 @@ impl<'s> Worker<'s> {
         let defs = Arc::clone(&self.defs);
         let me = me as u32;
         for step in &batch.steps {
-            let Some(event) = batch.event(step) else { continue };
-            if step.worker == me {
+            // Another worker's record is not even read: only its step (owner, watermark) is.
+            if step.worker == me
+                && let Some(event) = batch.event(step)
+            {
                 let (tenant, account) = (event.tenant.as_str(), batch.account_id(step, event));
                 let cause = Cause::record(step.seq, event.ts, &event.event_id);
                 self.effects.clear();
@@ -257,7 +259,8 @@ impl<'s> Worker<'s> {
                 let Some(Reverse(q)) = self.timers.pop() else { break };
                 let timer = TimerRecord { due: q.due, arm: q.arm };
                 let handle = TimerHandle { journey_id: q.journey_id, instance: q.instance, timer };
-                let cause = Cause::timer(step.seq, &handle.timer, &event.event_id);
+                let cause_id = batch.event(step).map_or("", |e| e.event_id.as_str());
+                let cause = Cause::timer(step.seq, &handle.timer, cause_id);
                 self.effects.clear();
                 let key = keys::account_key(&q.tenant, &q.account_id);
                 let cached = self.cache.get(self.store, key, &q.tenant, &q.account_id, batch.id)?;
