@@ -278,6 +278,28 @@ enum Key {
     Properties,
 }
 
+impl Key {
+    /// The key of a top-level field name, matched without allocating (both readers use it).
+    fn from_name(name: &str) -> Option<Key> {
+        Some(match name {
+            "tenant" => Key::Tenant,
+            "type" => Key::Type,
+            "event_id" => Key::EventId,
+            "ts" => Key::Ts,
+            "account_id" => Key::AccountId,
+            "person_id" => Key::PersonId,
+            "opportunity_id" => Key::OpportunityId,
+            "audience_id" => Key::AudienceId,
+            "status" => Key::Status,
+            "activity" => Key::Activity,
+            "attributes" => Key::Attributes,
+            "properties" => Key::Properties,
+            _ => return None,
+        })
+    }
+}
+
+/// The name of each key, by its number.
 const KEYS: [(&str, Key); 12] = [
     ("tenant", Key::Tenant),
     ("type", Key::Type),
@@ -308,10 +330,7 @@ impl<'de> Deserialize<'de> for KeyOrOther {
                 f.write_str("an object key")
             }
             fn visit_str<E>(self, v: &str) -> Result<KeyOrOther, E> {
-                Ok(KEYS
-                    .iter()
-                    .find(|(n, _)| *n == v)
-                    .map_or_else(|| KeyOrOther::Other(v.to_owned()), |(_, k)| KeyOrOther::Known(*k)))
+                Ok(Key::from_name(v).map_or_else(|| KeyOrOther::Other(v.to_owned()), KeyOrOther::Known))
             }
         }
         d.deserialize_str(KeyVisitor)

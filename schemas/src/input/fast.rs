@@ -152,24 +152,6 @@ impl<'a> Scanner<'a> {
     }
 }
 
-fn key_of(name: &str) -> Option<Key> {
-    Some(match name {
-        "tenant" => Key::Tenant,
-        "type" => Key::Type,
-        "event_id" => Key::EventId,
-        "ts" => Key::Ts,
-        "account_id" => Key::AccountId,
-        "person_id" => Key::PersonId,
-        "opportunity_id" => Key::OpportunityId,
-        "audience_id" => Key::AudienceId,
-        "status" => Key::Status,
-        "activity" => Key::Activity,
-        "attributes" => Key::Attributes,
-        "properties" => Key::Properties,
-        _ => return None,
-    })
-}
-
 /// The record, when it has the plain shape; `None` sends it to the full reader.
 pub(super) fn read(text: &str) -> Option<WireRecord<'_>> {
     let mut s = Scanner { text, pos: 0 };
@@ -180,7 +162,7 @@ pub(super) fn read(text: &str) -> Option<WireRecord<'_>> {
         s.pos += 1;
     } else {
         loop {
-            let key = key_of(s.string()?)?;
+            let key = Key::from_name(s.string()?)?;
             s.eat(b':')?;
             s.ws();
             match key {
@@ -385,11 +367,11 @@ mod tests {
     }
 
     #[test]
-    fn key_names_are_those_of_the_full_reader() {
+    fn key_names_match_their_table() {
         for (name, key) in super::super::KEYS {
-            assert!(super::key_of(name) == Some(key), "{name}");
+            assert!(super::Key::from_name(name) == Some(key), "{name}");
         }
-        assert!(super::key_of("tenants").is_none());
+        assert!(super::Key::from_name("tenants").is_none());
     }
 
     #[test]
