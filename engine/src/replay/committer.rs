@@ -160,7 +160,7 @@ impl<'s> Committer<'s> {
         Ok(self.checkpoint)
     }
 
-    /// Appends a whole batch's outputs in their global order and adds its delta to the epoch.
+    /// Appends bytes to one output file (buffered; flushed by `commit`).
     fn append(&mut self, file: usize, bytes: &[u8]) -> Result<(), EngineError> {
         self.files[file]
             .write_all(bytes)
@@ -169,6 +169,7 @@ impl<'s> Committer<'s> {
         Ok(())
     }
 
+    /// Appends a whole batch's outputs in their global order and adds its delta to the epoch.
     fn absorb(&mut self, p: Pending) -> Result<(), EngineError> {
         let Some(router) = p.router else { return Ok(()) };
         let mut groups: Vec<_> = p.workers.iter().flat_map(|w| w.groups.iter().map(move |g| (w, g))).collect();

@@ -85,6 +85,8 @@ pub(crate) enum WorkerMsg {
         entity: Entity,
         tenant: Id,
         account_id: Id,
+        /// [`super::keys::account_key`] of `account_id`.
+        account_key: u64,
         id: Id,
         reply: crossbeam_channel::Sender<Result<Option<Moved>, String>>,
     },

@@ -337,11 +337,13 @@ impl<'s> Router<'s> {
             // The detach must run after every earlier record of the old account: cut the batch here.
             self.flush()?;
             let (tx, rx) = crossbeam_channel::bounded(1);
-            let w = worker_of(keys::account_key(tenant, &from), self.cfg.workers);
+            let from_key = keys::account_key(tenant, &from);
+            let w = worker_of(from_key, self.cfg.workers);
             let msg = WorkerMsg::Detach {
                 entity,
                 tenant: Id::from(tenant),
                 account_id: from.clone(),
+                account_key: from_key,
                 id: Id::from(id),
                 reply: tx,
             };

@@ -31,6 +31,8 @@ struct Queued {
     account_id: Id,
     journey_id: Id,
     instance: u32,
+    /// [`keys::account_key`] of the account (last: it takes no part in the order).
+    account_key: u64,
 }
 
 struct Cached {
@@ -138,6 +140,7 @@ impl<'s> Worker<'s> {
             .into_iter()
             .map(|t| {
                 Reverse(Queued {
+                    account_key: keys::account_key(&t.tenant, &t.account_id),
                     due: t.timer.due,
                     arm: t.timer.arm,
                     tenant: Id::from(t.tenant),
@@ -164,8 +167,8 @@ impl<'s> Worker<'s> {
         for msg in input {
             match msg {
                 WorkerMsg::Batch(batch) => self.batch(me, &batch)?,
-                WorkerMsg::Detach { entity, tenant, account_id, id, reply } => {
-                    let result = self.detach(entity, &tenant, &account_id, &id).map_err(|e| e.to_string());
+                WorkerMsg::Detach { entity, tenant, account_id, account_key, id, reply } => {
+                    let result = self.detach(entity, account_key, &tenant, &account_id, &id).map_err(|e| e.to_string());
                     let failed = result.is_err();
                     // The router waits for this reply; if it is gone, the run is stopping anyway.
                     let _ = reply.send(result);
@@ -180,8 +183,15 @@ impl<'s> Worker<'s> {
 
     /// Detaches a person or opportunity between batches. The account stays pinned (dirty in a batch that
     /// cannot have committed) until the next batch part carries the removal.
-    fn detach(&mut self, entity: Entity, tenant: &str, account: &str, id: &str) -> Result<Option<Moved>, EngineError> {
-        let cached = self.cache.get(self.store, keys::account_key(tenant, account), tenant, account, u64::MAX)?;
+    fn detach(
+        &mut self,
+        entity: Entity,
+        key: u64,
+        tenant: &str,
+        account: &str,
+        id: &str,
+    ) -> Result<Option<Moved>, EngineError> {
+        let cached = self.cache.get(self.store, key, tenant, account, u64::MAX)?;
         let moved = cached.state.detach(entity, id);
         if moved.is_some() {
             cached.detached.push((entity, id.to_owned()));
@@ -190,7 +200,7 @@ impl<'s> Worker<'s> {
     }
 
     /// Records the timers a step armed and cancelled, in the queue and in the delta.
-    fn note_timers(&mut self, tenant: &str, account: &str) {
+    fn note_timers(&mut self, key: u64, tenant: &str, account: &str) {
         for h in self.effects.cancelled.drain(..) {
             self.pending.delete_timer(tenant, account, &h.journey_id, h.instance);
         }
@@ -203,6 +213,7 @@ impl<'s> Worker<'s> {
                 account_id: Id::from(account),
                 journey_id: h.journey_id,
                 instance: h.instance,
+                account_key: key,
             }));
         }
     }
@@ -251,7 +262,7 @@ impl<'s> Worker<'s> {
                 let cached = self.cache.get(self.store, step.account_key, tenant, account, batch.id)?;
                 let attach = batch.extra(step).and_then(|x| x.attach.as_deref()).cloned();
                 apply_event(&defs, &mut cached.state, event, attach, &cause, &mut self.effects);
-                self.note_timers(tenant, account);
+                self.note_timers(step.account_key, tenant, account);
                 self.take_outputs(step.seq, None, &mut part);
             }
             // The timer pass after every applied record.
@@ -262,11 +273,10 @@ impl<'s> Worker<'s> {
                 let cause_id = batch.event(step).map_or("", |e| e.event_id.as_str());
                 let cause = Cause::timer(step.seq, &handle.timer, cause_id);
                 self.effects.clear();
-                let key = keys::account_key(&q.tenant, &q.account_id);
-                let cached = self.cache.get(self.store, key, &q.tenant, &q.account_id, batch.id)?;
+                let cached = self.cache.get(self.store, q.account_key, &q.tenant, &q.account_id, batch.id)?;
                 if fire_timer(&defs, &mut cached.state, &handle, &cause, &mut self.effects) {
                     self.pending.delete_timer(&q.tenant, &q.account_id, &handle.journey_id, handle.instance);
-                    self.note_timers(&q.tenant, &q.account_id);
+                    self.note_timers(q.account_key, &q.tenant, &q.account_id);
                     self.take_outputs(step.seq, Some((handle.timer.due, handle.timer.arm.clone())), &mut part);
                 }
             }
