@@ -64,12 +64,17 @@ impl DedupWindow {
         DedupWindow { seen, count: 0, capacity, purge_at }
     }
 
+    /// Ids numbered at or below this have left the window.
+    fn window_start(&self) -> u64 {
+        self.count.saturating_sub(self.capacity as u64)
+    }
+
     /// Remembers an id; false when it is in the window already (a duplicate). One hash lookup for both.
     pub(crate) fn insert(&mut self, h: u128) -> bool {
         if self.capacity == 0 {
             return true;
         }
-        let window_start = self.count.saturating_sub(self.capacity as u64);
+        let window_start = self.window_start();
         match self.seen.entry(h) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
                 if *e.get() > window_start {
@@ -90,7 +95,7 @@ impl DedupWindow {
     /// applied.
     pub(crate) fn settle(&mut self) {
         if self.seen.len() >= self.purge_at {
-            let window_start = self.count.saturating_sub(self.capacity as u64);
+            let window_start = self.window_start();
             self.seen.retain(|_, n| *n > window_start);
         }
     }
@@ -105,8 +110,7 @@ impl DedupWindow {
 
     #[cfg(test)]
     pub(crate) fn contains(&self, h: u128) -> bool {
-        let window_start = self.count.saturating_sub(self.capacity as u64);
-        self.seen.get(&h).is_some_and(|n| *n > window_start)
+        self.seen.get(&h).is_some_and(|n| *n > self.window_start())
     }
 }
 
@@ -242,8 +246,14 @@ impl<'s> Router<'s> {
         Ok(())
     }
 
-    fn lookup(&mut self, entity: Entity, tenant: &str, id: &str) -> Result<Option<IndexRecord>, EngineError> {
-        let key = index_key(entity, tenant, id);
+    /// The index entry of `key` (the [`index_key`] of entity, tenant and id), read from RocksDB on a miss.
+    fn lookup(
+        &mut self,
+        key: u128,
+        entity: Entity,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<IndexRecord>, EngineError> {
         if let Some(slot) = self.index.get(&key) {
             return Ok(slot.rec.clone());
         }
@@ -256,9 +266,8 @@ impl<'s> Router<'s> {
         Ok(rec)
     }
 
-    fn set_index(&mut self, entity: Entity, tenant: &str, id: &str, rec: IndexRecord) {
+    fn set_index(&mut self, key: u128, entity: Entity, tenant: &str, id: &str, rec: IndexRecord) {
         let batch = self.batch;
-        let key = index_key(entity, tenant, id);
         let slot = self.index.entry(key).or_insert(IndexSlot { rec: None, dirty_batch: 0 });
         if slot.rec.as_ref() == Some(&rec) {
             // Stored (or about to be) as it is: most upserts do not move anybody.
@@ -291,9 +300,12 @@ impl<'s> Router<'s> {
         };
         // An activity that names its account needs no index (it routes without moving the person).
         let names_account = matches!(&event.body, EventBody::PersonActivity { account_id: Some(_), .. });
-        let known = match indexed {
-            Some((entity, id)) if !names_account => self.lookup(entity, tenant, id)?,
-            _ => None,
+        // Hashed once for the lookup and the update below (an activity naming its account has neither).
+        let index_slot =
+            indexed.filter(|_| !names_account).map(|(entity, id)| (index_key(entity, tenant, id), entity, id));
+        let known = match index_slot {
+            Some((key, entity, id)) => self.lookup(key, entity, tenant, id)?,
+            None => None,
         };
         let known_account = known.as_ref().filter(|k| k.present).map(|k| k.account_id.clone());
         let (route_account, index_update): (Option<Id>, Option<IndexRecord>) = match &event.body {
@@ -358,8 +370,8 @@ impl<'s> Router<'s> {
                 Err(e) => return Err(EngineError::Internal(e)),
             }
         }
-        if let (Some(update), Some((entity, id))) = (index_update, indexed) {
-            self.set_index(entity, tenant, id, update);
+        if let (Some(update), Some((key, entity, id))) = (index_update, index_slot) {
+            self.set_index(key, entity, tenant, id, update);
         }
         self.dedup.settle();
         self.part.dedup.push(hash);
