@@ -249,7 +249,7 @@ fn inspect(state: &std::path::Path, tenant: Option<&str>, account: Option<&str>)
                 .into_iter()
                 .filter(|x| x.tenant == t && x.account_id == a)
                 .map(|x| {
-                    serde_json::json!({"journey_id": x.journey_id, "instance": x.instance,
+                    serde_json::json!({"journey_id": x.journey_id, "instance": x.instance, "slot": x.slot,
                     "due": caravan_schemas::time::Timestamp(x.timer.due).to_rfc3339()})
                 })
                 .collect();
@@ -260,12 +260,18 @@ fn inspect(state: &std::path::Path, tenant: Option<&str>, account: Option<&str>)
                 "attributes": record.attributes.to_map(),
                 "version": record.version,
                 "audiences": record.audiences,
+                "lists": record.lists,
                 "journeys": record.instances.iter().map(|i| serde_json::json!({
                     "journey_id": i.journey_id, "journey_version": i.journey_version,
-                    "instance": i.instance, "node": i.node})).collect::<Vec<_>>(),
+                    "instance": i.instance, "node": i.node,
+                    "branches": i.branches.iter().map(|b| serde_json::json!({
+                        "path": b.path, "node": b.node, "people": b.people})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
                 "entries": record.entries,
                 "persons": persons.iter().filter(|p| p.present).map(|p| serde_json::json!({
-                    "person_id": p.person_id, "attributes": p.attributes.to_map(), "version": p.version})).collect::<Vec<_>>(),
+                    "person_id": p.person_id, "attributes": p.attributes.to_map(), "version": p.version,
+                    "lists": p.lists,
+                    "activity": p.activity.iter().map(|h| (h.kind.to_string(), h.times.iter().map(|(_, n)| u64::from(*n)).sum::<u64>()))
+                        .collect::<std::collections::BTreeMap<_, _>>()})).collect::<Vec<_>>(),
                 "opportunities": opportunities.iter().filter(|o| o.present).map(|o| serde_json::json!({
                     "opportunity_id": o.opportunity_id, "attributes": o.attributes.to_map(), "version": o.version})).collect::<Vec<_>>(),
                 "timers": timers,

@@ -20,23 +20,27 @@
 //! ```
 
 use crate::ids;
-use crate::journey::{ActionKind, Journey, Node, NodeIx, WaitSpec};
+use crate::journey::{AccountEvent, Journey};
+use crate::runtime::{self, AccountEventValue};
 use caravan_schemas::Id;
 use caravan_schemas::attrs::Attrs;
-use caravan_schemas::definition::Reentry;
 use caravan_schemas::input::{AudienceStatus, EventBody, InputEvent};
 use caravan_schemas::json::opt_json_eq;
 use caravan_schemas::output::{ActionRecord, ChangeEvent, ChangeOp, Entity, Origin};
-use caravan_schemas::state::{AccountRecord, InstanceRecord, OpportunityRecord, PersonRecord, TimerRecord};
+use caravan_schemas::state::{AccountRecord, ActivityHistory, OpportunityRecord, PersonRecord, TimerRecord};
 use caravan_schemas::time::{Timestamp, TimestampText};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use crate::runtime::fire_timer;
+
 /// The published journeys, by tenant and id, every version kept (in-flight accounts finish on theirs).
 #[derive(Clone, Debug, Default)]
 pub struct Definitions {
     journeys: BTreeMap<(String, String), BTreeMap<u32, Arc<Journey>>>,
+    /// Per tenant, the activity kinds that conditions count, with the longest window that reads each.
+    tracked: BTreeMap<String, BTreeMap<Id, i64>>,
 }
 
 impl Definitions {
@@ -61,8 +65,18 @@ impl Definitions {
                 if journey.version == newest { " with another document" } else { "" }
             ));
         }
+        let tracked = self.tracked.entry(journey.tenant.clone()).or_default();
+        for (kind, window) in journey.activity_windows() {
+            let longest = tracked.entry(kind).or_insert(0);
+            *longest = (*longest).max(window);
+        }
         versions.insert(journey.version, Arc::new(journey));
         Ok(())
+    }
+
+    /// How long a tenant's activity history of a kind must reach back, when any condition counts it.
+    pub fn activity_retention(&self, tenant: &str, kind: &str) -> Option<i64> {
+        self.tracked.get(tenant)?.get(kind).copied()
     }
 
     /// The newest version of every journey of a tenant, in journey id order.
@@ -224,7 +238,7 @@ impl<'a> Cause<'a> {
     }
 
     /// The arming-order prefix of timers armed by this cause (see [`crate::timers`]).
-    fn arm_prefix(&self) -> Vec<u64> {
+    pub(crate) fn arm_prefix(&self) -> Vec<u64> {
         match self.timer {
             None => crate::timers::record_prefix(self.seq),
             Some(t) => crate::timers::timer_prefix(self.seq, t),
@@ -239,6 +253,8 @@ pub struct TimerHandle {
     pub journey_id: Id,
     /// The instance number.
     pub instance: u32,
+    /// Which timer of the instance: 0 for its node's, `b + 1` for branch `b` of a `split_people`.
+    pub slot: u32,
     /// Due time and arming order.
     pub timer: TimerRecord,
 }
@@ -266,6 +282,12 @@ impl Effects {
         self.cancelled.clear();
         self.arm_count = 0;
     }
+
+    /// The rank of the next timer armed in this step.
+    pub(crate) fn next_arm(&mut self) -> u64 {
+        self.arm_count += 1;
+        self.arm_count - 1
+    }
 }
 
 /// The state of one entity at the first time a cause touched it.
@@ -281,13 +303,13 @@ struct Touch {
 
 /// Net change tracking for one cause: at most one change event per entity (SPEC §7).
 #[derive(Default)]
-struct Tracker {
+pub(crate) struct Tracker {
     touched: Vec<Touch>,
 }
 
 impl Tracker {
     #[allow(clippy::too_many_arguments)]
-    fn touch(
+    pub(crate) fn touch(
         &mut self,
         entity: Entity,
         id: &str,
@@ -315,13 +337,13 @@ impl Tracker {
         });
     }
 
-    fn touch_account(&mut self, acct: &AccountState, origin: Origin, by: Option<(&str, &str)>) {
+    pub(crate) fn touch_account(&mut self, acct: &AccountState, origin: Origin, by: Option<(&str, &str)>) {
         let (id, existed) = (acct.account_id.clone(), acct.record.exists);
         self.touch(Entity::Account, &id, existed, &acct.record.attributes, &acct.account_id, origin, by);
     }
 
     /// Emits the net change events of the cause, in the order the entities were first touched.
-    fn finish(self, acct: &mut AccountState, cause: &Cause<'_>, out: &mut Effects) {
+    pub(crate) fn finish(self, acct: &mut AccountState, cause: &Cause<'_>, out: &mut Effects) {
         for t in self.touched {
             let (exists, attrs, version) = match t.entity {
                 Entity::Account => (acct.record.exists, &acct.record.attributes, &mut acct.record.version),
@@ -418,6 +440,8 @@ pub fn apply_event(
     out: &mut Effects,
 ) {
     let mut tracker = Tracker::default();
+    let mut account_event: Option<AccountEventValue> = None;
+    let changes_before = out.changes.len();
     match &ev.body {
         EventBody::AccountUpserted { attributes, .. } => {
             tracker.touch_account(acct, Origin::Input, None);
@@ -431,10 +455,9 @@ pub fn apply_event(
                 acct.record.exists = false;
                 acct.record.attributes.clear();
                 acct.record.audiences.clear();
+                acct.record.lists.clear();
                 for inst in std::mem::take(&mut acct.record.instances) {
-                    if let Some(timer) = inst.timer {
-                        out.cancelled.push(TimerHandle { journey_id: inst.journey_id, instance: inst.instance, timer });
-                    }
+                    runtime::cancel_timers(&inst, out);
                 }
                 acct.record_dirty = true;
             }
@@ -484,7 +507,7 @@ pub fn apply_event(
                 if let Err(at) = acct.record.audiences.binary_search(audience_id) {
                     acct.record.audiences.insert(at, audience_id.clone());
                     acct.record_dirty = true;
-                    enter_journeys(defs, acct, audience_id, cause, &mut tracker, out);
+                    runtime::enter_journeys(defs, acct, audience_id, cause, &mut tracker, out);
                 }
             }
             AudienceStatus::Exited => {
@@ -499,13 +522,22 @@ pub fn apply_event(
                         })
                         .collect();
                     for i in ending.into_iter().rev() {
-                        end_instance(acct, i, out);
+                        runtime::end_instance(acct, i, out);
                     }
+                    // With `exit_on_audience_exit` the instance ended before the event reaches listens.
+                    let mut value = serde_json::Map::new();
+                    value.insert("audience_id".into(), Value::String(audience_id.to_string()));
+                    account_event = Some(AccountEventValue { kind: AccountEvent::AudienceExited, value: value.into() });
                 }
             }
         },
         EventBody::PersonActivity { person_id, activity, properties, .. } => {
-            on_activity(defs, acct, ev.ts, person_id, activity, properties, cause, &mut tracker, out);
+            if let Some(retention) = defs.activity_retention(&acct.tenant, activity)
+                && let Some(ix) = acct.person_ix(person_id).filter(|&ix| acct.persons[ix].record.present)
+            {
+                record_activity(&mut acct.persons[ix], activity, ev.ts, retention);
+            }
+            runtime::on_activity(defs, acct, ev.ts, person_id, activity, properties, cause, &mut tracker, out);
         }
         EventBody::OpportunityUpserted { opportunity_id, attributes, .. } => {
             let ix = match (acct.opportunity_ix(opportunity_id), attach) {
@@ -556,278 +588,29 @@ pub fn apply_event(
         }
     }
     tracker.finish(acct, cause, out);
-}
-
-fn end_instance(acct: &mut AccountState, i: usize, out: &mut Effects) {
-    let inst = acct.record.instances.remove(i);
-    if let Some(timer) = inst.timer {
-        out.cancelled.push(TimerHandle { journey_id: inst.journey_id, instance: inst.instance, timer });
-    }
-    acct.record_dirty = true;
-}
-
-fn enter_journeys(
-    defs: &Definitions,
-    acct: &mut AccountState,
-    audience: &str,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
-) {
-    let tenant = acct.tenant.clone();
-    for journey in defs.newest_for_tenant(&tenant) {
-        if journey.audience != audience || acct.record.instances.iter().any(|i| i.journey_id == journey.id) {
-            continue;
+    // Account events reach listens once the record's own changes are applied; what the listens do is a
+    // further part of the same cause (it never touches the opportunity or audience that caused it).
+    let mut events = runtime::opportunity_events(&out.changes[changes_before..]);
+    events.extend(account_event);
+    if !events.is_empty() && !acct.record.instances.is_empty() {
+        let mut tracker = Tracker::default();
+        for event in &events {
+            runtime::on_account_event(defs, acct, event, cause, &mut tracker, out);
         }
-        let entries = acct.record.entries.iter().find(|(j, _)| *j == journey.id).map_or(0, |(_, n)| *n);
-        if entries > 0 && journey.reentry == Reentry::Never {
-            continue;
-        }
-        let instance = entries + 1;
-        match acct.record.entries.iter_mut().find(|(j, _)| *j == journey.id) {
-            Some(e) => e.1 = instance,
-            None => {
-                acct.record.entries.push((Id::from(journey.id.as_str()), instance));
-                acct.record.entries.sort();
-            }
-        }
-        let rec = InstanceRecord {
-            journey_id: Id::from(journey.id.as_str()),
-            journey_version: journey.version,
-            instance,
-            node: Id::from(journey.node_name(journey.start)),
-            timer: None,
-        };
-        let at = acct.record.instances.partition_point(|i| i.journey_id.as_str() < journey.id.as_str());
-        acct.record.instances.insert(at, rec);
-        acct.record_dirty = true;
-        run(journey, acct, at, journey.start, cause, tracker, out);
+        tracker.finish(acct, cause, out);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn on_activity(
-    defs: &Definitions,
-    acct: &mut AccountState,
-    ts: Timestamp,
-    person_id: &str,
-    activity: &str,
-    properties: &Attrs,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
-) {
-    let mut i = 0;
-    let mut event_value: Option<Value> = None;
-    while i < acct.record.instances.len() {
-        let inst = &acct.record.instances[i];
-        let Some(journey) = defs.get(&acct.tenant, &inst.journey_id, inst.journey_version).cloned() else {
-            i += 1;
-            continue;
-        };
-        let Some(ix) = journey.node_index(&inst.node) else {
-            i += 1;
-            continue;
-        };
-        let Node::Listen { activity: want, condition, next, .. } = &journey.nodes[ix] else {
-            i += 1;
-            continue;
-        };
-        // An event counts when its ts is strictly before the timeout's due time.
-        let in_time = inst.timer.as_ref().is_none_or(|t| ts.0 < t.due);
-        if want != activity || !in_time {
-            i += 1;
-            continue;
+/// Adds one activity to a person's history of its kind.
+fn record_activity(slot: &mut PersonSlot, kind: &str, ts: Timestamp, retention: i64) {
+    let history = &mut slot.record.activity;
+    let at = match history.binary_search_by(|h| h.kind.as_str().cmp(kind)) {
+        Ok(at) => at,
+        Err(at) => {
+            history.insert(at, ActivityHistory { kind: Id::from(kind), times: Vec::new() });
+            at
         }
-        if let Some(cond) = condition {
-            let ev = event_value.get_or_insert_with(|| {
-                serde_json::json!({"activity": activity, "person_id": person_id, "properties": properties.to_map(), "ts": ts.to_rfc3339()})
-            });
-            let (account, opportunities) = (account_value(acct), opportunities_value(acct));
-            if !cond.eval(&[("event", ev), ("account", &account), ("opportunities", &opportunities)]) {
-                i += 1;
-                continue;
-            }
-        }
-        let next = *next;
-        let inst = &mut acct.record.instances[i];
-        if let Some(timer) = inst.timer.take() {
-            out.cancelled.push(TimerHandle { journey_id: inst.journey_id.clone(), instance: inst.instance, timer });
-        }
-        acct.record_dirty = true;
-        let before = acct.record.instances.len();
-        match next {
-            Some(n) => run(&journey, acct, i, n, cause, tracker, out),
-            None => end_instance(acct, i, out),
-        }
-        if acct.record.instances.len() == before {
-            i += 1;
-        }
-    }
-}
-
-/// The `opportunities` variable of conditions: the account's opportunities as maps with their `id`.
-fn opportunities_value(acct: &AccountState) -> Value {
-    Value::Array(
-        acct.opportunities
-            .iter()
-            .filter(|o| o.record.present)
-            .map(|o| {
-                let mut m = o.record.attributes.to_map();
-                m.insert("id".into(), Value::String(o.record.opportunity_id.to_string()));
-                Value::Object(m)
-            })
-            .collect(),
-    )
-}
-
-/// The `account` variable of conditions: attributes plus `id` and `audiences`.
-fn account_value(acct: &AccountState) -> Value {
-    let mut m = acct.record.attributes.to_map();
-    m.insert("id".into(), Value::String(acct.account_id.to_string()));
-    m.insert(
-        "audiences".into(),
-        Value::Array(acct.record.audiences.iter().map(|a| Value::String(a.to_string())).collect()),
-    );
-    Value::Object(m)
-}
-
-/// Fires a due timer; returns whether it was still pending. A timer that no longer matches its instance
-/// (cancelled, or the instance moved on) does nothing and returns false.
-pub fn fire_timer(
-    defs: &Definitions,
-    acct: &mut AccountState,
-    handle: &TimerHandle,
-    cause: &Cause<'_>,
-    out: &mut Effects,
-) -> bool {
-    let Some(i) = acct.record.instances.iter().position(|inst| {
-        inst.journey_id == handle.journey_id
-            && inst.instance == handle.instance
-            && inst.timer.as_ref() == Some(&handle.timer)
-    }) else {
-        return false;
     };
-    let inst = &mut acct.record.instances[i];
-    inst.timer = None;
-    acct.record_dirty = true;
-    let Some(journey) = defs.get(&acct.tenant, &inst.journey_id, inst.journey_version).cloned() else {
-        return true;
-    };
-    let Some(ix) = journey.node_index(&inst.node) else { return true };
-    let mut tracker = Tracker::default();
-    let next = match &journey.nodes[ix] {
-        Node::Listen { on_timeout, .. } => *on_timeout,
-        Node::Wait { next, .. } => *next,
-        _ => None,
-    };
-    match next {
-        Some(n) => run(&journey, acct, i, n, cause, &mut tracker, out),
-        None => end_instance(acct, i, out),
-    }
-    tracker.finish(acct, cause, out);
-    true
-}
-
-/// Runs instance `i` from node `from` until it waits or exits.
-fn run(
-    journey: &Journey,
-    acct: &mut AccountState,
-    i: usize,
-    from: NodeIx,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
-) {
-    let mut at = Some(from);
-    while let Some(n) = at {
-        acct.record.instances[i].node = Id::from(journey.node_name(n));
-        acct.record_dirty = true;
-        at = match &journey.nodes[n] {
-            Node::Action { kind, params, next } => {
-                execute(journey, acct, i, n, kind, params, cause, tracker, out);
-                *next
-            }
-            Node::SplitAccounts { paths, otherwise } => {
-                let (account, opportunities) = (account_value(acct), opportunities_value(acct));
-                let vars = [("account", &account), ("opportunities", &opportunities)];
-                paths.iter().find(|(c, _)| c.eval(&vars)).map(|(_, t)| *t).or(*otherwise)
-            }
-            Node::Listen { timeout, .. } => {
-                if let Some(d) = timeout {
-                    arm(acct, i, cause.ts.plus(*d), cause, out);
-                }
-                return;
-            }
-            Node::Wait { spec, .. } => {
-                let due = match spec {
-                    WaitSpec::For(d) => cause.ts.plus(*d),
-                    // A passed `until` is due at once: never before its cause, so that outputs keep the order
-                    // of execution.
-                    WaitSpec::Until(t) => (*t).max(cause.ts),
-                };
-                arm(acct, i, due, cause, out);
-                return;
-            }
-            Node::Exit => None,
-        };
-    }
-    end_instance(acct, i, out);
-}
-
-fn arm(acct: &mut AccountState, i: usize, due: Timestamp, cause: &Cause<'_>, out: &mut Effects) {
-    let mut arm = cause.arm_prefix();
-    arm.push(out.arm_count);
-    out.arm_count += 1;
-    let timer = TimerRecord { due: due.0, arm };
-    let inst = &mut acct.record.instances[i];
-    inst.timer = Some(timer.clone());
-    out.armed.push(TimerHandle { journey_id: inst.journey_id.clone(), instance: inst.instance, timer });
-}
-
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    journey: &Journey,
-    acct: &mut AccountState,
-    i: usize,
-    n: NodeIx,
-    kind: &ActionKind,
-    params: &Value,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
-) {
-    let instance = acct.record.instances[i].instance;
-    let node = journey.node_name(n);
-    let record = |person: Option<&str>| ActionRecord {
-        tenant: acct.tenant.clone(),
-        action_id: ids::action_id(&acct.tenant, &journey.id, journey.version, &acct.account_id, node, person, instance),
-        kind: Id::const_new(kind.type_name()),
-        params: params.clone(),
-        journey_id: Id::from(journey.id.as_str()),
-        journey_version: journey.version,
-        node_id: Id::from(node),
-        account_id: acct.account_id.clone(),
-        person_id: person.map(Id::from),
-        ts: TimestampText(cause.ts),
-        cause_event_id: Id::from(cause.event_id),
-    };
-    match kind {
-        ActionKind::SendEmail => {
-            for p in acct.persons.iter().filter(|p| p.record.present) {
-                out.actions.push(record(Some(&p.record.person_id)));
-            }
-        }
-        ActionKind::SendAlert => out.actions.push(record(None)),
-        ActionKind::SetAccountAttribute { field, value } => {
-            out.actions.push(record(None));
-            tracker.touch_account(acct, Origin::Action, Some((&journey.id, node)));
-            if value.is_null() {
-                acct.record.attributes.remove(field);
-            } else {
-                acct.record.attributes.insert(field, value.clone());
-            }
-            acct.record_dirty = true;
-        }
-    }
+    history[at].record(ts.0, ts.0, retention);
+    slot.dirty = true;
 }

@@ -21,8 +21,9 @@
 //! assert_eq!(journey.node_name(journey.start), "mail");
 //! ```
 
-use crate::condition::{Condition, Scope};
-use caravan_schemas::definition::{JourneyDoc, NodeDoc, Reentry, WaitDoc};
+use crate::condition::{Condition, Fact, Scope};
+use caravan_schemas::Id;
+use caravan_schemas::definition::{ACCOUNT_EVENTS, JourneyDoc, NodeDoc, Reentry, WaitDoc};
 use caravan_schemas::input::is_activity_kind;
 use caravan_schemas::time::{Timestamp, parse_duration};
 use serde_json::{Map, Value};
@@ -55,8 +56,34 @@ impl fmt::Display for Problem {
 /// An action kind with its checked parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ActionKind {
-    /// Email an asset to every person of the account.
+    /// Email an asset to each targeted person.
     SendEmail,
+    /// Text an asset to each targeted person.
+    SendSms,
+    /// Set one attribute of each targeted person.
+    SetPersonAttribute {
+        /// The attribute.
+        field: String,
+        /// Its new value (`null` removes it).
+        value: Value,
+    },
+    /// Add to a numeric attribute of each targeted person (missing or non-numeric starts from 0).
+    ChangePersonScore {
+        /// The attribute.
+        field: String,
+        /// How much to add.
+        by: serde_json::Number,
+    },
+    /// Put each targeted person on a list.
+    AddToList {
+        /// The list.
+        list: String,
+    },
+    /// Take each targeted person off a list.
+    RemoveFromList {
+        /// The list.
+        list: String,
+    },
     /// Set one account attribute.
     SetAccountAttribute {
         /// The attribute.
@@ -66,6 +93,28 @@ pub enum ActionKind {
     },
     /// Alert someone about the account.
     SendAlert,
+    /// Put the account on a list.
+    AddAccountToList {
+        /// The list.
+        list: String,
+    },
+    /// Take the account off a list.
+    RemoveAccountFromList {
+        /// The list.
+        list: String,
+    },
+    /// Move the account's buying group of a solution to a stage.
+    SetBuyingGroupStage {
+        /// The solution interest.
+        solution: String,
+        /// The stage.
+        stage: String,
+    },
+    /// Re-evaluate the account's buying group of a solution now.
+    ReassessBuyingGroup {
+        /// The solution interest.
+        solution: String,
+    },
 }
 
 impl ActionKind {
@@ -73,10 +122,48 @@ impl ActionKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             ActionKind::SendEmail => "send_email",
+            ActionKind::SendSms => "send_sms",
+            ActionKind::SetPersonAttribute { .. } => "set_person_attribute",
+            ActionKind::ChangePersonScore { .. } => "change_person_score",
+            ActionKind::AddToList { .. } => "add_to_list",
+            ActionKind::RemoveFromList { .. } => "remove_from_list",
             ActionKind::SetAccountAttribute { .. } => "set_account_attribute",
             ActionKind::SendAlert => "send_alert",
+            ActionKind::AddAccountToList { .. } => "add_account_to_list",
+            ActionKind::RemoveAccountFromList { .. } => "remove_account_from_list",
+            ActionKind::SetBuyingGroupStage { .. } => "set_buying_group_stage",
+            ActionKind::ReassessBuyingGroup { .. } => "reassess_buying_group",
         }
     }
+
+    /// Whether the action goes to people (one record per targeted person) rather than to the account.
+    pub fn is_person_action(&self) -> bool {
+        matches!(
+            self,
+            ActionKind::SendEmail
+                | ActionKind::SendSms
+                | ActionKind::SetPersonAttribute { .. }
+                | ActionKind::ChangePersonScore { .. }
+                | ActionKind::AddToList { .. }
+                | ActionKind::RemoveFromList { .. }
+        )
+    }
+}
+
+/// Which people of the account a person action goes to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// Every person (of the account, or of the `split_people` path the action is on).
+    All,
+    /// The people holding a role in the account's buying group of a solution.
+    Role {
+        /// The role.
+        role: String,
+        /// The solution interest.
+        solution: String,
+    },
+    /// The people for whom a person condition holds.
+    Where(Condition),
 }
 
 /// When a `wait` ends.
@@ -88,6 +175,37 @@ pub enum WaitSpec {
     Until(Timestamp),
 }
 
+/// The account events a `listen` can wait for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountEvent {
+    /// The account left an audience (`audience_id`).
+    AudienceExited,
+    /// One of its opportunities changed (`opportunity_id`, `op`, `after`).
+    OpportunityChanged,
+    /// A buying group changed stage (`solution`, `stage`, `previous_stage`).
+    BuyingGroupStageChanged,
+}
+
+impl AccountEvent {
+    fn parse(name: &str) -> Option<AccountEvent> {
+        match name {
+            "audience.exited" => Some(AccountEvent::AudienceExited),
+            "opportunity.changed" => Some(AccountEvent::OpportunityChanged),
+            "buying_group.stage_changed" => Some(AccountEvent::BuyingGroupStageChanged),
+            _ => None,
+        }
+    }
+}
+
+/// What a `listen` waits for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ListenFor {
+    /// An activity of this kind by any person of the account.
+    Activity(String),
+    /// An account event.
+    Account(AccountEvent),
+}
+
 /// One executable node.
 #[derive(Clone, Debug)]
 pub enum Node {
@@ -97,6 +215,8 @@ pub enum Node {
         kind: ActionKind,
         /// The parameters as written (without `to`), for the action record.
         params: Value,
+        /// Who gets a person action.
+        to: Target,
         /// Next node; `None` exits.
         next: Option<NodeIx>,
     },
@@ -107,10 +227,24 @@ pub enum Node {
         /// Where the rest go; `None` exits.
         otherwise: Option<NodeIx>,
     },
-    /// Wait for an activity of any person of the account.
+    /// Each person takes the first path whose condition holds; the account waits at the merge.
+    SplitPeople {
+        /// Ordered paths: a person condition and the path's first node (the merge for an empty path).
+        paths: Vec<(Condition, NodeIx)>,
+        /// Where the rest go; `None`: they wait at the merge.
+        otherwise: Option<NodeIx>,
+        /// The `merge` every path ends in.
+        merge: NodeIx,
+    },
+    /// Where the paths of a `split_people` meet; the account goes on once every path arrived.
+    Merge {
+        /// Next node.
+        next: Option<NodeIx>,
+    },
+    /// Wait for an activity of any person of the account, or an account event.
     Listen {
-        /// The activity kind.
-        activity: String,
+        /// What to wait for.
+        what: ListenFor,
         /// Optional condition over `event`.
         condition: Option<Condition>,
         /// How long to wait; `None` waits forever.
@@ -129,6 +263,20 @@ pub enum Node {
     },
     /// Leave the journey.
     Exit,
+}
+
+impl Node {
+    /// The conditions of the node, for what they read.
+    fn conditions(&self) -> Vec<&Condition> {
+        match self {
+            Node::Action { to: Target::Where(c), .. } => vec![c],
+            Node::SplitAccounts { paths, .. } | Node::SplitPeople { paths, .. } => {
+                paths.iter().map(|(c, _)| c).collect()
+            }
+            Node::Listen { condition: Some(c), .. } => vec![c],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A validated, compiled journey version: immutable once built.
@@ -164,6 +312,23 @@ impl Journey {
     /// The index of a node id.
     pub fn node_index(&self, name: &str) -> Option<NodeIx> {
         self.names.iter().position(|n| n == name)
+    }
+
+    /// Every `activity(kind, window)` its conditions read: the activity history the engine must keep.
+    pub fn activity_windows(&self) -> Vec<(Id, i64)> {
+        let mut out: Vec<(Id, i64)> = Vec::new();
+        for node in &self.nodes {
+            for c in node.conditions() {
+                for f in c.facts() {
+                    if let Fact::Activity(kind, window) = f {
+                        out.push((kind.clone(), *window));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 }
 
@@ -225,8 +390,10 @@ pub fn compile_journey(doc: &Value) -> Result<Journey, Vec<Problem>> {
     }
     // The graph is checked on the targets as written, so that its problems are reported beside the nodes'.
     let edges: Vec<Vec<NodeIx>> = jd.nodes.values().map(|raw| written_targets(raw, &index)).collect();
-    if index.contains_key(jd.start.as_str()) {
-        check_graph(&mut ck, &names, &edges, start);
+    let acyclic =
+        if index.contains_key(jd.start.as_str()) { check_graph(&mut ck, &names, &edges, start) } else { false };
+    if acyclic {
+        check_people_paths(&mut ck, &names, &mut nodes, &edges);
     }
     if !ck.problems.is_empty() {
         return Err(ck.problems);
@@ -264,7 +431,9 @@ fn written_targets(raw: &Value, index: &BTreeMap<&str, NodeIx>) -> Vec<NodeIx> {
     names.into_iter().filter_map(|n| index.get(n).copied()).collect()
 }
 
-fn check_graph(ck: &mut Checker, names: &[String], edges: &[Vec<NodeIx>], start: NodeIx) {
+/// Checks reachability and cycles; returns whether the graph is acyclic.
+fn check_graph(ck: &mut Checker, names: &[String], edges: &[Vec<NodeIx>], start: NodeIx) -> bool {
+    let before = ck.problems.len();
     // Reachability from start.
     let mut seen = vec![false; edges.len()];
     let mut stack = vec![start];
@@ -309,6 +478,106 @@ fn check_graph(ck: &mut Checker, names: &[String], edges: &[Vec<NodeIx>], start:
             } else {
                 colour[n] = 2;
                 stack.pop();
+            }
+        }
+    }
+    !ck.problems[before..].iter().any(|p| p.message.starts_with("cycle"))
+}
+
+/// The rules of `split_people` (SPEC §3.1, §7): every path holds only person actions and waits and ends in
+/// one `merge`; every `merge` closes exactly one split; nothing outside a split's paths leads into them.
+/// Fills in each split's merge. Runs on an acyclic graph, so every walk ends.
+fn check_people_paths(ck: &mut Checker, names: &[String], nodes: &mut [Option<Node>], edges: &[Vec<NodeIx>]) {
+    let mut closed_by: Vec<Vec<NodeIx>> = vec![Vec::new(); nodes.len()];
+    let mut owner: Vec<Option<NodeIx>> = vec![None; nodes.len()];
+    for s in 0..nodes.len() {
+        let Some(Node::SplitPeople { paths, otherwise, .. }) = &nodes[s] else { continue };
+        let starts: Vec<NodeIx> = paths.iter().map(|(_, t)| *t).chain(*otherwise).collect();
+        let mut merges: Vec<NodeIx> = Vec::new();
+        for first in starts {
+            let mut at = Some(first);
+            while let Some(n) = at {
+                match &nodes[n] {
+                    Some(Node::Merge { .. }) => {
+                        merges.push(n);
+                        break;
+                    }
+                    Some(Node::Action { kind, next, .. }) if kind.is_person_action() => {
+                        owner[n] = Some(s);
+                        at = *next;
+                    }
+                    Some(Node::Wait { next, .. }) => {
+                        owner[n] = Some(s);
+                        at = *next;
+                    }
+                    Some(_) => {
+                        ck.add(
+                            Some(&names[n]),
+                            format!("nodes.{}", names[n]),
+                            format!(
+                                "is on a people path of `{}`: people paths hold only person actions and waits",
+                                names[s]
+                            ),
+                        );
+                        break;
+                    }
+                    None => break,
+                }
+                if at.is_none() {
+                    ck.add(
+                        Some(&names[n]),
+                        format!("nodes.{}.next", names[n]),
+                        format!("a people path of `{}` must end in its merge", names[s]),
+                    );
+                }
+            }
+        }
+        merges.sort_unstable();
+        merges.dedup();
+        match merges.as_slice() {
+            [m] => {
+                closed_by[*m].push(s);
+                if let Some(Node::SplitPeople { merge, .. }) = &mut nodes[s] {
+                    *merge = *m;
+                }
+            }
+            [] => {}
+            many => {
+                let list: Vec<&str> = many.iter().map(|m| names[*m].as_str()).collect();
+                ck.add(
+                    Some(&names[s]),
+                    format!("nodes.{}.split_people", names[s]),
+                    format!("all paths must end in the same merge, found {}", list.join(", ")),
+                );
+            }
+        }
+    }
+    for (m, splits) in closed_by.iter().enumerate() {
+        if matches!(nodes[m], Some(Node::Merge { .. })) && splits.len() != 1 {
+            let which: Vec<&str> = splits.iter().map(|s| names[*s].as_str()).collect();
+            ck.add(
+                Some(&names[m]),
+                format!("nodes.{}", names[m]),
+                format!(
+                    "a merge closes exactly one split_people, this one closes {} ({})",
+                    splits.len(),
+                    which.join(", ")
+                ),
+            );
+        }
+    }
+    // Nothing leads into a split's paths or its merge from outside them.
+    for (from, targets) in edges.iter().enumerate() {
+        for &to in targets {
+            let inside = |split: NodeIx| from == split || owner[from] == Some(split);
+            let into_path = owner[to].is_some_and(|s| !inside(s));
+            let into_merge = closed_by[to].first().is_some_and(|&s| !inside(s));
+            if into_path || into_merge {
+                ck.add(
+                    Some(&names[from]),
+                    format!("nodes.{}", names[from]),
+                    format!("leads into `{}`, which only its split_people's paths may reach", names[to]),
+                );
             }
         }
     }
@@ -368,59 +637,69 @@ fn compile_node(ck: &mut Checker, name: &str, raw: &Value, index: &BTreeMap<&str
     }
     match kind {
         "action" => compile_action(ck, name, &base, nd.action.as_ref()?, next),
-        "split_accounts" => {
+        "split_accounts" | "split_people" => {
             stray(ck, "next", nd.next.is_some());
+            let (written, scope) = if kind == "split_accounts" {
+                (nd.split_accounts.as_ref(), Scope::Account)
+            } else {
+                (nd.split_people.as_ref(), Scope::Person)
+            };
             let mut paths = Vec::new();
-            for (i, p) in nd.split_accounts.iter().flatten().enumerate() {
-                let cond = Condition::compile(&p.when, Scope::Account);
-                let to = target(ck, name, format!("{base}.split_accounts[{i}].next"), &p.next, index);
+            for (i, p) in written.into_iter().flatten().enumerate() {
+                let cond = Condition::compile(&p.when, scope);
+                let to = target(ck, name, format!("{base}.{kind}[{i}].next"), &p.next, index);
                 match (cond, to) {
                     (Ok(c), Some(t)) => paths.push((c, t)),
                     (Err(errs), _) => {
                         for e in errs {
-                            ck.add(Some(name), format!("{base}.split_accounts[{i}].when"), e);
+                            ck.add(Some(name), format!("{base}.{kind}[{i}].when"), e);
                         }
                     }
                     _ => {}
                 }
             }
-            if nd.split_accounts.as_ref().is_some_and(Vec::is_empty) {
-                ck.add(Some(name), format!("{base}.split_accounts"), "a split needs at least one path");
+            if written.is_some_and(Vec::is_empty) {
+                ck.add(Some(name), format!("{base}.{kind}"), "a split needs at least one path");
             }
             let otherwise = match &nd.otherwise {
                 Some(o) => target(ck, name, format!("{base}.otherwise"), o, index),
                 None => None,
             };
-            Some(Node::SplitAccounts { paths, otherwise })
+            if kind == "split_accounts" {
+                Some(Node::SplitAccounts { paths, otherwise })
+            } else {
+                // The merge is found once every node is compiled (`check_people_paths`).
+                Some(Node::SplitPeople { paths, otherwise, merge: usize::MAX })
+            }
         }
-        "split_people" | "merge" => {
-            ck.add(
-                Some(name),
-                format!("{base}.{kind}"),
-                format!("node kind `{kind}` is not supported by this version yet"),
-            );
-            None
+        "merge" => {
+            if nd.merge.as_ref().is_some_and(|m| m.as_object().is_none_or(|o| !o.is_empty())) {
+                ck.add(Some(name), format!("{base}.merge"), "`merge` takes no parameters: write `merge: {}`");
+            }
+            Some(Node::Merge { next })
         }
         "listen" => {
             let l = nd.listen.as_ref()?;
-            if l.account_event.is_some() {
-                ck.add(
-                    Some(name),
-                    format!("{base}.listen.account_event"),
-                    "account events are not supported by this version yet",
-                );
-            }
-            let activity = match &l.activity {
-                Some(a) if is_activity_kind(a) => a.clone(),
-                Some(a) => {
+            let what = match (&l.activity, &l.account_event) {
+                (Some(a), None) if is_activity_kind(a) => Some(ListenFor::Activity(a.clone())),
+                (Some(a), None) => {
                     ck.add(Some(name), format!("{base}.listen.activity"), format!("names no activity kind: `{a}`"));
-                    String::new()
+                    None
                 }
-                None => {
-                    if l.account_event.is_none() {
-                        ck.add(Some(name), format!("{base}.listen"), "needs `activity` or `account_event`");
+                (None, Some(e)) => match AccountEvent::parse(e) {
+                    Some(ev) => Some(ListenFor::Account(ev)),
+                    None => {
+                        ck.add(
+                            Some(name),
+                            format!("{base}.listen.account_event"),
+                            format!("names no account event: `{e}` (known: {})", ACCOUNT_EVENTS.join(", ")),
+                        );
+                        None
                     }
-                    String::new()
+                },
+                _ => {
+                    ck.add(Some(name), format!("{base}.listen"), "needs exactly one of `activity` and `account_event`");
+                    None
                 }
             };
             let condition = match &l.condition {
@@ -452,7 +731,7 @@ fn compile_node(ck: &mut Checker, name: &str, raw: &Value, index: &BTreeMap<&str
                 Some(o) => target(ck, name, format!("{base}.on_timeout"), o, index),
                 None => None,
             };
-            Some(Node::Listen { activity, condition, timeout, next, on_timeout })
+            Some(Node::Listen { what: what?, condition, timeout, next, on_timeout })
         }
         "wait" => {
             let spec = match nd.wait.as_ref()? {
@@ -485,9 +764,6 @@ fn compile_action(ck: &mut Checker, name: &str, base: &str, raw: &Value, next: O
         ck.add(Some(name), format!("{base}.action"), "an action is a map with one action type");
         return None;
     };
-    if map.contains_key("to") {
-        ck.add(Some(name), format!("{base}.action.to"), "`to` is not supported by this version yet");
-    }
     let kinds: Vec<(&String, &Value)> = map.iter().filter(|(k, _)| k.as_str() != "to").collect();
     let [(kind, params)] = kinds.as_slice() else {
         ck.add(Some(name), format!("{base}.action"), format!("an action has exactly one type, found {}", kinds.len()));
@@ -516,6 +792,13 @@ fn compile_action(ck: &mut Checker, name: &str, base: &str, raw: &Value, next: O
             }
         }
     };
+    let need_value = |ck: &mut Checker, key: &str| -> Option<Value> {
+        let v = p.get(key).cloned();
+        if v.is_none() {
+            ck.add(Some(name), format!("{path}.{key}"), "is required");
+        }
+        v
+    };
     let only = |ck: &mut Checker, keys: &[&str]| {
         for k in p.keys() {
             if !keys.contains(&k.as_str()) {
@@ -524,43 +807,118 @@ fn compile_action(ck: &mut Checker, name: &str, base: &str, raw: &Value, next: O
         }
     };
     let action = match kind.as_str() {
-        "send_email" => {
+        "send_email" | "send_sms" => {
             only(ck, &["asset"]);
             need_str(ck, "asset")?;
-            ActionKind::SendEmail
+            if kind.as_str() == "send_email" { ActionKind::SendEmail } else { ActionKind::SendSms }
+        }
+        "set_person_attribute" | "set_account_attribute" => {
+            only(ck, &["field", "value"]);
+            let field = need_str(ck, "field");
+            let value = need_value(ck, "value");
+            let (field, value) = (field?, value?);
+            if kind.as_str() == "set_person_attribute" {
+                ActionKind::SetPersonAttribute { field, value }
+            } else {
+                ActionKind::SetAccountAttribute { field, value }
+            }
+        }
+        "change_person_score" => {
+            only(ck, &["field", "by"]);
+            let field = need_str(ck, "field");
+            let by = match need_value(ck, "by") {
+                Some(Value::Number(n)) => Some(n),
+                Some(_) => {
+                    ck.add(Some(name), format!("{path}.by"), "must be a number");
+                    None
+                }
+                None => None,
+            };
+            ActionKind::ChangePersonScore { field: field?, by: by? }
+        }
+        "add_to_list" | "remove_from_list" | "add_account_to_list" | "remove_account_from_list" => {
+            only(ck, &["list"]);
+            let list = need_str(ck, "list")?;
+            match kind.as_str() {
+                "add_to_list" => ActionKind::AddToList { list },
+                "remove_from_list" => ActionKind::RemoveFromList { list },
+                "add_account_to_list" => ActionKind::AddAccountToList { list },
+                _ => ActionKind::RemoveAccountFromList { list },
+            }
         }
         "send_alert" => {
             only(ck, &["to", "template"]);
             need_str(ck, "template")?;
+            if p.contains_key("to") {
+                need_str(ck, "to")?;
+            }
             ActionKind::SendAlert
         }
-        "set_account_attribute" => {
-            only(ck, &["field", "value"]);
-            let field = need_str(ck, "field")?;
-            let Some(value) = p.get("value") else {
-                ck.add(Some(name), format!("{path}.value"), "is required");
-                return None;
-            };
-            ActionKind::SetAccountAttribute { field, value: value.clone() }
+        "set_buying_group_stage" => {
+            only(ck, &["solution", "stage"]);
+            let solution = need_str(ck, "solution");
+            let stage = need_str(ck, "stage");
+            ActionKind::SetBuyingGroupStage { solution: solution?, stage: stage? }
         }
-        "send_sms"
-        | "set_person_attribute"
-        | "change_person_score"
-        | "add_to_list"
-        | "remove_from_list"
-        | "add_account_to_list"
-        | "remove_account_from_list"
-        | "set_buying_group_stage"
-        | "reassess_buying_group" => {
-            ck.add(Some(name), path, format!("action `{kind}` is not supported by this version yet"));
-            return None;
+        "reassess_buying_group" => {
+            only(ck, &["solution"]);
+            ActionKind::ReassessBuyingGroup { solution: need_str(ck, "solution")? }
         }
         other => {
             ck.add(Some(name), path, format!("unknown action type `{other}`"));
             return None;
         }
     };
-    Some(Node::Action { kind: action, params: Value::Object(p.clone()), next })
+    let to = match map.get("to") {
+        None => Target::All,
+        Some(_) if !action.is_person_action() => {
+            ck.add(Some(name), format!("{base}.action.to"), format!("`{kind}` is an account action: it takes no `to`"));
+            return None;
+        }
+        Some(to) => compile_target(ck, name, &format!("{base}.action.to"), to)?,
+    };
+    Some(Node::Action { kind: action, params: Value::Object(p.clone()), to, next })
+}
+
+fn compile_target(ck: &mut Checker, name: &str, path: &str, raw: &Value) -> Option<Target> {
+    let Value::Object(m) = raw else {
+        ck.add(Some(name), path, "`to` is a map: `{role, solution}` or `{where}`");
+        return None;
+    };
+    for k in m.keys() {
+        if !["role", "solution", "where"].contains(&k.as_str()) {
+            ck.add(Some(name), format!("{path}.{k}"), "unknown key of `to` (known: role, solution, where)");
+        }
+    }
+    let text = |k: &str| m.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    match (m.get("role"), m.get("solution"), m.get("where")) {
+        (Some(_), Some(_), None) => match (text("role"), text("solution")) {
+            (Some(role), Some(solution)) => Some(Target::Role { role: role.into(), solution: solution.into() }),
+            _ => {
+                ck.add(Some(name), path, "`role` and `solution` must be non-empty strings");
+                None
+            }
+        },
+        (None, None, Some(_)) => match text("where") {
+            Some(w) => match Condition::compile(w, Scope::Person) {
+                Ok(c) => Some(Target::Where(c)),
+                Err(errs) => {
+                    for e in errs {
+                        ck.add(Some(name), format!("{path}.where"), e);
+                    }
+                    None
+                }
+            },
+            None => {
+                ck.add(Some(name), format!("{path}.where"), "must be a non-empty condition");
+                None
+            }
+        },
+        _ => {
+            ck.add(Some(name), path, "`to` takes either `role` with `solution`, or `where`");
+            None
+        }
+    }
 }
 
 /// Compiled journeys are shared by every worker thread.

@@ -6,7 +6,8 @@
 //!
 //! - [`journey`]: validation and compilation of journey documents.
 //! - [`condition`]: CEL conditions.
-//! - [`account`]: the account state machine (events, timers, journeys, change events).
+//! - [`account`]: the account state machine (entities, their change events, and the steps it runs).
+//! - `runtime` (private): journey instances at run time: entry, nodes, listens, branches, timers.
 //! - [`timers`]: the partition-independent arming order of timers.
 //! - [`ids`]: deterministic output ids.
 //!
@@ -27,6 +28,7 @@ pub mod account;
 pub mod condition;
 pub mod ids;
 pub mod journey;
+mod runtime;
 pub mod timers;
 
 #[cfg(test)]

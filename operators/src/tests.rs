@@ -9,6 +9,8 @@ use caravan_schemas::time::{NANOS_PER_SEC, Timestamp};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+mod language;
+
 const DAY: i64 = 86_400 * NANOS_PER_SEC;
 const T0: &str = "2026-01-01T00:00:00Z";
 

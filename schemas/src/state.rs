@@ -11,7 +11,7 @@ use crate::attrs::Attrs;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The format version written before every stored value.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Why a stored value could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,8 @@ pub struct AccountRecord {
     pub instances: Vec<InstanceRecord>,
     /// How many times the account entered each journey (for `reentry` and instance numbers), by journey id.
     pub entries: Vec<(Id, u32)>,
+    /// Lists the account is on (`add_account_to_list`), sorted.
+    pub lists: Vec<Id>,
 }
 
 /// Where one journey instance of an account stands.
@@ -84,6 +86,21 @@ pub struct InstanceRecord {
     pub node: Id,
     /// The pending timer of that node, if any.
     pub timer: Option<TimerRecord>,
+    /// Inside a `split_people` (then `node` is the split): one branch per path that people took.
+    pub branches: Vec<BranchRecord>,
+}
+
+/// One path of a `split_people` that people took, and where it stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchRecord {
+    /// The path's index among the split's paths; the number of paths for `otherwise`.
+    pub path: u32,
+    /// The node where the branch stands: a `wait`, or the `merge` once it arrived.
+    pub node: Id,
+    /// The pending timer of its `wait`, if any.
+    pub timer: Option<TimerRecord>,
+    /// The people who took the path, in join order.
+    pub people: Vec<Id>,
 }
 
 /// A pending timer: its due time and its arming order.
@@ -108,6 +125,43 @@ pub struct PersonRecord {
     pub version: u64,
     /// Input sequence number of the record that made the person join the account (orders the people).
     pub joined: u64,
+    /// Lists the person is on (`add_to_list`), sorted.
+    pub lists: Vec<Id>,
+    /// Activity history of the kinds that definitions count, sorted by kind.
+    pub activity: Vec<ActivityHistory>,
+}
+
+/// The recent activities of one kind of one person: event times (nanoseconds) with how many activities
+/// happened at that time, oldest first. Bounded by the longest window that reads the kind and by a count.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityHistory {
+    /// The activity kind.
+    pub kind: Id,
+    /// `(ts, count)`, sorted by time, one entry per distinct time.
+    pub times: Vec<(i64, u32)>,
+}
+
+impl ActivityHistory {
+    /// Most distinct times kept per kind and person; older ones are dropped first.
+    pub const MAX_TIMES: usize = 4096;
+
+    /// Records one activity at `ts` and drops what is older than `now - retention` (and beyond the bound).
+    pub fn record(&mut self, ts: i64, now: i64, retention: i64) {
+        match self.times.binary_search_by_key(&ts, |(t, _)| *t) {
+            Ok(i) => self.times[i].1 = self.times[i].1.saturating_add(1),
+            Err(i) => self.times.insert(i, (ts, 1)),
+        }
+        let horizon = now.saturating_sub(retention);
+        let old = self.times.partition_point(|(t, _)| *t < horizon);
+        let over = self.times.len().saturating_sub(Self::MAX_TIMES);
+        self.times.drain(..old.max(over));
+    }
+
+    /// How many activities have `ts >= since`.
+    pub fn count_since(&self, since: i64) -> u64 {
+        let from = self.times.partition_point(|(t, _)| *t < since);
+        self.times[from..].iter().map(|(_, n)| u64::from(*n)).sum()
+    }
 }
 
 /// Where a person or an opportunity lives (column families `person_index` and `opportunity_index`, key
@@ -149,6 +203,27 @@ mod tests {
         assert!(matches!(decode::<IndexRecord>(&[]), Err(CodecError::Corrupt(_))));
     }
 
+    #[test]
+    fn activity_history_counts_inside_the_window_and_forgets_the_rest() {
+        let mut h = ActivityHistory::default();
+        let day = 86_400_000_000_000;
+        for ts in [10 * day, 12 * day, 12 * day, 11 * day] {
+            h.record(ts, 12 * day, 30 * day);
+        }
+        assert_eq!(h.times, vec![(10 * day, 1), (11 * day, 1), (12 * day, 2)]);
+        assert_eq!(h.count_since(11 * day), 3, "ts >= since counts");
+        assert_eq!(h.count_since(11 * day + 1), 2);
+        // 31 days later the first ones fall out of the 30-day retention.
+        h.record(41 * day + 1, 41 * day + 1, 30 * day);
+        assert_eq!(h.times, vec![(12 * day, 2), (41 * day + 1, 1)]);
+        let mut h = ActivityHistory::default();
+        for i in 0..(ActivityHistory::MAX_TIMES as i64 + 10) {
+            h.record(i, i, i64::MAX);
+        }
+        assert_eq!(h.times.len(), ActivityHistory::MAX_TIMES);
+        assert_eq!(h.times[0].0, 10, "the oldest are dropped first");
+    }
+
     proptest! {
         #[test]
         fn account_records_round_trip(
@@ -169,9 +244,13 @@ mod tests {
                 audiences: keys.iter().map(|k| Id::from(k.as_str())).collect(),
                 instances: vec![InstanceRecord {
                     journey_id: "j".into(), journey_version: 3, instance: 1, node: "n".into(),
-                    timer: Some(TimerRecord { due, arm }),
+                    timer: Some(TimerRecord { due, arm: arm.clone() }),
+                    branches: vec![BranchRecord {
+                        path: 1, node: "w".into(), timer: Some(TimerRecord { due, arm }), people: vec!["p".into()],
+                    }],
                 }],
                 entries: vec![("j".into(), 1)],
+                lists: vec!["vip".into()],
             };
             prop_assert_eq!(decode::<AccountRecord>(&encode(&rec)).expect("round trip"), rec);
         }

@@ -145,10 +145,11 @@ fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
     k
 }
 
-fn timer_key(tenant: &str, account: &str, journey: &str, instance: u32) -> Vec<u8> {
+fn timer_key(tenant: &str, account: &str, journey: &str, instance: u32, slot: u32) -> Vec<u8> {
     let mut k = key3(tenant, account, journey);
     k.push(0);
     k.extend_from_slice(&instance.to_be_bytes());
+    k.extend_from_slice(&slot.to_be_bytes());
     k
 }
 
@@ -237,13 +238,13 @@ impl Delta {
     }
 
     /// Writes a pending timer.
-    pub fn put_timer(&mut self, tenant: &str, account: &str, journey: &str, instance: u32, timer: &TimerRecord) {
-        self.put(TIMERS, timer_key(tenant, account, journey, instance), codec::encode(timer));
+    pub fn put_timer(&mut self, tenant: &str, account: &str, id: (&str, u32, u32), timer: &TimerRecord) {
+        self.put(TIMERS, timer_key(tenant, account, id.0, id.1, id.2), codec::encode(timer));
     }
 
     /// Removes a timer (fired or cancelled).
-    pub fn delete_timer(&mut self, tenant: &str, account: &str, journey: &str, instance: u32) {
-        self.delete(TIMERS, timer_key(tenant, account, journey, instance));
+    pub fn delete_timer(&mut self, tenant: &str, account: &str, id: (&str, u32, u32)) {
+        self.delete(TIMERS, timer_key(tenant, account, id.0, id.1, id.2));
     }
 
     /// Records the event-id hashes applied in an epoch.
@@ -284,6 +285,8 @@ pub struct StoredTimer {
     pub journey_id: String,
     /// The instance number.
     pub instance: u32,
+    /// Which timer of the instance (0: its node's; `b + 1`: branch `b` of a `split_people`).
+    pub slot: u32,
     /// Due time and arming order.
     pub timer: TimerRecord,
 }
@@ -447,7 +450,8 @@ impl Store {
             let (k, v) = item?;
             let timer: TimerRecord = decode_at(&k, &v)?;
             let corrupt = || StateError::Codec { key: escape(&k), source: CodecError::Corrupt("bad timer key".into()) };
-            let (head, inst) = k.split_at(k.len().checked_sub(4).ok_or_else(corrupt)?);
+            let (head, tail) = k.split_at(k.len().checked_sub(8).ok_or_else(corrupt)?);
+            let (inst, slot) = tail.split_at(4);
             let head = head.strip_suffix(&[0]).ok_or_else(corrupt)?;
             let parts: Vec<&[u8]> = head.split(|b| *b == 0).collect();
             let [tenant, account, journey] = parts.as_slice() else { return Err(corrupt()) };
@@ -457,6 +461,7 @@ impl Store {
                 account_id: text(account)?,
                 journey_id: text(journey)?,
                 instance: u32::from_be_bytes(inst.try_into().map_err(|_| corrupt())?),
+                slot: u32::from_be_bytes(slot.try_into().map_err(|_| corrupt())?),
                 timer,
             });
         }

@@ -10,7 +10,7 @@ fn open(dir: &Path) -> Store {
 fn person(id: &str, joined: u64) -> PersonRecord {
     let mut attributes = caravan_schemas::attrs::Attrs::default();
     attributes.insert("email", json!(format!("{id}@x")));
-    PersonRecord { person_id: id.into(), present: true, attributes, version: 1, joined }
+    PersonRecord { person_id: id.into(), present: true, attributes, version: 1, joined, ..PersonRecord::default() }
 }
 
 #[test]
@@ -67,21 +67,28 @@ fn deletes_and_timers_and_dedup_round_trip() {
     let mut d = Delta::default();
     d.put_person("t", "a", &person("p1", 1));
     let timer = TimerRecord { due: -5, arm: vec![1, 0, 0] };
-    d.put_timer("t", "a", "j", 2, &timer);
-    d.put_timer("t", "b", "j", 1, &timer);
+    d.put_timer("t", "a", ("j", 2, 1), &timer);
+    d.put_timer("t", "b", ("j", 1, 0), &timer);
     d.put_dedup_epoch(1, &[1, u128::MAX]);
     d.put_dedup_epoch(2, &[3]);
     store.commit(&d, &Checkpoint::default()).expect("commits");
     let mut d = Delta::default();
     d.delete_person("t", "a", "p1");
-    d.delete_timer("t", "b", "j", 1);
+    d.delete_timer("t", "b", ("j", 1, 0));
     d.delete_dedup_epoch(1);
     store.commit(&d, &Checkpoint::default()).expect("commits");
     assert_eq!(store.load_account("t", "a").expect("reads"), None);
     let timers = store.timers().expect("reads");
     assert_eq!(
         timers,
-        vec![StoredTimer { tenant: "t".into(), account_id: "a".into(), journey_id: "j".into(), instance: 2, timer }]
+        vec![StoredTimer {
+            tenant: "t".into(),
+            account_id: "a".into(),
+            journey_id: "j".into(),
+            instance: 2,
+            slot: 1,
+            timer
+        }]
     );
     assert_eq!(store.dedup_epochs().expect("reads"), vec![(2, vec![3])]);
 }

@@ -31,6 +31,7 @@ struct Queued {
     account_id: Id,
     journey_id: Id,
     instance: u32,
+    slot: u32,
     /// [`keys::account_key`] of the account (last: it takes no part in the order).
     account_key: u64,
 }
@@ -147,6 +148,7 @@ impl<'s> Worker<'s> {
                     account_id: Id::from(t.account_id),
                     journey_id: Id::from(t.journey_id),
                     instance: t.instance,
+                    slot: t.slot,
                 })
             })
             .collect();
@@ -202,10 +204,10 @@ impl<'s> Worker<'s> {
     /// Records the timers a step armed and cancelled, in the queue and in the delta.
     fn note_timers(&mut self, key: u64, tenant: &str, account: &str) {
         for h in self.effects.cancelled.drain(..) {
-            self.pending.delete_timer(tenant, account, &h.journey_id, h.instance);
+            self.pending.delete_timer(tenant, account, (&h.journey_id, h.instance, h.slot));
         }
         for h in self.effects.armed.drain(..) {
-            self.pending.put_timer(tenant, account, &h.journey_id, h.instance, &h.timer);
+            self.pending.put_timer(tenant, account, (&h.journey_id, h.instance, h.slot), &h.timer);
             self.timers.push(Reverse(Queued {
                 due: h.timer.due,
                 arm: h.timer.arm,
@@ -213,6 +215,7 @@ impl<'s> Worker<'s> {
                 account_id: Id::from(account),
                 journey_id: h.journey_id,
                 instance: h.instance,
+                slot: h.slot,
                 account_key: key,
             }));
         }
@@ -269,13 +272,17 @@ impl<'s> Worker<'s> {
             while self.timers.peek().is_some_and(|Reverse(t)| t.due <= step.watermark) {
                 let Some(Reverse(q)) = self.timers.pop() else { break };
                 let timer = TimerRecord { due: q.due, arm: q.arm };
-                let handle = TimerHandle { journey_id: q.journey_id, instance: q.instance, timer };
+                let handle = TimerHandle { journey_id: q.journey_id, instance: q.instance, slot: q.slot, timer };
                 let cause_id = batch.event(step).map_or("", |e| e.event_id.as_str());
                 let cause = Cause::timer(step.seq, &handle.timer, cause_id);
                 self.effects.clear();
                 let cached = self.cache.get(self.store, q.account_key, &q.tenant, &q.account_id, batch.id)?;
                 if fire_timer(&defs, &mut cached.state, &handle, &cause, &mut self.effects) {
-                    self.pending.delete_timer(&q.tenant, &q.account_id, &handle.journey_id, handle.instance);
+                    self.pending.delete_timer(
+                        &q.tenant,
+                        &q.account_id,
+                        (&handle.journey_id, handle.instance, handle.slot),
+                    );
                     self.note_timers(q.account_key, &q.tenant, &q.account_id);
                     self.take_outputs(step.seq, Some((handle.timer.due, handle.timer.arm.clone())), &mut part);
                 }
