@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 mod language;
+mod random_journeys;
 
 const DAY: i64 = 86_400 * NANOS_PER_SEC;
 const T0: &str = "2026-01-01T00:00:00Z";
