@@ -250,7 +250,7 @@ fn random_streams_give_identical_outputs_for_any_worker_count() {
         let rejected = read_ndjson(&dir.path().join(format!("out{seed}-1/rejected.ndjson")));
         assert!(rejected.iter().all(|r| r["reason"] == "unknown_person_account"), "{rejected:?}");
         let actions = read_ndjson(&dir.path().join(format!("out{seed}-1/actions.ndjson")));
-        for kind in ["send_email", "send_alert", "set_account_attribute"] {
+        for kind in ["send_email", "send_alert", "set_account_attribute", "change_person_score", "add_to_list"] {
             assert!(actions.iter().any(|a| a["type"] == kind), "seed {seed} exercised {kind}");
         }
         assert!(runs[0] == runs[1], "seed {seed}: 1 vs 2 workers differ");
@@ -267,4 +267,57 @@ fn random_streams_give_identical_outputs_for_any_worker_count() {
             *v += 1;
         }
     }
+}
+
+/// The bundled examples (`ops/examples/`) through the binary: people paths of different lengths, `to`
+/// conditions over activity history, an account-event listen and list actions do what the README says.
+#[test]
+fn the_bundled_examples_replay_as_documented() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let examples = root().join("ops/examples");
+    replay(&examples.join("journeys"), &examples.join("events.ndjson"), &out, None, &["--workers", "2"]);
+    assert_outputs_match_schemas(&out);
+    let actions = read_ndjson(&out.join("actions.ndjson"));
+    let at = |node: &str| -> Vec<(String, String, String)> {
+        actions
+            .iter()
+            .filter(|a| a["node_id"] == node)
+            .map(|a| {
+                let s = |k: &str| a[k].as_str().unwrap_or("-").to_owned();
+                (s("account_id"), s("person_id"), s("ts")[..16].to_owned())
+            })
+            .collect()
+    };
+    let t = |a: &str, p: &str, ts: &str| (a.to_owned(), p.to_owned(), ts.to_owned());
+    // Executives at once, directors a day later, everyone else straight to the merge.
+    assert_eq!(
+        at("exec_brief"),
+        [
+            t("northwind", "nw-ana", "2026-03-01T09:00"),
+            t("contoso", "ct-sam", "2026-03-01T09:00"),
+            t("fabrikam", "fb-eva", "2026-03-01T09:00")
+        ]
+    );
+    assert_eq!(
+        at("director_case"),
+        [t("northwind", "nw-raj", "2026-03-02T09:00"), t("fabrikam", "fb-tom", "2026-03-02T09:00")]
+    );
+    // Northwind's click on the welcome email: only the person who clicked is scored.
+    assert_eq!(at("score"), [t("northwind", "nw-raj", "2026-03-02T11:16")]);
+    // Contoso (small) gets the nurture after the merge, including Ada who joined during the wait.
+    assert_eq!(at("nurture").len(), 3);
+    // The webinar: only the attendee is thanked and listed; the closed-won deal marks the account.
+    assert_eq!(at("thanks"), [t("northwind", "nw-ana", "2026-03-10T17:30")]);
+    assert_eq!(at("attendees"), [t("northwind", "nw-ana", "2026-03-10T17:30")]);
+    assert_eq!(at("influenced"), [t("northwind", "-", "2026-03-14T15:00")]);
+    assert_eq!(at("recording").len(), 3);
+    // Change events from actions name their journey and node.
+    let changes = read_ndjson(&out.join("changes.ndjson"));
+    let scored: Vec<&serde_json::Value> = changes.iter().filter(|c| c["node_id"] == "score").collect();
+    assert_eq!(scored.len(), 1);
+    assert_eq!(
+        (scored[0]["origin"].as_str(), scored[0]["after"]["engagement_score"].as_i64()),
+        (Some("action"), Some(10))
+    );
 }

@@ -204,8 +204,9 @@ pub fn random_stream(seed: u64, n: usize) -> String {
     lines.join("\n") + "\n"
 }
 
-/// Two journeys that the random streams exercise: waits, listens, splits over opportunities, `until`,
-/// re-entry and exit on audience exit.
+/// Three journeys that the random streams exercise: waits, listens (activities and account events), splits
+/// over accounts and people (branch timers), person and list actions with `to`, `until`, re-entry and exit on
+/// audience exit.
 pub fn random_stream_journeys(dir: &Path) -> PathBuf {
     let defs = dir.join("defs");
     std::fs::create_dir(&defs).expect("mkdir");
@@ -217,6 +218,29 @@ pub fn random_stream_journeys(dir: &Path) -> PathBuf {
     std::fs::write(
         defs.join("b.yaml"),
         "kind: journey\ntenant: t\nid: b\nversion: 1\naudience: target\nstart: u\nnodes:\n  u: {wait: {until: '2026-01-02T00:00:00Z'}, next: m}\n  m: {action: {send_alert: {template: x}}, next: n}\n  n: {wait: 6h, next: z}\n  z: {action: {set_account_attribute: {field: late_stage, value: 2}}}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        defs.join("c.yaml"),
+        r#"kind: journey
+tenant: t
+id: c
+version: 1
+audience: target
+reentry: after_exit
+start: sp
+nodes:
+  sp:
+    split_people:
+      - {when: 'person.score >= 1', next: pw}
+    otherwise: pm
+  pw: {wait: 2h, next: pa}
+  pa: {action: {change_person_score: {field: score, by: 1}}, next: m}
+  pm: {action: {add_to_list: {list: low}}, next: m}
+  m: {merge: {}, next: opp}
+  opp: {listen: {account_event: opportunity.changed, where: 'event.after.stage == "s2"'}, timeout: 1d, next: done, on_timeout: done}
+  done: {action: {send_email: {asset: done}, to: {where: '"low" in person.lists || activity("email.clicked", "1d") >= 1'}}}
+"#,
     )
     .expect("write");
     defs
