@@ -55,6 +55,18 @@ enum Command {
         #[arg(long, requires = "tenant")]
         account: Option<String>,
     },
+    /// Stop a journey in a replay's state folder: every instance ends at once (silently) and its timers are
+    /// cancelled; the journey admits no entry until a higher version is published. Run it between replays.
+    Stop {
+        /// The state folder of a replay.
+        #[arg(long)]
+        state: PathBuf,
+        /// The journey's tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The journey id.
+        journey: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -158,6 +170,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Replay(args) => replay_command(args),
         Command::Inspect { state, tenant, account } => inspect(&state, tenant.as_deref(), account.as_deref()),
+        Command::Stop { state, tenant, journey } => {
+            if !state.join("CURRENT").exists() {
+                bail!("{} is not a Caravan state folder", state.display());
+            }
+            let store = caravan_state::Store::open(&state, &caravan_state::StoreOptions::default())
+                .with_context(|| format!("opening the state in {}", state.display()))?;
+            let ended = caravan_engine::replay::stop(&store, &tenant, &journey)?;
+            println!("stopped journey `{journey}` of tenant `{tenant}`: {ended} instances ended");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -41,6 +41,9 @@ pub struct Definitions {
     journeys: BTreeMap<(String, String), BTreeMap<u32, Arc<Journey>>>,
     /// Per tenant, the activity kinds that conditions count, with the longest window that reads each.
     tracked: BTreeMap<String, BTreeMap<Id, i64>>,
+    /// Stopped journeys, by tenant and id: the newest version the stop applies to. A higher version
+    /// published later runs again.
+    stopped: BTreeMap<(String, String), u32>,
 }
 
 impl Definitions {
@@ -74,6 +77,26 @@ impl Definitions {
         Ok(())
     }
 
+    /// Stops a journey (SPEC §3.2, `caravan stop`): its published versions admit no more entries. Returns the
+    /// newest version the stop applies to, or `None` for an unknown journey. Ending the running instances is
+    /// [`stop_journey`]'s work, account by account.
+    pub fn stop(&mut self, tenant: &str, id: &str) -> Option<u32> {
+        let newest = *self.journeys.get(&(tenant.to_owned(), id.to_owned()))?.keys().next_back()?;
+        self.stopped.insert((tenant.to_owned(), id.to_owned()), newest);
+        Some(newest)
+    }
+
+    /// Restores a stop read from state.
+    pub fn restore_stop(&mut self, tenant: &str, id: &str, version: u32) {
+        let v = self.stopped.entry((tenant.to_owned(), id.to_owned())).or_insert(0);
+        *v = (*v).max(version);
+    }
+
+    /// Whether a journey version is stopped.
+    pub fn is_stopped(&self, tenant: &str, id: &str, version: u32) -> bool {
+        self.stopped.get(&(tenant.to_owned(), id.to_owned())).is_some_and(|&v| version <= v)
+    }
+
     /// How long a tenant's activity history of a kind must reach back, when any condition counts it.
     pub fn activity_retention(&self, tenant: &str, kind: &str) -> Option<i64> {
         self.tracked.get(tenant)?.get(kind).copied()
@@ -85,6 +108,7 @@ impl Definitions {
             .range((tenant.to_owned(), String::new())..)
             .take_while(move |((t, _), _)| t == tenant)
             .filter_map(|(_, versions)| versions.values().next_back())
+            .filter(|j| !self.is_stopped(&j.tenant, &j.id, j.version))
     }
 
     /// One journey version.
@@ -213,7 +237,7 @@ impl AccountState {
     }
 }
 
-/// What caused a step: an input record, or a timer firing after one.
+/// What caused a step: an input record, a timer firing after one, or a publication between records.
 #[derive(Clone, Debug)]
 pub struct Cause<'a> {
     /// Event time of the cause (a timer's due time for a timer).
@@ -224,22 +248,31 @@ pub struct Cause<'a> {
     pub seq: u64,
     /// The timer that fired, for a timer cause.
     pub timer: Option<&'a TimerRecord>,
+    /// A publication applied after record `seq` and its timer pass.
+    pub control: bool,
 }
 
 impl<'a> Cause<'a> {
     /// The cause for input record number `seq`.
     pub fn record(seq: u64, ts: Timestamp, event_id: &'a str) -> Cause<'a> {
-        Cause { ts, event_id, seq, timer: None }
+        Cause { ts, event_id, seq, timer: None, control: false }
+    }
+
+    /// The cause for a publication applied after input record `seq` (and the timers that fired after it), at
+    /// event time `ts`; `id` names it in `cause_event_id`.
+    pub fn control(seq: u64, ts: Timestamp, id: &'a str) -> Cause<'a> {
+        Cause { ts, event_id: id, seq, timer: None, control: true }
     }
 
     /// The cause for a timer firing in the pass after input record `seq`.
     pub fn timer(seq: u64, timer: &'a TimerRecord, event_id: &'a str) -> Cause<'a> {
-        Cause { ts: Timestamp(timer.due), event_id, seq, timer: Some(timer) }
+        Cause { ts: Timestamp(timer.due), event_id, seq, timer: Some(timer), control: false }
     }
 
     /// The arming-order prefix of timers armed by this cause (see [`crate::timers`]).
     pub(crate) fn arm_prefix(&self) -> Vec<u64> {
         match self.timer {
+            None if self.control => crate::timers::control_prefix(self.seq),
             None => crate::timers::record_prefix(self.seq),
             Some(t) => crate::timers::timer_prefix(self.seq, t),
         }
@@ -599,6 +632,37 @@ pub fn apply_event(
         }
         tracker.finish(acct, cause, out);
     }
+}
+
+/// Enters an account into a journey version just published, when the account is already in its audience
+/// (SPEC §3.2: "when a version is published, the accounts already in its audience enter at once"). Returns
+/// whether it entered.
+pub fn enter_on_publish(
+    defs: &Definitions,
+    acct: &mut AccountState,
+    journey: &Journey,
+    cause: &Cause<'_>,
+    out: &mut Effects,
+) -> bool {
+    let in_audience = acct.record.audiences.binary_search_by(|a| a.as_str().cmp(&journey.audience)).is_ok();
+    if !in_audience || defs.is_stopped(&journey.tenant, &journey.id, journey.version) {
+        return false;
+    }
+    let mut tracker = Tracker::default();
+    let entered = runtime::enter(journey, acct, cause, &mut tracker, out);
+    tracker.finish(acct, cause, out);
+    entered
+}
+
+/// Ends every instance of a journey in this account at once, silently, cancelling its timers
+/// (`caravan stop`). Returns how many ended.
+pub fn stop_journey(acct: &mut AccountState, journey_id: &str, out: &mut Effects) -> usize {
+    let mut ended = 0;
+    while let Some(i) = acct.record.instances.iter().position(|inst| inst.journey_id == journey_id) {
+        runtime::end_instance(acct, i, out);
+        ended += 1;
+    }
+    ended
 }
 
 /// Adds one activity to a person's history of its kind.

@@ -6,7 +6,8 @@
 //! would:
 //! - a timer armed while applying input record `seq` gets `[seq, 0, k]` (`k`: its rank within that step);
 //! - a timer armed while firing timer `T` in the pass after record `seq` gets
-//!   `[seq, 1, due(T), arm(T)..., k]`, because within a pass timers fire in `(due, arm)` order.
+//!   `[seq, 1, due(T), arm(T)..., k]`, because within a pass timers fire in `(due, arm)` order;
+//! - a timer armed by a publication applied after record `seq` and its timer pass gets `[seq, 2, k]`.
 //!
 //! Keys compare lexicographically. It is not a queue: the engine keeps the queue.
 
@@ -20,6 +21,11 @@ fn ordered(due: i64) -> u64 {
 /// The arming prefix for timers armed by input record `seq`.
 pub fn record_prefix(seq: u64) -> Vec<u64> {
     vec![seq, 0]
+}
+
+/// The arming prefix for timers armed by a publication applied after record `seq` and its timer pass.
+pub fn control_prefix(seq: u64) -> Vec<u64> {
+    vec![seq, 2]
 }
 
 /// The arming prefix for timers armed by firing `timer` in the pass after record `seq`.

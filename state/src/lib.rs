@@ -72,8 +72,17 @@ pub enum StateError {
 pub type Result<T> = std::result::Result<T, StateError>;
 
 /// The column families, in the order they are opened.
-pub const COLUMN_FAMILIES: [&str; 8] =
-    ["accounts", "persons", "person_index", "timers", "dedup", "meta", "opportunities", "opportunity_index"];
+pub const COLUMN_FAMILIES: [&str; 9] = [
+    "accounts",
+    "persons",
+    "person_index",
+    "timers",
+    "dedup",
+    "meta",
+    "opportunities",
+    "opportunity_index",
+    "definitions",
+];
 
 /// Tuning of the RocksDB instance.
 #[derive(Clone, Debug)]
@@ -153,12 +162,26 @@ fn timer_key(tenant: &str, account: &str, journey: &str, instance: u32, slot: u3
     k
 }
 
+/// `j` tenant `\0` journey `\0` version (u32 BE): a published document.
+fn definition_key(tenant: &str, id: &str, version: u32) -> Vec<u8> {
+    let mut k = key3("j", tenant, id);
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// `s` tenant `\0` journey: the newest version a stop applies to.
+fn stop_key(tenant: &str, id: &str) -> Vec<u8> {
+    key3("s", tenant, id)
+}
+
 const ACCOUNTS: usize = 0;
 const PERSONS: usize = 1;
 const PERSON_INDEX: usize = 2;
 const TIMERS: usize = 3;
 const DEDUP: usize = 4;
 const META: usize = 5;
+const DEFINITIONS: usize = 8;
 const OPPORTUNITIES: usize = 6;
 const OPPORTUNITY_INDEX: usize = 7;
 
@@ -237,6 +260,16 @@ impl Delta {
         self.put(OPPORTUNITY_INDEX, key2(tenant, opportunity), codec::encode(rec));
     }
 
+    /// Records a published definition version (its document as JSON text).
+    pub fn put_definition(&mut self, tenant: &str, id: &str, version: u32, document: &str) {
+        self.put(DEFINITIONS, definition_key(tenant, id, version), document.as_bytes().to_vec());
+    }
+
+    /// Records that a journey is stopped for its versions up to `version`.
+    pub fn put_stop(&mut self, tenant: &str, id: &str, version: u32) {
+        self.put(DEFINITIONS, stop_key(tenant, id), version.to_be_bytes().to_vec());
+    }
+
     /// Writes a pending timer.
     pub fn put_timer(&mut self, tenant: &str, account: &str, id: (&str, u32, u32), timer: &TimerRecord) {
         self.put(TIMERS, timer_key(tenant, account, id.0, id.1, id.2), codec::encode(timer));
@@ -272,6 +305,28 @@ pub struct StoredAccount {
     pub persons: Vec<PersonRecord>,
     /// Its opportunities, in key order.
     pub opportunities: Vec<OpportunityRecord>,
+}
+
+/// One published definition version as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDefinition {
+    /// The tenant.
+    pub tenant: String,
+    /// The journey id.
+    pub id: String,
+    /// The version.
+    pub version: u32,
+    /// The document as JSON text.
+    pub document: String,
+}
+
+/// What the `definitions` column family holds: published versions and stops.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredDefinitions {
+    /// Published versions, by tenant, journey and version.
+    pub published: Vec<StoredDefinition>,
+    /// Stopped journeys: tenant, journey, and the newest version the stop applies to.
+    pub stopped: Vec<(String, String, u32)>,
 }
 
 /// One pending timer as stored.
@@ -410,6 +465,62 @@ impl Store {
                 break;
             }
             out.push(decode_at::<T>(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every account record of a tenant, in key order (for passes over all accounts: publish, stop).
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn accounts_of(&self, tenant: &str) -> Result<Vec<(String, AccountRecord)>> {
+        self.check()?;
+        let mut prefix = tenant.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(ACCOUNTS), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let account = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            out.push((account, decode_at::<AccountRecord>(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// The published definitions and stops.
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt key.
+    pub fn definitions(&self) -> Result<StoredDefinitions> {
+        self.check()?;
+        let mut out = StoredDefinitions::default();
+        for item in self.db.iterator_cf(self.cf(DEFINITIONS), IteratorMode::Start) {
+            let (k, v) = item?;
+            let corrupt =
+                || StateError::Codec { key: escape(&k), source: CodecError::Corrupt("bad definition".into()) };
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| corrupt());
+            match k.first() {
+                Some(b'j') => {
+                    let (head, version) = k.split_at(k.len().checked_sub(4).ok_or_else(corrupt)?);
+                    let parts: Vec<&[u8]> = head.split(|b| *b == 0).collect();
+                    let [_, tenant, id, _] = parts.as_slice() else { return Err(corrupt()) };
+                    out.published.push(StoredDefinition {
+                        tenant: text(tenant)?,
+                        id: text(id)?,
+                        version: u32::from_be_bytes(version.try_into().map_err(|_| corrupt())?),
+                        document: text(&v)?,
+                    });
+                }
+                Some(b's') => {
+                    let parts: Vec<&[u8]> = k.split(|b| *b == 0).collect();
+                    let [_, tenant, id] = parts.as_slice() else { return Err(corrupt()) };
+                    let version = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt())?);
+                    out.stopped.push((text(tenant)?, text(id)?, version));
+                }
+                _ => return Err(corrupt()),
+            }
         }
         Ok(out)
     }

@@ -8,5 +8,6 @@ mod support;
 mod bad_input;
 mod crash;
 mod metrics;
+mod publish;
 mod replay;
 mod validate;

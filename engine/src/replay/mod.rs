@@ -14,6 +14,7 @@
 mod committer;
 mod keys;
 mod messages;
+mod publish;
 pub(crate) mod reader;
 mod router;
 mod worker;
@@ -27,6 +28,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
+
+pub use publish::stop;
 
 /// Everything a replay needs to know.
 #[derive(Clone, Debug)]
@@ -177,10 +180,15 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     let checkpoint = store.checkpoint()?;
     let fresh = checkpoint.is_none();
     let checkpoint = checkpoint.unwrap_or_default();
-    let files = committer::open_outputs(&opts.out, (!fresh).then_some(checkpoint.output_lengths))?;
+    let mut files = committer::open_outputs(&opts.out, (!fresh).then_some(checkpoint.output_lengths))?;
     if !fresh {
         tracing::info!(records = checkpoint.records, epoch = checkpoint.epoch, "Resuming from the state's checkpoint.");
     }
+    // The folder's definitions on top of those the state published; new versions take effect now, before input
+    // resumes, in a commit of their own.
+    let reconciled = publish::reconcile(&store, &defs)?;
+    let checkpoint = publish::publish_new(&store, &mut files, &checkpoint, &reconciled)?;
+    let defs = reconciled.defs;
 
     // Input, positioned after what is committed.
     let (input, total_bytes): (Box<dyn Read + Send>, Option<u64>) = if opts.input.as_os_str() == "-" {

@@ -358,3 +358,49 @@ nodes:
         assert!(has_problem(&p, node, text), "{node}: {p:?}");
     }
 }
+
+#[test]
+fn publishing_enters_accounts_already_in_the_audience_and_stop_ends_instances() {
+    use crate::account::{Cause, enter_on_publish, stop_journey};
+    // The account entered the audience before any journey existed.
+    let mut s = Script::new(Definitions::default());
+    person(&mut s, "p1", json!({}));
+    enter(&mut s, T0);
+    assert!(s.acct.record.instances.is_empty());
+    let yaml = "reentry: after_exit\nstart: hi\nnodes:\n  hi: {action: {send_email: {asset: hi}}, next: w}\n  w: {wait: 1d, next: bye}\n  bye: {action: {send_alert: {template: t}}}\n";
+    let mut defs = defs(yaml);
+    let journey = defs.get("t", "j", 1).cloned().expect("published");
+    let when = ts(T0).plus(DAY);
+    let cause = Cause::control(s.seq, when, "publish:j:1");
+    s.out.clear();
+    assert!(enter_on_publish(&defs, &mut s.acct, &journey, &cause, &mut s.out));
+    assert_eq!(sent(&s), pairs(&[("hi", Some("p1"))]));
+    assert_eq!(s.out.actions[0].cause_event_id, "publish:j:1");
+    assert_eq!(s.out.armed[0].timer.arm[..2], [s.seq, 2], "armed after the record's own timers");
+    // Published again (a restart): the running instance is not entered twice.
+    s.out.clear();
+    assert!(!enter_on_publish(&defs, &mut s.acct, &journey, &cause, &mut s.out));
+    // Stop: the instance ends silently, its timer is cancelled, and the journey admits no new entry.
+    s.out.clear();
+    assert_eq!(stop_journey(&mut s.acct, "j", &mut s.out), 1);
+    assert!(s.out.actions.is_empty() && s.out.cancelled.len() == 1);
+    assert_eq!(defs.stop("t", "j"), Some(1));
+    s.defs = defs.clone();
+    s.apply(
+        json!({"type":"account.audience","event_id":"out","account_id":"a","audience_id":"target","status":"exited"}),
+    );
+    enter(&mut s, &at(3 * DAY));
+    assert!(s.out.actions.is_empty() && s.acct.record.instances.is_empty(), "a stopped journey admits nobody");
+    assert!(!enter_on_publish(&defs, &mut s.acct, &journey, &cause, &mut s.out));
+    // A higher version runs again; the stop counted as an exit, so `after_exit` admits the account again
+    // (with `never` it would not).
+    let v2 = compile_journey(
+        &read_document(&format!("{}{yaml}", HEAD.replace("version: 1", "version: 2"))).expect("parses"),
+    )
+    .expect("valid");
+    defs.publish(v2).expect("publishes");
+    assert!(!defs.is_stopped("t", "j", 2) && defs.is_stopped("t", "j", 1));
+    let v2 = defs.get("t", "j", 2).cloned().expect("published");
+    assert!(enter_on_publish(&defs, &mut s.acct, &v2, &cause, &mut s.out));
+    assert_eq!((s.acct.record.instances[0].journey_version, s.acct.record.instances[0].instance), (2, 2));
+}

@@ -1,0 +1,225 @@
+//! Publication and stop in the embedded mode: which definitions a state has published, what a run's
+//! definitions folder adds, and the effects of both, each committed exactly once.
+//!
+//! It owns:
+//! - **reconciling** the folder with the state: versions the state published stay in force (in-flight accounts
+//!   finish on theirs even when the folder no longer holds them); a folder version the state published with
+//!   another document is refused; stops recorded in the state apply;
+//! - **publication**: a new newest version enters the accounts already in its audience at once (SPEC §3.2), at
+//!   the event time the input had reached, after the last committed record and its timer pass. The entries,
+//!   their outputs and the record of the publication commit together before input resumes, so a crash either
+//!   redoes all of it or none;
+//! - **stop** (`caravan stop`): every instance of the journey ends silently, its timers are deleted, and the
+//!   stop is recorded so that the journey admits no entry until a higher version is published.
+//!
+//! It never runs while the pipeline does: both passes happen on a store no replay holds (RocksDB's lock).
+
+use super::committer::OUTPUT_FILES;
+use crate::EngineError;
+use caravan_operators::account::{AccountState, Cause, Definitions, Effects, enter_on_publish, stop_journey};
+use caravan_operators::journey::{Journey, compile_journey};
+use caravan_schemas::definition::read_document;
+use caravan_schemas::time::Timestamp;
+use caravan_state::{Checkpoint, Delta, Store, StoredAccount};
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+
+/// The definitions a run uses, and the versions its folder publishes for the first time.
+pub(crate) struct Reconciled {
+    pub(crate) defs: Definitions,
+    pub(crate) new_versions: Vec<Arc<Journey>>,
+}
+
+/// Merges the state's published definitions with the folder's.
+///
+/// # Errors
+/// [`EngineError::Invalid`] listing every version the folder publishes with another document than the state
+/// holds, or lower than one the state published; a stored document that no longer compiles.
+pub(crate) fn reconcile(store: &Store, folder: &Definitions) -> Result<Reconciled, EngineError> {
+    let stored = store.definitions()?;
+    let mut defs = Definitions::default();
+    for d in &stored.published {
+        let doc = read_document(&d.document).map_err(|e| stored_problem(&d.id, d.version, &e))?;
+        let journey = compile_journey(&doc).map_err(|p| {
+            let text: Vec<String> = p.iter().map(ToString::to_string).collect();
+            stored_problem(&d.id, d.version, &text.join("; "))
+        })?;
+        defs.publish(journey).map_err(|e| stored_problem(&d.id, d.version, &e))?;
+    }
+    let mut problems = Vec::new();
+    let mut new_versions = Vec::new();
+    for journey in folder.all() {
+        let known = stored
+            .published
+            .iter()
+            .any(|d| d.tenant == journey.tenant && d.id == journey.id && d.version == journey.version);
+        match defs.publish((**journey).clone()) {
+            Ok(()) if !known => new_versions.push(Arc::clone(journey)),
+            Ok(()) => {}
+            Err(e) => problems.push(format!("{e} (by this state; publish a higher version to change it)")),
+        }
+    }
+    for (tenant, id, version) in &stored.stopped {
+        defs.restore_stop(tenant, id, *version);
+    }
+    if problems.is_empty() {
+        // Hand back the definitions' own copies, so that entry runs on exactly what workers will run.
+        let new_versions = new_versions.iter().filter_map(|j| defs.get(&j.tenant, &j.id, j.version).cloned()).collect();
+        Ok(Reconciled { defs, new_versions })
+    } else {
+        Err(EngineError::Invalid(problems.join("\n")))
+    }
+}
+
+fn stored_problem(id: &str, version: u32, e: &str) -> EngineError {
+    EngineError::Invalid(format!("the state's published journey `{id}` version {version} cannot be read: {e}"))
+}
+
+/// Outputs and state of a pass over accounts, before they commit.
+#[derive(Default)]
+struct Pass {
+    delta: Delta,
+    actions: Vec<u8>,
+    changes: Vec<u8>,
+    counts: [u64; 2],
+}
+
+impl Pass {
+    /// Takes one account's effects: outputs serialized, timers and changed records into the delta.
+    fn take(&mut self, acct: &mut AccountState, out: &mut Effects) {
+        let (tenant, account) = (acct.tenant.to_string(), acct.account_id.to_string());
+        for a in out.actions.drain(..) {
+            if serde_json::to_writer(&mut self.actions, &a).is_ok() {
+                self.actions.push(b'\n');
+                self.counts[0] += 1;
+            }
+        }
+        for c in out.changes.drain(..) {
+            if serde_json::to_writer(&mut self.changes, &c).is_ok() {
+                self.changes.push(b'\n');
+                self.counts[1] += 1;
+            }
+        }
+        for h in out.cancelled.drain(..) {
+            self.delta.delete_timer(&tenant, &account, (&h.journey_id, h.instance, h.slot));
+        }
+        for h in out.armed.drain(..) {
+            self.delta.put_timer(&tenant, &account, (&h.journey_id, h.instance, h.slot), &h.timer);
+        }
+        if acct.record_dirty {
+            self.delta.put_account(&tenant, &account, &acct.record);
+            acct.record_dirty = false;
+        }
+        for p in acct.persons.iter_mut().filter(|p| p.dirty) {
+            self.delta.put_person(&tenant, &account, &p.record);
+            p.dirty = false;
+        }
+        for o in acct.opportunities.iter_mut().filter(|o| o.dirty) {
+            self.delta.put_opportunity(&tenant, &account, &o.record);
+            o.dirty = false;
+        }
+    }
+
+    /// Appends the outputs to the files and commits the delta with the checkpoint that counts them.
+    fn commit(self, store: &Store, files: &mut [File; 3], checkpoint: &Checkpoint) -> Result<Checkpoint, EngineError> {
+        let mut next = checkpoint.clone();
+        next.epoch += 1;
+        for (i, bytes) in [(0, &self.actions), (1, &self.changes)] {
+            if bytes.is_empty() {
+                continue;
+            }
+            let name = OUTPUT_FILES[i];
+            files[i].write_all(bytes).map_err(|e| EngineError::io(format!("appending to {name}"), e))?;
+            files[i].sync_data().map_err(|e| EngineError::io(format!("syncing {name}"), e))?;
+            next.output_lengths[i] += bytes.len() as u64;
+        }
+        next.totals[3] += self.counts[0];
+        next.totals[4] += self.counts[1];
+        store.commit(&self.delta, &next)?;
+        Ok(next)
+    }
+}
+
+fn load(store: &Store, tenant: &str, account: &str) -> Result<AccountState, EngineError> {
+    Ok(match store.load_account(tenant, account)? {
+        Some(StoredAccount { record, persons, opportunities }) => {
+            AccountState::from_records(tenant, account, record, persons, opportunities)
+        }
+        None => AccountState::new(tenant, account),
+    })
+}
+
+/// Publishes the folder's new versions: records them, and enters the accounts already in the audience of each
+/// new newest version. One commit; returns the checkpoint after it (the same one when there is nothing new).
+pub(crate) fn publish_new(
+    store: &Store,
+    files: &mut [File; 3],
+    checkpoint: &Checkpoint,
+    reconciled: &Reconciled,
+) -> Result<Checkpoint, EngineError> {
+    if reconciled.new_versions.is_empty() {
+        return Ok(checkpoint.clone());
+    }
+    let defs = &reconciled.defs;
+    let mut pass = Pass::default();
+    let mut out = Effects::default();
+    let ts = Timestamp(checkpoint.max_ts.unwrap_or(0));
+    for journey in &reconciled.new_versions {
+        pass.delta.put_definition(&journey.tenant, &journey.id, journey.version, &journey.document.to_string());
+        let newest = defs.newest_for_tenant(&journey.tenant).any(|j| Arc::ptr_eq(j, journey));
+        if !newest {
+            continue;
+        }
+        let cause_id = format!("publish:{}:{}", journey.id, journey.version);
+        let cause = Cause::control(checkpoint.records, ts, &cause_id);
+        let mut entered = 0u64;
+        for (account, record) in store.accounts_of(&journey.tenant)? {
+            if !record.audiences.iter().any(|a| *a == journey.audience) {
+                continue;
+            }
+            let mut acct = load(store, &journey.tenant, &account)?;
+            if enter_on_publish(defs, &mut acct, journey, &cause, &mut out) {
+                entered += 1;
+            }
+            pass.take(&mut acct, &mut out);
+        }
+        tracing::info!(journey = %journey.id, version = journey.version, tenant = %journey.tenant, entered,
+            "Published: accounts already in the audience entered.");
+    }
+    pass.commit(store, files, checkpoint)
+}
+
+/// Stops a journey in a state folder: ends its instances, deletes their timers, records the stop. Returns how
+/// many instances ended.
+///
+/// # Errors
+/// A journey the state never published, a state no replay has committed yet, or a store failure.
+pub fn stop(store: &Store, tenant: &str, journey_id: &str) -> Result<u64, EngineError> {
+    let Some(checkpoint) = store.checkpoint()? else {
+        return Err(EngineError::Invalid("this state holds no committed run: there is nothing to stop".into()));
+    };
+    let mut defs = reconcile(store, &Definitions::default())?.defs;
+    let Some(version) = defs.stop(tenant, journey_id) else {
+        return Err(EngineError::Invalid(format!(
+            "tenant `{tenant}` has published no journey `{journey_id}` in this state"
+        )));
+    };
+    let mut pass = Pass::default();
+    let mut out = Effects::default();
+    let mut ended = 0u64;
+    for (account, record) in store.accounts_of(tenant)? {
+        if !record.instances.iter().any(|i| i.journey_id == journey_id) {
+            continue;
+        }
+        let mut acct = load(store, tenant, &account)?;
+        ended += stop_journey(&mut acct, journey_id, &mut out) as u64;
+        pass.take(&mut acct, &mut out);
+    }
+    pass.delta.put_stop(tenant, journey_id, version);
+    // Nothing is written to the outputs: a stop ends instances silently.
+    let mut next = checkpoint;
+    next.epoch += 1;
+    store.commit(&pass.delta, &next)?;
+    Ok(ended)
+}
