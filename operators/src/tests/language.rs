@@ -404,3 +404,65 @@ fn publishing_enters_accounts_already_in_the_audience_and_stop_ends_instances() 
     assert!(enter_on_publish(&defs, &mut s.acct, &v2, &cause, &mut s.out));
     assert_eq!((s.acct.record.instances[0].journey_version, s.acct.record.instances[0].instance), (2, 2));
 }
+
+#[test]
+fn removals_null_values_and_actions_without_a_buying_group() {
+    let yaml = "start: a
+nodes:
+  a: {action: {add_to_list: {list: l}}, next: b}
+  b: {action: {add_account_to_list: {list: k}}, next: c}
+  c: {action: {remove_from_list: {list: l}, to: {where: 'person.id == \"p1\"'}}, next: d}
+  d: {action: {remove_account_from_list: {list: k}}, next: e}
+  e: {action: {remove_account_from_list: {list: never-added}}, next: f}
+  f: {action: {set_person_attribute: {field: title, value: null}}, next: g}
+  g: {action: {set_account_attribute: {field: tier, value: null}}, next: h}
+  h: {action: {set_buying_group_stage: {solution: analytics, stage: decision}}, next: i}
+  i: {action: {reassess_buying_group: {solution: analytics}}, next: j}
+  j: {action: {send_email: {asset: x}, to: {where: 'buying_group(\"analytics\") == null && person.role(\"analytics\") == null'}}}
+";
+    let mut s = Script::new(defs(yaml));
+    s.apply(json!({"type":"account.upserted","event_id":"a0","account_id":"a","attributes":{"tier":"gold"}}));
+    person(&mut s, "p1", json!({"title": "CTO"}));
+    person(&mut s, "p2", json!({}));
+    enter(&mut s, T0);
+    assert_eq!(s.acct.persons[0].record.lists, Vec::<caravan_schemas::Id>::new());
+    assert_eq!(s.acct.persons[1].record.lists, ["l"]);
+    assert!(s.acct.record.lists.is_empty());
+    // Removing an attribute by null: the change carries null after; a person without it changes nothing.
+    let changes: Vec<(&str, Value)> =
+        s.out.changes.iter().map(|c| (c.entity_id.as_str(), Value::Object(c.after.to_map()))).collect();
+    assert_eq!(changes, [("p1", json!({"title": null})), ("a", json!({"tier": null}))]);
+    // The buying-group actions give their action record; with no group, conditions read null.
+    let tail: Vec<(&str, Option<&str>)> =
+        s.out.actions[s.out.actions.len() - 4..].iter().map(|a| (a.kind.as_str(), a.person_id.as_deref())).collect();
+    assert_eq!(
+        tail,
+        [
+            ("set_buying_group_stage", None),
+            ("reassess_buying_group", None),
+            ("send_email", Some("p1")),
+            ("send_email", Some("p2"))
+        ]
+    );
+}
+
+#[test]
+fn a_listen_without_timeout_waits_for_ever_and_wait_until_in_the_future() {
+    let yaml = "start: u
+nodes:
+  u: {wait: {until: '2026-02-01T00:00:00Z'}, next: l}
+  l: {listen: {activity: form.filled}, next: done}
+  done: {action: {send_alert: {template: t}}}
+";
+    let mut s = Script::new(defs(yaml));
+    person(&mut s, "p", json!({}));
+    enter(&mut s, T0);
+    let t = s.out.armed[0].clone();
+    assert_eq!(t.timer.due, ts("2026-02-01T00:00:00Z").0);
+    s.apply(json!({"type":"person.activity","event_id":"early","ts":at(DAY),"person_id":"p","account_id":"a","activity":"form.filled"}));
+    assert!(s.out.actions.is_empty(), "still waiting: the listen is not reached");
+    s.fire(&t, "tick");
+    assert!(s.out.armed.is_empty(), "no timeout, no timer");
+    s.apply(json!({"type":"person.activity","event_id":"late","ts":at(400 * DAY),"person_id":"p","account_id":"a","activity":"form.filled"}));
+    assert_eq!(sent(&s), pairs(&[("done", None)]));
+}
