@@ -6,6 +6,7 @@
 //! all or nothing, with every problem of every file listed.
 
 use caravan_operators::account::Definitions;
+use caravan_operators::buying_group::compile_template;
 use caravan_operators::journey::compile_journey;
 use caravan_schemas::definition::read_document;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,14 @@ pub fn load_files(files: &[PathBuf]) -> Result<Definitions, Vec<String>> {
         match doc.get("kind").and_then(|k| k.as_str()) {
             Some("journey") => {}
             Some("buying_group_template") => {
-                problems.push(format!("{name}: buying group templates are not supported by this version yet"));
+                match compile_template(&doc) {
+                    Ok(t) => {
+                        if let Err(e) = defs.publish_template(t) {
+                            problems.push(format!("{name}: {e}"));
+                        }
+                    }
+                    Err(ps) => problems.extend(ps.into_iter().map(|p| format!("{name}: {p}"))),
+                }
                 continue;
             }
             _ => {

@@ -155,8 +155,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { files } => match definitions::load_files(&files) {
             Ok(defs) => {
                 let n = defs.all().count();
+                let t = defs.all_templates().count();
+                let templates = if t > 0 {
+                    format!(", {t} buying group template version{}", if t == 1 { "" } else { "s" })
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{} file{} valid: {n} journey version{}",
+                    "{} file{} valid: {n} journey version{}{templates}",
                     files.len(),
                     if files.len() == 1 { "" } else { "s" },
                     if n == 1 { "" } else { "s" }
@@ -266,6 +272,24 @@ fn inspect(state: &std::path::Path, tenant: Option<&str>, account: Option<&str>)
                 eprintln!("caravan: no account `{a}` in tenant `{t}`");
                 return Ok(ExitCode::FAILURE);
             };
+            // Buying groups are internal (never on the change stream): this is where they can be read.
+            let defs = caravan_engine::replay::stored_definitions(&store)?;
+            let now = caravan_schemas::time::Timestamp(store.checkpoint()?.and_then(|c| c.max_ts).unwrap_or(0));
+            let state = caravan_operators::account::AccountState::from_records(
+                t,
+                a,
+                record.clone(),
+                persons.clone(),
+                opportunities.clone(),
+            );
+            let buying_groups: serde_json::Map<String, serde_json::Value> = record
+                .groups
+                .iter()
+                .map(|g| {
+                    let value = caravan_operators::buying_group::group_value(&defs, &state, &g.solution, now);
+                    (g.solution.to_string(), value)
+                })
+                .collect();
             let timers: Vec<_> = store
                 .timers()?
                 .into_iter()
@@ -291,12 +315,13 @@ fn inspect(state: &std::path::Path, tenant: Option<&str>, account: Option<&str>)
                 "entries": record.entries,
                 "persons": persons.iter().filter(|p| p.present).map(|p| serde_json::json!({
                     "person_id": p.person_id, "attributes": p.attributes.to_map(), "version": p.version,
-                    "lists": p.lists,
-                    "activity": p.activity.iter().map(|h| (h.kind.to_string(), h.times.iter().map(|(_, n)| u64::from(*n)).sum::<u64>()))
+                    "lists": p.lists(),
+                    "activity": p.activity().iter().map(|h| (h.kind.to_string(), h.times.iter().map(|(_, n)| u64::from(*n)).sum::<u64>()))
                         .collect::<std::collections::BTreeMap<_, _>>()})).collect::<Vec<_>>(),
                 "opportunities": opportunities.iter().filter(|o| o.present).map(|o| serde_json::json!({
                     "opportunity_id": o.opportunity_id, "attributes": o.attributes.to_map(), "version": o.version})).collect::<Vec<_>>(),
                 "timers": timers,
+                "buying_groups": buying_groups,
             })
         }
         _ => {

@@ -19,6 +19,7 @@
 //! assert_eq!(out.changes[0].version, 1);
 //! ```
 
+use crate::buying_group::{self, Recompute, Template};
 use crate::ids;
 use crate::journey::{AccountEvent, Journey};
 use crate::runtime::{self, AccountEventValue};
@@ -44,6 +45,10 @@ pub struct Definitions {
     /// Stopped journeys, by tenant and id: the newest version the stop applies to. A higher version
     /// published later runs again.
     stopped: BTreeMap<(String, String), u32>,
+    /// Buying group templates by tenant and solution interest, every version kept.
+    templates: BTreeMap<(String, Id), BTreeMap<u32, Arc<Template>>>,
+    /// Tenants with a template: asked for every input record, so it must not allocate.
+    template_tenants: std::collections::BTreeSet<String>,
 }
 
 impl Definitions {
@@ -75,6 +80,64 @@ impl Definitions {
         }
         versions.insert(journey.version, Arc::new(journey));
         Ok(())
+    }
+
+    /// Adds a buying group template version: one template (id) per tenant and solution interest.
+    ///
+    /// # Errors
+    /// Another template id for the same solution interest, or a version equal to or lower than the newest
+    /// with a different document.
+    pub fn publish_template(&mut self, template: Template) -> Result<(), String> {
+        let key = (template.tenant.clone(), template.solution.clone());
+        let versions = self.templates.entry(key).or_default();
+        if let Some((&newest, existing)) = versions.iter().next_back() {
+            if existing.id != template.id {
+                return Err(format!(
+                    "template `{}` is refused: solution interest `{}` already has template `{}`",
+                    template.id, template.solution, existing.id
+                ));
+            }
+            if template.version <= newest {
+                if versions.get(&template.version).is_some_and(|t| t.document == template.document) {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "template `{}` version {} is refused: version {newest} is already published",
+                    template.id, template.version
+                ));
+            }
+        }
+        let tracked = self.tracked.entry(template.tenant.clone()).or_default();
+        for (kind, _) in &template.weights {
+            let longest = tracked.entry(kind.clone()).or_insert(0);
+            *longest = (*longest).max(template.window);
+        }
+        self.template_tenants.insert(template.tenant.clone());
+        versions.insert(template.version, Arc::new(template));
+        Ok(())
+    }
+
+    /// The newest template of every solution interest of a tenant, in solution order.
+    pub fn templates_for<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a Arc<Template>> + 'a {
+        self.templates
+            .range((tenant.to_owned(), Id::default())..)
+            .take_while(move |((t, _), _)| t == tenant)
+            .filter_map(|(_, versions)| versions.values().next_back())
+    }
+
+    /// Whether a tenant has any buying group template.
+    pub fn has_templates(&self, tenant: &str) -> bool {
+        self.template_tenants.contains(tenant)
+    }
+
+    /// The newest template of a solution interest.
+    pub fn template(&self, tenant: &str, solution: &str) -> Option<&Arc<Template>> {
+        self.templates.get(&(tenant.to_owned(), Id::from(solution)))?.values().next_back()
+    }
+
+    /// Every template version.
+    pub fn all_templates(&self) -> impl Iterator<Item = &Arc<Template>> {
+        self.templates.values().flat_map(BTreeMap::values)
     }
 
     /// Stops a journey (SPEC §3.2, `caravan stop`): its published versions admit no more entries. Returns the
@@ -304,6 +367,8 @@ pub struct Effects {
     /// Timers cancelled before they fired.
     pub cancelled: Vec<TimerHandle>,
     arm_count: u64,
+    /// Account events raised by actions, not yet delivered to listens.
+    pub(crate) pending: Vec<AccountEventValue>,
 }
 
 impl Effects {
@@ -314,6 +379,7 @@ impl Effects {
         self.armed.clear();
         self.cancelled.clear();
         self.arm_count = 0;
+        self.pending.clear();
     }
 
     /// The rank of the next timer armed in this step.
@@ -475,6 +541,9 @@ pub fn apply_event(
     let mut tracker = Tracker::default();
     let mut account_event: Option<AccountEventValue> = None;
     let changes_before = out.changes.len();
+    // Whose buying-group roles the record may change (`None`: groups are not re-evaluated).
+    let mut roles = Some(Recompute::Everyone);
+    let mut entered: Option<&Id> = None;
     match &ev.body {
         EventBody::AccountUpserted { attributes, .. } => {
             tracker.touch_account(acct, Origin::Input, None);
@@ -489,11 +558,13 @@ pub fn apply_event(
                 acct.record.attributes.clear();
                 acct.record.audiences.clear();
                 acct.record.lists.clear();
+                acct.record.groups.clear();
                 for inst in std::mem::take(&mut acct.record.instances) {
                     runtime::cancel_timers(&inst, out);
                 }
                 acct.record_dirty = true;
             }
+            roles = None;
         }
         EventBody::PersonUpserted { person_id, attributes, .. } => {
             let seq = cause.seq;
@@ -524,6 +595,7 @@ pub fn apply_event(
             let slot = acct.persons.remove(ix);
             let at = acct.persons.partition_point(|p| p.record.joined <= slot.record.joined);
             acct.persons.insert(at, slot);
+            roles = Some(Recompute::Person(at));
         }
         EventBody::PersonDeleted { person_id } => {
             if let Some(ix) = acct.person_ix(person_id).filter(|&ix| acct.persons[ix].record.present) {
@@ -533,6 +605,7 @@ pub fn apply_event(
                 slot.record.present = false;
                 slot.record.attributes.clear();
                 slot.dirty = true;
+                roles = Some(Recompute::Person(ix));
             }
         }
         EventBody::AccountAudience { audience_id, status, .. } => match status {
@@ -540,7 +613,7 @@ pub fn apply_event(
                 if let Err(at) = acct.record.audiences.binary_search(audience_id) {
                     acct.record.audiences.insert(at, audience_id.clone());
                     acct.record_dirty = true;
-                    runtime::enter_journeys(defs, acct, audience_id, cause, &mut tracker, out);
+                    entered = Some(audience_id);
                 }
             }
             AudienceStatus::Exited => {
@@ -564,13 +637,13 @@ pub fn apply_event(
                 }
             }
         },
-        EventBody::PersonActivity { person_id, activity, properties, .. } => {
+        EventBody::PersonActivity { person_id, activity, .. } => {
             if let Some(retention) = defs.activity_retention(&acct.tenant, activity)
                 && let Some(ix) = acct.person_ix(person_id).filter(|&ix| acct.persons[ix].record.present)
             {
                 record_activity(&mut acct.persons[ix], activity, ev.ts, retention);
             }
-            runtime::on_activity(defs, acct, ev.ts, person_id, activity, properties, cause, &mut tracker, out);
+            roles = Some(Recompute::Nobody);
         }
         EventBody::OpportunityUpserted { opportunity_id, attributes, .. } => {
             let ix = match (acct.opportunity_ix(opportunity_id), attach) {
@@ -620,11 +693,23 @@ pub fn apply_event(
             }
         }
     }
+    // Buying groups follow the record before journeys react to it (SPEC §7).
+    let stage_changes = match roles {
+        Some(who) if defs.has_templates(&acct.tenant) => buying_group::evaluate(defs, acct, ev.ts, who, None),
+        _ => Vec::new(),
+    };
+    if let Some(audience) = entered {
+        runtime::enter_journeys(defs, acct, audience, cause, &mut tracker, out);
+    }
+    if let EventBody::PersonActivity { person_id, activity, properties, .. } = &ev.body {
+        runtime::on_activity(defs, acct, ev.ts, person_id, activity, properties, cause, &mut tracker, out);
+    }
     tracker.finish(acct, cause, out);
     // Account events reach listens once the record's own changes are applied; what the listens do is a
     // further part of the same cause (it never touches the opportunity or audience that caused it).
     let mut events = runtime::opportunity_events(&out.changes[changes_before..]);
     events.extend(account_event);
+    events.extend(stage_changes);
     if !events.is_empty() && !acct.record.instances.is_empty() {
         let mut tracker = Tracker::default();
         for event in &events {
@@ -632,6 +717,7 @@ pub fn apply_event(
         }
         tracker.finish(acct, cause, out);
     }
+    runtime::deliver_pending(defs, acct, cause, out);
 }
 
 /// Enters an account into a journey version just published, when the account is already in its audience
@@ -649,9 +735,16 @@ pub fn enter_on_publish(
         return false;
     }
     let mut tracker = Tracker::default();
-    let entered = runtime::enter(journey, acct, cause, &mut tracker, out);
+    let entered = runtime::enter(defs, journey, acct, cause, &mut tracker, out);
     tracker.finish(acct, cause, out);
     entered
+}
+
+/// Re-evaluates every buying group of the account from scratch (a template was published): roles of
+/// everyone, groups created or dropped, stages advanced; stage changes reach the journeys listening.
+pub fn reassess_groups(defs: &Definitions, acct: &mut AccountState, cause: &Cause<'_>, out: &mut Effects) {
+    out.pending.extend(buying_group::evaluate(defs, acct, cause.ts, Recompute::Everyone, None));
+    runtime::deliver_pending(defs, acct, cause, out);
 }
 
 /// Ends every instance of a journey in this account at once, silently, cancelling its timers
@@ -667,7 +760,7 @@ pub fn stop_journey(acct: &mut AccountState, journey_id: &str, out: &mut Effects
 
 /// Adds one activity to a person's history of its kind.
 fn record_activity(slot: &mut PersonSlot, kind: &str, ts: Timestamp, retention: i64) {
-    let history = &mut slot.record.activity;
+    let history = &mut slot.record.extra_mut().activity;
     let at = match history.binary_search_by(|h| h.kind.as_str().cmp(kind)) {
         Ok(at) => at,
         Err(at) => {

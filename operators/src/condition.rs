@@ -30,6 +30,8 @@ pub enum Scope {
     Person,
     /// `listen.where`: the account's names and `event`.
     Listen,
+    /// Buying group stages: the account's names and the group as `buying_group`.
+    Group,
 }
 
 impl Scope {
@@ -38,6 +40,7 @@ impl Scope {
             Scope::Account => &["account", "opportunities"],
             Scope::Person => &["account", "opportunities", "person"],
             Scope::Listen => &["account", "opportunities", "event"],
+            Scope::Group => &["account", "opportunities", "buying_group"],
         }
     }
 }
@@ -53,10 +56,17 @@ pub enum Var {
     Person,
     /// The listened-for event.
     Event,
+    /// The buying group a stage condition is evaluated for.
+    Group,
 }
 
-const VARS: [(&str, Var); 4] =
-    [("account", Var::Account), ("opportunities", Var::Opportunities), ("person", Var::Person), ("event", Var::Event)];
+const VARS: [(&str, Var); 5] = [
+    ("account", Var::Account),
+    ("opportunities", Var::Opportunities),
+    ("person", Var::Person),
+    ("event", Var::Event),
+    ("buying_group", Var::Group),
+];
 
 /// What a condition reads from the engine at evaluation.
 pub trait Facts {
@@ -579,6 +589,7 @@ mod tests {
                 Var::Person => self.person.clone(),
                 Var::Event => self.event.clone(),
                 Var::Opportunities => self.opportunities.clone(),
+                Var::Group => Value::Null,
             }
         }
         fn activity(&self, kind: &str, window: i64) -> u64 {

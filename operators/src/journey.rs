@@ -342,7 +342,8 @@ impl Checker {
     }
 }
 
-fn valid_journey_id(id: &str) -> bool {
+/// Whether an id matches `[a-z0-9][a-z0-9-]{0,63}` (journeys and buying group templates).
+pub(crate) fn valid_journey_id(id: &str) -> bool {
     let b = id.as_bytes();
     !b.is_empty()
         && b.len() <= 64

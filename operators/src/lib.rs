@@ -5,6 +5,7 @@
 //! same outputs; the engine owns scheduling, watermarks, caching and commits.
 //!
 //! - [`journey`]: validation and compilation of journey documents.
+//! - [`buying_group`]: buying group templates, and the groups of an account.
 //! - [`condition`]: CEL conditions.
 //! - [`account`]: the account state machine (entities, their change events, and the steps it runs).
 //! - `runtime` (private): journey instances at run time: entry, nodes, listens, branches, timers.
@@ -25,6 +26,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod account;
+pub mod buying_group;
 pub mod condition;
 pub mod ids;
 pub mod journey;

@@ -7,6 +7,7 @@
 //! cancelled timers are reported in [`Effects`] for the engine.
 
 use crate::account::{AccountState, Cause, Definitions, Effects, TimerHandle, Tracker};
+use crate::buying_group::{self, Recompute};
 use crate::condition::{Condition, Facts, Var};
 use crate::ids;
 use crate::journey::{AccountEvent, ActionKind, Journey, ListenFor, Node, NodeIx, Target, WaitSpec};
@@ -22,25 +23,38 @@ use std::cell::OnceCell;
 pub(crate) const OWN_SLOT: u32 = 0;
 
 /// An account event that listens may wait for, with its `event` value for `where`.
+#[derive(Clone, Debug)]
 pub(crate) struct AccountEventValue {
     pub(crate) kind: AccountEvent,
     pub(crate) value: Value,
 }
 
 /// The data conditions read, built lazily from the account (once per evaluation site).
-struct Env<'a> {
+pub(crate) struct Env<'a> {
+    defs: &'a Definitions,
     acct: &'a AccountState,
     /// The person of a person condition (index into `acct.persons`).
-    person: Option<usize>,
+    pub(crate) person: Option<usize>,
     event: Option<&'a Value>,
+    /// The group of a stage condition.
+    pub(crate) group: Option<&'a Value>,
     now: Timestamp,
     account: OnceCell<Value>,
     opportunities: OnceCell<Value>,
 }
 
 impl<'a> Env<'a> {
-    fn new(acct: &'a AccountState, now: Timestamp) -> Env<'a> {
-        Env { acct, person: None, event: None, now, account: OnceCell::new(), opportunities: OnceCell::new() }
+    pub(crate) fn new(defs: &'a Definitions, acct: &'a AccountState, now: Timestamp) -> Env<'a> {
+        Env {
+            defs,
+            acct,
+            person: None,
+            event: None,
+            group: None,
+            now,
+            account: OnceCell::new(),
+            opportunities: OnceCell::new(),
+        }
     }
 }
 
@@ -51,6 +65,7 @@ impl Facts for Env<'_> {
             Var::Opportunities => self.opportunities.get_or_init(|| opportunities_value(self.acct)).clone(),
             Var::Person => self.person.map_or(Value::Null, |ix| person_value(self.acct, ix)),
             Var::Event => self.event.cloned().unwrap_or(Value::Null),
+            Var::Group => self.group.cloned().unwrap_or(Value::Null),
         }
     }
 
@@ -58,7 +73,7 @@ impl Facts for Env<'_> {
         let since = self.now.0.saturating_sub(window);
         let count = |ix: usize| {
             let p = &self.acct.persons[ix].record;
-            p.activity.iter().find(|h| h.kind == kind).map_or(0, |h| h.count_since(since))
+            p.activity().iter().find(|h| h.kind == kind).map_or(0, |h| h.count_since(since))
         };
         match self.person {
             Some(ix) => count(ix),
@@ -66,14 +81,13 @@ impl Facts for Env<'_> {
         }
     }
 
-    fn buying_group(&self, _solution: &str) -> Value {
-        // SPEC §7: null where no template exists. Buying group templates are not published by this version.
-        Value::Null
+    fn buying_group(&self, solution: &str) -> Value {
+        buying_group::group_value(self.defs, self.acct, solution, self.now)
     }
 
-    fn role(&self, _solution: &str) -> Value {
-        // A role exists only in a buying group; see `buying_group`.
-        Value::Null
+    fn role(&self, solution: &str) -> Value {
+        let role = self.person.and_then(|ix| buying_group::role_of(self.acct, ix, solution));
+        role.map_or(Value::Null, |r| Value::String(r.to_string()))
     }
 }
 
@@ -91,7 +105,7 @@ fn person_value(acct: &AccountState, ix: usize) -> Value {
     let p = &acct.persons[ix].record;
     let mut m = p.attributes.to_map();
     m.insert("id".into(), Value::String(p.person_id.to_string()));
-    m.insert("lists".into(), ids_value(&p.lists));
+    m.insert("lists".into(), ids_value(p.lists()));
     Value::Object(m)
 }
 
@@ -147,13 +161,14 @@ pub(crate) fn enter_journeys(
     let tenant = acct.tenant.clone();
     for journey in defs.newest_for_tenant(&tenant) {
         if journey.audience == audience {
-            enter(journey, acct, cause, tracker, out);
+            enter(defs, journey, acct, cause, tracker, out);
         }
     }
 }
 
 /// Enters one journey version, unless the account runs it already or `reentry` forbids it.
 pub(crate) fn enter(
+    defs: &Definitions,
     journey: &Journey,
     acct: &mut AccountState,
     cause: &Cause<'_>,
@@ -186,7 +201,7 @@ pub(crate) fn enter(
     let at = acct.record.instances.partition_point(|i| i.journey_id.as_str() < journey.id.as_str());
     acct.record.instances.insert(at, rec);
     acct.record_dirty = true;
-    run(journey, acct, at, journey.start, cause, tracker, out);
+    run(defs, journey, acct, at, journey.start, cause, tracker, out);
     true
 }
 
@@ -264,7 +279,7 @@ fn deliver(
             continue;
         }
         if let Some(cond) = condition {
-            let mut env = Env::new(acct, cause.ts);
+            let mut env = Env::new(defs, acct, cause.ts);
             env.event = Some(event.get_or_init(&make_event));
             if !cond.eval(&env) {
                 i += 1;
@@ -284,12 +299,29 @@ fn deliver(
         acct.record_dirty = true;
         let before = acct.record.instances.len();
         match next {
-            Some(n) => run(&journey, acct, i, n, cause, tracker, out),
+            Some(n) => run(defs, &journey, acct, i, n, cause, tracker, out),
             None => end_instance(acct, i, out),
         }
         if acct.record.instances.len() == before {
             i += 1;
         }
+    }
+}
+
+/// Delivers the account events that a step's actions raised (buying group stage changes), until none is left.
+/// Journeys are acyclic and each delivery moves instances forward, so this ends; the bound only guards
+/// against a bug turning into a hang.
+pub(crate) fn deliver_pending(defs: &Definitions, acct: &mut AccountState, cause: &Cause<'_>, out: &mut Effects) {
+    for _ in 0..10_000 {
+        let events = std::mem::take(&mut out.pending);
+        if events.is_empty() {
+            return;
+        }
+        let mut tracker = Tracker::default();
+        for event in &events {
+            on_account_event(defs, acct, event, cause, &mut tracker, out);
+        }
+        tracker.finish(acct, cause, out);
     }
 }
 
@@ -334,7 +366,7 @@ pub fn fire_timer(
             _ => None,
         };
         match next {
-            Some(n) => run(&journey, acct, i, n, cause, &mut tracker, out),
+            Some(n) => run(defs, &journey, acct, i, n, cause, &mut tracker, out),
             None => end_instance(acct, i, out),
         }
     } else {
@@ -345,16 +377,19 @@ pub fn fire_timer(
             _ => None,
         };
         if let Some(n) = next {
-            run_branch(&journey, acct, i, b, n, cause, &mut tracker, out);
+            run_branch(defs, &journey, acct, i, b, n, cause, &mut tracker, out);
         }
-        join_if_merged(&journey, acct, i, cause, &mut tracker, out);
+        join_if_merged(defs, &journey, acct, i, cause, &mut tracker, out);
     }
     tracker.finish(acct, cause, out);
+    deliver_pending(defs, acct, cause, out);
     true
 }
 
 /// Runs instance `i` from node `from` until it waits or exits.
+#[allow(clippy::too_many_arguments)]
 fn run(
+    defs: &Definitions,
     journey: &Journey,
     acct: &mut AccountState,
     i: usize,
@@ -370,15 +405,15 @@ fn run(
         at = match &journey.nodes[n] {
             Node::Action { kind, params, to, next } => {
                 let people: Vec<usize> = (0..acct.persons.len()).collect();
-                execute(journey, acct, i, n, (kind, params, to), &people, cause, tracker, out);
+                execute(defs, journey, acct, i, n, (kind, params, to), &people, cause, tracker, out);
                 *next
             }
             Node::SplitAccounts { paths, otherwise } => {
-                let env = Env::new(acct, cause.ts);
+                let env = Env::new(defs, acct, cause.ts);
                 paths.iter().find(|(c, _)| c.eval(&env)).map(|(_, t)| *t).or(*otherwise)
             }
             Node::SplitPeople { paths, otherwise, merge } => {
-                split_people(journey, acct, i, paths, *otherwise, *merge, cause, tracker, out);
+                split_people(defs, journey, acct, i, paths, *otherwise, *merge, cause, tracker, out);
                 if !acct.record.instances[i].branches.iter().all(|b| b.node == journey.node_name(*merge)) {
                     return;
                 }
@@ -415,6 +450,7 @@ fn wait_due(spec: &WaitSpec, cause: &Cause<'_>) -> Timestamp {
 /// took until it waits or reaches the merge. A person matching no path, without `otherwise`, waits at the merge.
 #[allow(clippy::too_many_arguments)]
 fn split_people(
+    defs: &Definitions,
     journey: &Journey,
     acct: &mut AccountState,
     i: usize,
@@ -427,7 +463,7 @@ fn split_people(
 ) {
     let mut taken: Vec<Vec<Id>> = vec![Vec::new(); paths.len() + 1];
     {
-        let mut env = Env::new(acct, cause.ts);
+        let mut env = Env::new(defs, acct, cause.ts);
         for ix in 0..acct.persons.len() {
             if !acct.persons[ix].record.present {
                 continue;
@@ -453,13 +489,14 @@ fn split_people(
     let inst = &mut acct.record.instances[i];
     inst.branches = branches.iter().map(|(b, _)| b.clone()).collect();
     for (b, (_, start)) in branches.into_iter().enumerate() {
-        run_branch(journey, acct, i, b, start, cause, tracker, out);
+        run_branch(defs, journey, acct, i, b, start, cause, tracker, out);
     }
 }
 
 /// Runs branch `b` of instance `i` from `from` until it waits or reaches its merge.
 #[allow(clippy::too_many_arguments)]
 fn run_branch(
+    defs: &Definitions,
     journey: &Journey,
     acct: &mut AccountState,
     i: usize,
@@ -480,7 +517,7 @@ fn run_branch(
                     let members = &acct.record.instances[i].branches[b].people;
                     (0..acct.persons.len()).filter(|&ix| members.contains(&acct.persons[ix].record.person_id)).collect()
                 };
-                execute(journey, acct, i, n, (kind, params, to), &people, cause, tracker, out);
+                execute(defs, journey, acct, i, n, (kind, params, to), &people, cause, tracker, out);
                 *next
             }
             Node::Wait { spec, .. } => {
@@ -494,7 +531,9 @@ fn run_branch(
 }
 
 /// Continues instance `i` past its merge once every branch has arrived there.
+#[allow(clippy::too_many_arguments)]
 fn join_if_merged(
+    defs: &Definitions,
     journey: &Journey,
     acct: &mut AccountState,
     i: usize,
@@ -509,7 +548,7 @@ fn join_if_merged(
     let merge = *merge;
     if inst.branches.iter().all(|b| b.node == journey.node_name(merge) && b.timer.is_none()) {
         acct.record.instances[i].branches.clear();
-        run(journey, acct, i, merge, cause, tracker, out);
+        run(defs, journey, acct, i, merge, cause, tracker, out);
     }
 }
 
@@ -529,6 +568,7 @@ fn arm(acct: &mut AccountState, i: usize, slot: u32, due: Timestamp, cause: &Cau
 /// order); `to` narrows them.
 #[allow(clippy::too_many_arguments)]
 fn execute(
+    defs: &Definitions,
     journey: &Journey,
     acct: &mut AccountState,
     i: usize,
@@ -568,15 +608,22 @@ fn execute(
             }
             ActionKind::AddAccountToList { list } => add_to(&mut acct.record.lists, list),
             ActionKind::RemoveAccountFromList { list } => remove_from(&mut acct.record.lists, list),
-            // A buying group exists only where a template does; none is published by this version, so these
-            // act on nothing beyond their action record (SPEC §7: every executed action gives one).
+            // A group exists only where a template does; without one these give only their action record.
+            // Stage changes reach listens once this step's journeys have run (`deliver_pending`).
+            ActionKind::SetBuyingGroupStage { solution, stage } => {
+                out.pending.extend(buying_group::set_stage(defs, acct, solution, stage));
+            }
+            ActionKind::ReassessBuyingGroup { solution } => {
+                let changes = buying_group::evaluate(defs, acct, cause.ts, Recompute::Everyone, Some(solution));
+                out.pending.extend(changes);
+            }
             _ => {}
         }
         acct.record_dirty = true;
         return;
     }
     let targets: Vec<usize> = {
-        let mut env = Env::new(acct, cause.ts);
+        let mut env = Env::new(defs, acct, cause.ts);
         people
             .iter()
             .copied()
@@ -625,11 +672,13 @@ fn execute(
                 p.dirty = true;
             }
             ActionKind::AddToList { list } => {
-                add_to(&mut acct.persons[ix].record.lists, list);
+                add_to(&mut acct.persons[ix].record.extra_mut().lists, list);
                 acct.persons[ix].dirty = true;
             }
             ActionKind::RemoveFromList { list } => {
-                remove_from(&mut acct.persons[ix].record.lists, list);
+                if acct.persons[ix].record.lists().iter().any(|l| l == list) {
+                    remove_from(&mut acct.persons[ix].record.extra_mut().lists, list);
+                }
                 acct.persons[ix].dirty = true;
             }
             _ => {}
@@ -638,7 +687,7 @@ fn execute(
 }
 
 fn env_role(env: &Env<'_>, ix: usize, solution: &str) -> Value {
-    let mut one = Env::new(env.acct, env.now);
+    let mut one = Env::new(env.defs, env.acct, env.now);
     one.person = Some(ix);
     one.role(solution)
 }

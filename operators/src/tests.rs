@@ -9,6 +9,7 @@ use caravan_schemas::time::{NANOS_PER_SEC, Timestamp};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+mod buying_groups;
 mod language;
 mod random_journeys;
 

@@ -15,6 +15,11 @@ pub fn journey_schema() -> Value {
     schemars::schema_for!(JourneyDoc).to_value()
 }
 
+/// The JSON Schema of buying group template documents (`schemas/json/buying_group_template.schema.json`).
+pub fn template_schema() -> Value {
+    schemars::schema_for!(TemplateDoc).to_value()
+}
+
 /// Whether an account may enter a journey again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -203,6 +208,72 @@ pub struct SolutionParams {
     pub solution: String,
 }
 
+/// A buying group template document (SPEC §3.3): the roles of a buying group for one solution interest, how
+/// engagement is counted, and the stages a group moves through.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Caravan buying group template")]
+pub struct TemplateDoc {
+    /// Always `buying_group_template`.
+    pub kind: String,
+    /// The tenant that owns the template.
+    #[schemars(length(min = 1))]
+    pub tenant: String,
+    /// `[a-z0-9][a-z0-9-]{0,63}`.
+    #[schemars(pattern(r"^[a-z0-9][a-z0-9-]{0,63}$"))]
+    pub id: String,
+    /// A higher version supersedes (default 1).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub version: u32,
+    /// The solution interest: one template per tenant and solution interest.
+    #[schemars(length(min = 1))]
+    pub solution_interest: String,
+    /// Ordered roles: a person takes the first whose condition holds.
+    pub roles: Vec<RoleDoc>,
+    /// How engagement is counted.
+    pub engagement: EngagementDoc,
+    /// Ordered stages; the first is the initial stage.
+    pub stages: Vec<StageDoc>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One role of a template.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleDoc {
+    /// The role's name.
+    pub role: String,
+    /// A CEL person condition.
+    pub when: String,
+    /// Whether completeness counts it.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// Engagement: the weighted count of members' activities inside the window.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EngagementDoc {
+    /// The window (`30d`).
+    pub window: String,
+    /// Weight per activity kind.
+    pub weights: BTreeMap<String, f64>,
+}
+
+/// One stage of a template.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StageDoc {
+    /// The stage's name.
+    pub stage: String,
+    /// A CEL condition over `buying_group` (and the account); absent: always holds.
+    pub when: Option<String>,
+}
+
 /// One path of a split.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -293,8 +364,10 @@ mod tests {
                 files.push(e.expect("entry").path());
             }
         }
+        let templates = jsonschema::validator_for(&template_schema()).expect("compiles");
         for f in &files {
             let doc = read_document(&std::fs::read_to_string(f).expect("reads")).expect("parses");
+            let v = if doc["kind"] == "buying_group_template" { &templates } else { &v };
             let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
             assert!(errors.is_empty(), "{}: {errors:?}", f.display());
         }
@@ -303,6 +376,25 @@ mod tests {
         for want in ["/id", "/version", "/nodes/s", "/nodes/s/action"] {
             assert!(errors.iter().any(|e| e == want), "missing {want} in {errors:?}");
         }
+    }
+
+    #[test]
+    fn template_schema_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("json/buying_group_template.schema.json");
+        let schema = template_schema();
+        let text = serde_json::to_string_pretty(&schema).expect("serializes") + "\n";
+        if std::env::var_os("CARAVAN_UPDATE_SCHEMAS").is_some() {
+            std::fs::write(&path, &text).expect("write");
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), text, "{} is stale", path.display());
+        let v = jsonschema::validator_for(&schema).expect("compiles");
+        let good = read_document("kind: buying_group_template\ntenant: t\nid: bg\nsolution_interest: s\nroles: [{role: r, when: 'true', required: true}]\nengagement: {window: 30d, weights: {email.opened: 1}}\nstages: [{stage: a}, {stage: b, when: 'buying_group.engagement > 1'}]\n").expect("parses");
+        assert!(v.is_valid(&good));
+        let bad = read_document(
+            "kind: buying_group_template\ntenant: t\nid: bg\nsolution_interest: s\nroles: []\nstages: []\n",
+        )
+        .expect("parses");
+        assert!(!v.is_valid(&bad), "engagement is required");
     }
 
     #[test]

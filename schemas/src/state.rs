@@ -71,6 +71,20 @@ pub struct AccountRecord {
     pub entries: Vec<(Id, u32)>,
     /// Lists the account is on (`add_account_to_list`), sorted.
     pub lists: Vec<Id>,
+    /// Buying groups, by solution interest (sorted). Internal: never on the change stream.
+    pub groups: Vec<GroupRecord>,
+}
+
+/// The stored part of one buying group: its stage. Members, completeness and engagement are derived from the
+/// people's roles and activity history whenever they are read, so they are always current.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The solution interest.
+    pub solution: Id,
+    /// The template version the people's roles were assigned with.
+    pub template_version: u32,
+    /// The current stage.
+    pub stage: Id,
 }
 
 /// Where one journey instance of an account stands.
@@ -125,10 +139,42 @@ pub struct PersonRecord {
     pub version: u64,
     /// Input sequence number of the record that made the person join the account (orders the people).
     pub joined: u64,
+    /// Lists, activity history and buying-group roles: boxed, because most people of a large state have
+    /// none of them and 800k people would otherwise carry three empty vectors (72 bytes) each.
+    pub extra: Option<Box<PersonExtra>>,
+}
+
+/// The parts of a person that journeys and buying groups add, when it has any.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersonExtra {
     /// Lists the person is on (`add_to_list`), sorted.
     pub lists: Vec<Id>,
     /// Activity history of the kinds that definitions count, sorted by kind.
     pub activity: Vec<ActivityHistory>,
+    /// The person's role in each buying group of its account, by solution interest (sorted).
+    pub roles: Vec<(Id, Id)>,
+}
+
+impl PersonRecord {
+    /// Lists the person is on, sorted.
+    pub fn lists(&self) -> &[Id] {
+        self.extra.as_ref().map_or(&[], |e| &e.lists)
+    }
+
+    /// Activity history, sorted by kind.
+    pub fn activity(&self) -> &[ActivityHistory] {
+        self.extra.as_ref().map_or(&[], |e| &e.activity)
+    }
+
+    /// Buying-group roles, by solution interest.
+    pub fn roles(&self) -> &[(Id, Id)] {
+        self.extra.as_ref().map_or(&[], |e| &e.roles)
+    }
+
+    /// The extra parts, created empty when the person has none yet.
+    pub fn extra_mut(&mut self) -> &mut PersonExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
 }
 
 /// The recent activities of one kind of one person: event times (nanoseconds) with how many activities
@@ -251,6 +297,7 @@ mod tests {
                 }],
                 entries: vec![("j".into(), 1)],
                 lists: vec!["vip".into()],
+                groups: vec![GroupRecord { solution: "s".into(), template_version: 2, stage: "k".into() }],
             };
             prop_assert_eq!(decode::<AccountRecord>(&encode(&rec)).expect("round trip"), rec);
         }

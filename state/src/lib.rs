@@ -162,7 +162,7 @@ fn timer_key(tenant: &str, account: &str, journey: &str, instance: u32, slot: u3
     k
 }
 
-/// `j` tenant `\0` journey `\0` version (u32 BE): a published document.
+/// `j` tenant `\0` journey `\0` version (u32 BE): a published journey (`b` ...: a buying group template).
 fn definition_key(tenant: &str, id: &str, version: u32) -> Vec<u8> {
     let mut k = key3("j", tenant, id);
     k.push(0);
@@ -265,6 +265,14 @@ impl Delta {
         self.put(DEFINITIONS, definition_key(tenant, id, version), document.as_bytes().to_vec());
     }
 
+    /// Records a published buying group template version (its document as JSON text).
+    pub fn put_template(&mut self, tenant: &str, id: &str, version: u32, document: &str) {
+        let mut k = key3("b", tenant, id);
+        k.push(0);
+        k.extend_from_slice(&version.to_be_bytes());
+        self.put(DEFINITIONS, k, document.as_bytes().to_vec());
+    }
+
     /// Records that a journey is stopped for its versions up to `version`.
     pub fn put_stop(&mut self, tenant: &str, id: &str, version: u32) {
         self.put(DEFINITIONS, stop_key(tenant, id), version.to_be_bytes().to_vec());
@@ -323,8 +331,10 @@ pub struct StoredDefinition {
 /// What the `definitions` column family holds: published versions and stops.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredDefinitions {
-    /// Published versions, by tenant, journey and version.
+    /// Published journey versions, by tenant, journey and version.
     pub published: Vec<StoredDefinition>,
+    /// Published buying group template versions, by tenant, template and version.
+    pub templates: Vec<StoredDefinition>,
     /// Stopped journeys: tenant, journey, and the newest version the stop applies to.
     pub stopped: Vec<(String, String, u32)>,
 }
@@ -489,6 +499,29 @@ impl Store {
         Ok(out)
     }
 
+    /// The accounts of a tenant that hold person records (present or tombstones), in key order.
+    ///
+    /// # Errors
+    /// On a read failure.
+    pub fn accounts_with_people(&self, tenant: &str) -> Result<Vec<(String, ())>> {
+        self.check()?;
+        let mut prefix = tenant.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out: Vec<(String, ())> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(PERSONS), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let rest = &k[prefix.len()..];
+            let account = rest.split(|b| *b == 0).next().unwrap_or_default();
+            if out.last().is_none_or(|(a, _)| a.as_bytes() != account) {
+                out.push((String::from_utf8_lossy(account).into_owned(), ()));
+            }
+        }
+        Ok(out)
+    }
+
     /// The published definitions and stops.
     ///
     /// # Errors
@@ -502,11 +535,12 @@ impl Store {
                 || StateError::Codec { key: escape(&k), source: CodecError::Corrupt("bad definition".into()) };
             let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| corrupt());
             match k.first() {
-                Some(b'j') => {
+                Some(kind @ (b'j' | b'b')) => {
                     let (head, version) = k.split_at(k.len().checked_sub(4).ok_or_else(corrupt)?);
                     let parts: Vec<&[u8]> = head.split(|b| *b == 0).collect();
                     let [_, tenant, id, _] = parts.as_slice() else { return Err(corrupt()) };
-                    out.published.push(StoredDefinition {
+                    let list = if *kind == b'j' { &mut out.published } else { &mut out.templates };
+                    list.push(StoredDefinition {
                         tenant: text(tenant)?,
                         id: text(id)?,
                         version: u32::from_be_bytes(version.try_into().map_err(|_| corrupt())?),

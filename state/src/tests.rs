@@ -178,6 +178,7 @@ fn definitions_stops_and_account_scans_round_trip() {
     d.put_definition("t", "j", 256, r#"{"kind":"journey"}"#);
     d.put_definition("t", "j", 1, "{}");
     d.put_definition("u", "k", 3, "{}");
+    d.put_template("t", "j", 2, "{}");
     d.put_stop("t", "j", 256);
     let rec = |aud: &str| AccountRecord { exists: true, audiences: vec![aud.into()], ..AccountRecord::default() };
     d.put_account("t", "a1", &rec("x"));
@@ -190,6 +191,8 @@ fn definitions_stops_and_account_scans_round_trip() {
     assert_eq!(published, [("t", "j", 1), ("t", "j", 256), ("u", "k", 3)]);
     assert_eq!(defs.published[1].document, r#"{"kind":"journey"}"#);
     assert_eq!(defs.stopped, [("t".to_owned(), "j".to_owned(), 256)]);
+    assert_eq!(defs.templates.len(), 1, "a template of the same id is kept apart");
+    assert_eq!((defs.templates[0].id.as_str(), defs.templates[0].version), ("j", 2));
     let accounts: Vec<String> = store.accounts_of("t").expect("scans").into_iter().map(|(a, _)| a).collect();
     assert_eq!(accounts, ["a1", "a2"], "another tenant's accounts are not in the scan");
 }

@@ -6,6 +6,7 @@
 mod support;
 
 mod bad_input;
+mod buying_groups;
 mod crash;
 mod metrics;
 mod publish;

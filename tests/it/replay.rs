@@ -312,6 +312,10 @@ fn the_bundled_examples_replay_as_documented() {
     assert_eq!(at("attendees"), [t("northwind", "nw-ana", "2026-03-10T17:30")]);
     assert_eq!(at("influenced"), [t("northwind", "-", "2026-03-14T15:00")]);
     assert_eq!(at("recording").len(), 3);
+    // Northwind's buying group reaches `decision` when its CTO attends the webinar (with the director's
+    // earlier opens and clicks): the decision makers are briefed, sales alerted.
+    assert_eq!(at("brief"), [t("northwind", "nw-ana", "2026-03-10T17:30")]);
+    assert_eq!(at("alert").iter().filter(|(a, _, ts)| a == "northwind" && ts == "2026-03-10T17:30").count(), 1);
     // Change events from actions name their journey and node.
     let changes = read_ndjson(&out.join("changes.ndjson"));
     let scored: Vec<&serde_json::Value> = changes.iter().filter(|c| c["node_id"] == "score").collect();

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-pub use publish::stop;
+pub use publish::{stop, stored_definitions};
 
 /// Everything a replay needs to know.
 #[derive(Clone, Debug)]

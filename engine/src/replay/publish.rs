@@ -16,7 +16,10 @@
 
 use super::committer::OUTPUT_FILES;
 use crate::EngineError;
-use caravan_operators::account::{AccountState, Cause, Definitions, Effects, enter_on_publish, stop_journey};
+use caravan_operators::account::{
+    AccountState, Cause, Definitions, Effects, enter_on_publish, reassess_groups, stop_journey,
+};
+use caravan_operators::buying_group::{Template, compile_template};
 use caravan_operators::journey::{Journey, compile_journey};
 use caravan_schemas::definition::read_document;
 use caravan_schemas::time::Timestamp;
@@ -29,6 +32,7 @@ use std::sync::Arc;
 pub(crate) struct Reconciled {
     pub(crate) defs: Definitions,
     pub(crate) new_versions: Vec<Arc<Journey>>,
+    pub(crate) new_templates: Vec<Arc<Template>>,
 }
 
 /// Merges the state's published definitions with the folder's.
@@ -47,6 +51,14 @@ pub(crate) fn reconcile(store: &Store, folder: &Definitions) -> Result<Reconcile
         })?;
         defs.publish(journey).map_err(|e| stored_problem(&d.id, d.version, &e))?;
     }
+    for d in &stored.templates {
+        let doc = read_document(&d.document).map_err(|e| stored_problem(&d.id, d.version, &e))?;
+        let template = compile_template(&doc).map_err(|p| {
+            let text: Vec<String> = p.iter().map(ToString::to_string).collect();
+            stored_problem(&d.id, d.version, &text.join("; "))
+        })?;
+        defs.publish_template(template).map_err(|e| stored_problem(&d.id, d.version, &e))?;
+    }
     let mut problems = Vec::new();
     let mut new_versions = Vec::new();
     for journey in folder.all() {
@@ -60,16 +72,36 @@ pub(crate) fn reconcile(store: &Store, folder: &Definitions) -> Result<Reconcile
             Err(e) => problems.push(format!("{e} (by this state; publish a higher version to change it)")),
         }
     }
+    let mut new_templates = Vec::new();
+    for template in folder.all_templates() {
+        let known = stored
+            .templates
+            .iter()
+            .any(|d| d.tenant == template.tenant && d.id == template.id && d.version == template.version);
+        match defs.publish_template((**template).clone()) {
+            Ok(()) if !known => new_templates.push(Arc::clone(template)),
+            Ok(()) => {}
+            Err(e) => problems.push(format!("{e} (by this state; publish a higher version to change it)")),
+        }
+    }
     for (tenant, id, version) in &stored.stopped {
         defs.restore_stop(tenant, id, *version);
     }
     if problems.is_empty() {
         // Hand back the definitions' own copies, so that entry runs on exactly what workers will run.
         let new_versions = new_versions.iter().filter_map(|j| defs.get(&j.tenant, &j.id, j.version).cloned()).collect();
-        Ok(Reconciled { defs, new_versions })
+        Ok(Reconciled { defs, new_versions, new_templates })
     } else {
         Err(EngineError::Invalid(problems.join("\n")))
     }
+}
+
+/// The definitions a state has published (journeys, templates, stops), for reading it outside a run.
+///
+/// # Errors
+/// A store failure, or a stored document that no longer compiles.
+pub fn stored_definitions(store: &Store) -> Result<Definitions, EngineError> {
+    Ok(reconcile(store, &Definitions::default())?.defs)
 }
 
 fn stored_problem(id: &str, version: u32, e: &str) -> EngineError {
@@ -158,13 +190,25 @@ pub(crate) fn publish_new(
     checkpoint: &Checkpoint,
     reconciled: &Reconciled,
 ) -> Result<Checkpoint, EngineError> {
-    if reconciled.new_versions.is_empty() {
+    if reconciled.new_versions.is_empty() && reconciled.new_templates.is_empty() {
         return Ok(checkpoint.clone());
     }
     let defs = &reconciled.defs;
     let mut pass = Pass::default();
     let mut out = Effects::default();
     let ts = Timestamp(checkpoint.max_ts.unwrap_or(0));
+    // New templates first: every account with people gets its group, so that journeys published with them
+    // see it. Stage changes here reach the journeys already running.
+    for template in &reconciled.new_templates {
+        pass.delta.put_template(&template.tenant, &template.id, template.version, &template.document.to_string());
+        let cause_id = format!("publish:{}:{}", template.id, template.version);
+        let cause = Cause::control(checkpoint.records, ts, &cause_id);
+        for (account, _) in store.accounts_with_people(&template.tenant)? {
+            let mut acct = load(store, &template.tenant, &account)?;
+            reassess_groups(defs, &mut acct, &cause, &mut out);
+            pass.take(&mut acct, &mut out);
+        }
+    }
     for journey in &reconciled.new_versions {
         pass.delta.put_definition(&journey.tenant, &journey.id, journey.version, &journey.document.to_string());
         let newest = defs.newest_for_tenant(&journey.tenant).any(|j| Arc::ptr_eq(j, journey));

@@ -178,7 +178,7 @@ nodes:
     assert_eq!(Value::Object(p1.after.to_map()), json!({"score": 5, "stage": "mql"}));
     assert_eq!(Value::Object(s.out.changes[1].after.to_map()), json!({"score": 6.5, "stage": "mql"}));
     assert_eq!(s.out.actions[4].params, json!({"field": "score", "by": 0.5}), "params exclude `to`");
-    assert_eq!(s.acct.persons[0].record.lists, ["vip"]);
+    assert_eq!(s.acct.persons[0].record.lists(), ["vip"]);
     assert_eq!(s.acct.record.lists, ["target-accounts"]);
     assert!(s.out.changes.iter().all(|c| c.entity == Entity::Person), "lists emit no change events");
 }
@@ -288,7 +288,7 @@ nodes:
     let mut s = Script::new(Definitions::default());
     person(&mut s, "p1", json!({}));
     visit(&mut s, "v", "p1", 1);
-    assert!(s.acct.persons[0].record.activity.is_empty());
+    assert!(s.acct.persons[0].record.extra.is_none(), "no history, no extras");
 }
 
 #[test]
@@ -425,8 +425,8 @@ nodes:
     person(&mut s, "p1", json!({"title": "CTO"}));
     person(&mut s, "p2", json!({}));
     enter(&mut s, T0);
-    assert_eq!(s.acct.persons[0].record.lists, Vec::<caravan_schemas::Id>::new());
-    assert_eq!(s.acct.persons[1].record.lists, ["l"]);
+    assert!(s.acct.persons[0].record.lists().is_empty());
+    assert_eq!(s.acct.persons[1].record.lists(), ["l"]);
     assert!(s.acct.record.lists.is_empty());
     // Removing an attribute by null: the change carries null after; a person without it changes nothing.
     let changes: Vec<(&str, Value)> =
