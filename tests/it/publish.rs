@@ -157,3 +157,33 @@ fn stop_ends_instances_silently_until_a_higher_version() {
         .collect();
     assert_eq!(versions, [1, 1, 2, 2, 2]);
 }
+
+#[test]
+fn a_new_template_gives_existing_accounts_their_groups_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (defs, out, state, input) =
+        (dir.path().join("defs"), dir.path().join("out"), dir.path().join("state"), dir.path().join("in.ndjson"));
+    journey(&defs, "a.yaml", "welcome", 1, "target", "  a: {action: {send_alert: {template: hi}}}\n");
+    let person = |id: &str, title: &str| {
+        format!(
+            r#"{{"tenant":"t","type":"person.upserted","event_id":"{id}","ts":"2026-01-01T00:00:00Z","person_id":"{id}","account_id":"x","attributes":{{"job_title":"{title}"}}}}"#
+        )
+    };
+    write_lines(&input, &[person("boss", "CTO"), person("dev", "Engineer")]);
+    replay(&defs, &input, &out, Some(&state), &[]);
+    let inspect = || {
+        let shown = caravan(&["inspect", "--state", &state.display().to_string(), "--tenant", "t", "--account", "x"]);
+        serde_json::from_slice::<serde_json::Value>(&shown.stdout).expect("json")
+    };
+    assert_eq!(inspect()["buying_groups"], serde_json::json!({}));
+    std::fs::write(
+        defs.join("bg.yaml"),
+        "kind: buying_group_template\ntenant: t\nid: bg\nsolution_interest: data\nroles:\n  - {role: boss, when: 'person.job_title == \"CTO\"', required: true}\nengagement: {window: 7d, weights: {email.opened: 1}}\nstages:\n  - {stage: new}\n  - {stage: staffed, when: buying_group.completeness >= 1.0}\n",
+    )
+    .expect("write");
+    replay(&defs, &input, &out, Some(&state), &[]);
+    let group = &inspect()["buying_groups"]["data"];
+    assert_eq!(group["stage"], "staffed", "created at publication and advanced at once");
+    assert_eq!(group["members"], serde_json::json!([{"id": "boss", "role": "boss"}]));
+    assert!(read_ndjson(&out.join("changes.ndjson")).iter().all(|c| c["entity"] == "person"));
+}

@@ -206,8 +206,16 @@ fn templates_are_validated_with_paths() {
     ] {
         assert!(paths.contains(&want), "missing {want} in {problems:?}");
     }
-    // One template per solution interest.
+    // Versions: equal with the same document is fine, with another refused, higher supersedes.
     let mut d = defs(false);
+    let v1 = compile_template(&read_document(TEMPLATE).expect("parses")).expect("valid");
+    d.publish_template(v1).expect("identical republication");
+    let changed = TEMPLATE.replace("weights: {", "weights: {web.visited: 2, ");
+    assert!(d.publish_template(compile_template(&read_document(&changed).expect("parses")).expect("valid")).is_err());
+    let v2 = changed.replace("solution_interest: analytics", "version: 2\nsolution_interest: analytics");
+    d.publish_template(compile_template(&read_document(&v2).expect("parses")).expect("valid")).expect("higher");
+    assert_eq!(d.template("t", "analytics").map(|t| t.version), Some(2));
+    // One template per solution interest.
     let other = TEMPLATE.replace("id: analytics-bg", "id: other-bg");
     assert!(d.publish_template(compile_template(&read_document(&other).expect("parses")).expect("valid")).is_err());
 }
