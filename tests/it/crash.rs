@@ -48,7 +48,9 @@ fn kill_at_random_points_then_resume_gives_identical_outputs() {
     for _ in 0..8 {
         let extra = ["--workers", "2", "--commit-interval", "5ms", "--commit-records", "2000"];
         let mut child = spawn_replay(&defs, &input, &out, &state, &extra, false);
-        let wait = rng.random_range(20..(full.as_millis() as u64).max(40) + 30);
+        // Each kill lands within the first third of an uninterrupted run's time, so that several land while
+        // work remains even when this machine is fast (a wait as long as the run let every kill miss once).
+        let wait = rng.random_range(5..(full.as_millis() as u64 / 3).max(10));
         std::thread::sleep(Duration::from_millis(wait));
         if child.try_wait().expect("status").is_none() {
             killed_mid_run += 1;
@@ -119,13 +121,18 @@ fn kills_during_moves_and_deletes_still_give_identical_outputs() {
     eprintln!("crash test seed {seed}; uninterrupted run took {full:?}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let mut killed_mid_run = 0;
     for _ in 0..6 {
         let extra = ["--workers", "3", "--commit-interval", "2ms", "--commit-records", "500"];
         let mut child = spawn_replay(&defs, &input, &out, &state, &extra, false);
-        std::thread::sleep(Duration::from_millis(rng.random_range(20..(full.as_millis() as u64).max(40) + 30)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(5..(full.as_millis() as u64 / 3).max(10))));
+        if child.try_wait().expect("status").is_none() {
+            killed_mid_run += 1;
+        }
         child.kill().expect("kill");
         child.wait().expect("reaped");
     }
+    assert!(killed_mid_run > 0, "no kill landed while the replay ran");
     replay(&defs, &input, &out, Some(&state), &["--workers", "3"]);
     assert!(output_bytes(&out) == output_bytes(&reference), "outputs differ after crashes (seed {seed})");
 }
