@@ -7,6 +7,7 @@ read to last output committed, as the binary reports it, and wall time around th
 
     python3 benches/b2b-journey-v1/run.py                       # 100k accounts, 10M events (default)
     python3 benches/b2b-journey-v1/run.py --events 1000000 --accounts 10000
+    python3 benches/b2b-journey-v1/run.py --buying-group        # plus a buying group template
 
 Exit status 1 when a count differs.
 """
@@ -31,6 +32,8 @@ def main():
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--buying-group", action="store_true",
+                    help="add the buying group template of buying-group/ (measures what groups cost)")
     ap.add_argument("--work-dir", default="/var/cache/caravan/bench")
     ap.add_argument("--bin", default="/var/cache/caravan/target/release/caravan")
     ap.add_argument("--shared", default=os.environ.get("CARAVAN_SHARED", os.path.join(ROOT, "..", "shared")))
@@ -54,7 +57,14 @@ def main():
         expect = json.load(f)
 
     out_dir = os.path.join(args.work_dir, "out-" + name)
-    cmd = [args.bin, "replay", "--definitions", HERE, "--input", data, "--out", out_dir, "--no-progress"]
+    defs = HERE
+    if args.buying_group:
+        import shutil
+        import tempfile
+        defs = tempfile.mkdtemp(prefix="caravan-bench-defs-")
+        shutil.copy(os.path.join(HERE, "journey.yaml"), defs)
+        shutil.copy(os.path.join(HERE, "buying-group", "bench-bg.yaml"), defs)
+    cmd = [args.bin, "replay", "--definitions", defs, "--input", data, "--out", out_dir, "--no-progress"]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
     size = os.path.getsize(data)

@@ -542,7 +542,7 @@ pub fn apply_event(
     let mut account_event: Option<AccountEventValue> = None;
     let changes_before = out.changes.len();
     // Whose buying-group roles the record may change (`None`: groups are not re-evaluated).
-    let mut roles = Some(Recompute::Everyone);
+    let mut roles = Some(Recompute::Account);
     let mut entered: Option<&Id> = None;
     match &ev.body {
         EventBody::AccountUpserted { attributes, .. } => {
@@ -643,7 +643,7 @@ pub fn apply_event(
             {
                 record_activity(&mut acct.persons[ix], activity, ev.ts, retention);
             }
-            roles = Some(Recompute::Nobody);
+            roles = acct.person_ix(person_id).map(|ix| Recompute::Activity(ix, activity.as_str()));
         }
         EventBody::OpportunityUpserted { opportunity_id, attributes, .. } => {
             let ix = match (acct.opportunity_ix(opportunity_id), attach) {

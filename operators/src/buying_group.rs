@@ -9,7 +9,7 @@
 //! emits change events: buying group data stays internal (SPEC §1).
 
 use crate::account::{AccountState, Definitions};
-use crate::condition::{Condition, Scope};
+use crate::condition::{Condition, Fact, Scope, Var};
 use crate::journey::AccountEvent;
 use crate::journey::Problem;
 use crate::runtime::{AccountEventValue, Env};
@@ -55,6 +55,15 @@ pub struct Template {
     pub roles: Vec<Role>,
     /// Engagement window, nanoseconds.
     pub window: i64,
+    /// Whether a role condition reads more than the person (the account, opportunities, activity counts):
+    /// then an account change or an activity re-assigns roles.
+    pub roles_read_account: bool,
+    /// Whether a role condition counts activities.
+    pub roles_read_activity: bool,
+    /// Whether a stage condition reads more than the group (the account, opportunities, activity counts).
+    pub stages_read_account: bool,
+    /// Whether a stage condition reads the group's `members` (a costly part of its value).
+    pub stages_read_members: bool,
     /// Weight per activity kind.
     pub weights: Vec<(Id, f64)>,
     /// Stages in order; the first is the initial one.
@@ -159,7 +168,21 @@ pub fn compile_template(doc: &Value) -> Result<Template, Vec<Problem>> {
     if !problems.is_empty() {
         return Err(problems);
     }
+    let roles_read_account = roles
+        .iter()
+        .any(|r| r.when.reads(Var::Account) || r.when.reads(Var::Opportunities) || !r.when.facts().is_empty());
+    let roles_read_activity = roles.iter().any(|r| r.when.facts().iter().any(|f| matches!(f, Fact::Activity(..))));
+    let stages_read_account = stages
+        .iter()
+        .filter_map(|s| s.when.as_ref())
+        .any(|c| c.reads(Var::Account) || c.reads(Var::Opportunities) || !c.facts().is_empty());
+    let stages_read_members =
+        stages.iter().filter_map(|s| s.when.as_ref()).any(|c| c.reads_field(Var::Group, "members"));
     Ok(Template {
+        stages_read_members,
+        stages_read_account,
+        roles_read_account,
+        roles_read_activity,
         tenant: td.tenant,
         id: td.id,
         version: td.version,
@@ -172,11 +195,14 @@ pub fn compile_template(doc: &Value) -> Result<Template, Vec<Problem>> {
     })
 }
 
-/// Which people's roles an evaluation recomputes.
+/// What a record changed, which decides whose roles an evaluation recomputes and whether stages can move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Recompute {
-    /// None: only the stage may advance (an activity changed engagement).
-    Nobody,
+pub(crate) enum Recompute<'a> {
+    /// An activity of this person of this kind: engagement may change (only if the person is a member and
+    /// the kind weighs), roles only where role conditions count activities.
+    Activity(usize, &'a str),
+    /// The account, its audiences or opportunities changed: roles only where role conditions read them.
+    Account,
     /// One person (upserted, joined, moved in).
     Person(usize),
     /// Everyone (the account changed; a template changed; `reassess_buying_group`).
@@ -224,22 +250,30 @@ fn engagement(t: &Template, acct: &AccountState, now: Timestamp) -> f64 {
 /// The `buying_group(solution)` value at `now`: `completeness`, `engagement`, `stage`, `members` (`{id, role}`), or
 /// null where no template exists or the account has no group.
 pub fn group_value(defs: &Definitions, acct: &AccountState, solution: &str, now: Timestamp) -> Value {
+    value_of(defs, acct, solution, now, true)
+}
+
+/// The group's value, with `members` only when asked for (stage conditions rarely read it, and building it is
+/// a large part of the cost of evaluating a stage).
+fn value_of(defs: &Definitions, acct: &AccountState, solution: &str, now: Timestamp, members: bool) -> Value {
     let (Some(t), Some(g)) =
         (defs.template(&acct.tenant, solution), acct.record.groups.iter().find(|g| g.solution == solution))
     else {
         return Value::Null;
     };
-    let members: Vec<Value> = (0..acct.persons.len())
-        .filter_map(|ix| {
-            role_of(acct, ix, solution)
-                .map(|r| json!({"id": acct.persons[ix].record.person_id.as_str(), "role": r.as_str()}))
-        })
-        .collect();
     let mut m = Map::new();
     m.insert("completeness".into(), json!(completeness(t, acct)));
     m.insert("engagement".into(), json!(engagement(t, acct, now)));
     m.insert("stage".into(), Value::String(g.stage.to_string()));
-    m.insert("members".into(), Value::Array(members));
+    if members {
+        let members: Vec<Value> = (0..acct.persons.len())
+            .filter_map(|ix| {
+                let r = role_of(acct, ix, solution)?;
+                Some(json!({"id": acct.persons[ix].record.person_id.as_str(), "role": r.as_str()}))
+            })
+            .collect();
+        m.insert("members".into(), Value::Array(members));
+    }
     Value::Object(m)
 }
 
@@ -258,7 +292,7 @@ pub(crate) fn evaluate(
     defs: &Definitions,
     acct: &mut AccountState,
     now: Timestamp,
-    who: Recompute,
+    who: Recompute<'_>,
     only: Option<&str>,
 ) -> Vec<AccountEventValue> {
     let mut events = Vec::new();
@@ -281,12 +315,16 @@ pub(crate) fn evaluate(
         };
         let who = if stale { Recompute::Everyone } else { who };
         let people: Vec<usize> = match who {
-            Recompute::Nobody => Vec::new(),
+            Recompute::Activity(ix, _) if t.roles_read_activity => vec![ix],
+            Recompute::Activity(..) => Vec::new(),
+            Recompute::Account if t.roles_read_account => (0..acct.persons.len()).collect(),
+            Recompute::Account => Vec::new(),
             Recompute::Person(ix) => vec![ix],
             Recompute::Everyone => (0..acct.persons.len()).collect(),
         };
+        let mut roles_changed = false;
         for ix in people {
-            assign_role(defs, acct, t, ix, now);
+            roles_changed |= assign_role(defs, acct, t, ix, now);
         }
         let i = match at {
             Ok(i) => {
@@ -306,7 +344,23 @@ pub(crate) fn evaluate(
             }
         };
         let current = t.stages.iter().position(|s| s.name == acct.record.groups[i].stage).unwrap_or(0);
-        let value = group_value(defs, acct, &t.solution, now);
+        // Stages never go back by themselves: at the last one there is nothing to evaluate. Otherwise a stage
+        // can move only if something it reads changed: the group is new or its roles changed, a member's
+        // weighted activity changed engagement, or the account changed and a stage reads it.
+        let may_move = stale
+            || roles_changed
+            || match who {
+                Recompute::Activity(ix, kind) => {
+                    role_of(acct, ix, &t.solution).is_some() && t.weights.iter().any(|(k, w)| k == kind && *w > 0.0)
+                }
+                Recompute::Account => t.stages_read_account,
+                Recompute::Person(_) => false,
+                Recompute::Everyone => true,
+            };
+        if current + 1 >= t.stages.len() || !may_move {
+            continue;
+        }
+        let value = value_of(defs, acct, &t.solution, now, t.stages_read_members);
         let mut env = Env::new(defs, acct, now);
         env.group = Some(&value);
         let furthest =
@@ -320,7 +374,8 @@ pub(crate) fn evaluate(
     events
 }
 
-fn assign_role(defs: &Definitions, acct: &mut AccountState, t: &Template, ix: usize, now: Timestamp) {
+/// Assigns a person's role in one group; returns whether it changed.
+fn assign_role(defs: &Definitions, acct: &mut AccountState, t: &Template, ix: usize, now: Timestamp) -> bool {
     let role = if acct.persons[ix].record.present {
         let mut env = Env::new(defs, acct, now);
         env.person = Some(ix);
@@ -330,7 +385,7 @@ fn assign_role(defs: &Definitions, acct: &mut AccountState, t: &Template, ix: us
     };
     let current = acct.persons[ix].record.roles().iter().find(|(s, _)| *s == t.solution).map(|(_, r)| r);
     if current == role.as_ref() {
-        return;
+        return false;
     }
     let roles = &mut acct.persons[ix].record.extra_mut().roles;
     let at = roles.binary_search_by(|(s, _)| s.as_str().cmp(&t.solution));
@@ -352,6 +407,7 @@ fn assign_role(defs: &Definitions, acct: &mut AccountState, t: &Template, ix: us
     if changed {
         acct.persons[ix].dirty = true;
     }
+    changed
 }
 
 /// `set_buying_group_stage`: moves a group to a stage of its template (back too). Returns the stage change.

@@ -99,6 +99,9 @@ pub struct Condition {
     expr: Arc<IdedExpr>,
     vars: Vec<Var>,
     facts: Vec<Fact>,
+    /// Fields selected directly on a variable (`buying_group.stage`), and the variables also used whole.
+    fields: Vec<(Var, String)>,
+    whole: Vec<Var>,
 }
 
 impl std::fmt::Debug for Condition {
@@ -129,14 +132,29 @@ impl Condition {
             Ok(Err(e)) => return Err(vec![format!("condition `{source}` does not parse: {e}")]),
             Err(_) => return Err(vec![format!("condition `{source}` does not parse")]),
         };
-        let mut rw = Rewriter { scope, bound: Vec::new(), facts: Vec::new(), vars: Vec::new(), problems: Vec::new() };
+        let mut rw = Rewriter {
+            scope,
+            bound: Vec::new(),
+            facts: Vec::new(),
+            vars: Vec::new(),
+            fields: Vec::new(),
+            whole: Vec::new(),
+            problems: Vec::new(),
+        };
         let mut expr = program.expression().clone();
         let ty = rw.rewrite(&mut expr);
         if !matches!(ty, Ty::Bool | Ty::Dyn) {
             rw.problems.push(format!("is not boolean: it gives {}", ty.name()));
         }
         if rw.problems.is_empty() {
-            Ok(Condition { source: source.to_owned(), expr: Arc::new(expr), vars: rw.vars, facts: rw.facts })
+            Ok(Condition {
+                source: source.to_owned(),
+                expr: Arc::new(expr),
+                vars: rw.vars,
+                facts: rw.facts,
+                fields: rw.fields,
+                whole: rw.whole,
+            })
         } else {
             Err(rw.problems.into_iter().map(|p| format!("condition `{source}`: {p}")).collect())
         }
@@ -145,6 +163,17 @@ impl Condition {
     /// The source text.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether the condition reads a variable.
+    pub fn reads(&self, var: Var) -> bool {
+        self.vars.contains(&var)
+    }
+
+    /// Whether the condition may read a field of a variable: it selects it, or uses the variable whole (so a
+    /// caller may leave costly fields out of a variable's value when no condition reads them).
+    pub fn reads_field(&self, var: Var, field: &str) -> bool {
+        self.whole.contains(&var) || self.fields.iter().any(|(v, f)| *v == var && f == field)
     }
 
     /// The facts the condition reads.
@@ -294,6 +323,8 @@ struct Rewriter {
     bound: Vec<String>,
     facts: Vec<Fact>,
     vars: Vec<Var>,
+    fields: Vec<(Var, String)>,
+    whole: Vec<Var>,
     problems: Vec<String>,
 }
 
@@ -344,6 +375,9 @@ impl Rewriter {
                 match VARS.iter().find(|(n, _)| n == name) {
                     Some((n, v)) if self.scope.variables().contains(n) => {
                         self.use_var(*v);
+                        if !self.whole.contains(v) {
+                            self.whole.push(*v);
+                        }
                         if *v == Var::Opportunities { Ty::List } else { Ty::Map }
                     }
                     _ => {
@@ -354,7 +388,19 @@ impl Rewriter {
                 }
             }
             Expr::Select(sel) => {
+                let direct = match &sel.operand.expr {
+                    Expr::Ident(name) if !self.bound.iter().any(|b| b == name) => {
+                        VARS.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+                    }
+                    _ => None,
+                };
+                let whole_before = self.whole.len();
                 let operand = self.rewrite(&mut sel.operand);
+                if let Some(var) = direct {
+                    // A field of a variable: not a use of the whole variable.
+                    self.whole.truncate(whole_before);
+                    self.fields.push((var, sel.field.clone()));
+                }
                 if operand.known() && operand != Ty::Map && operand != Ty::Null {
                     self.problems.push(format!("`.{}` selects a field of {}", sel.field, operand.name()));
                 }

@@ -219,3 +219,18 @@ fn templates_are_validated_with_paths() {
     let other = TEMPLATE.replace("id: analytics-bg", "id: other-bg");
     assert!(d.publish_template(compile_template(&read_document(&other).expect("parses")).expect("valid")).is_err());
 }
+
+#[test]
+fn stage_conditions_tell_what_they_read() {
+    let t = compile_template(&read_document(TEMPLATE).expect("parses")).expect("valid");
+    assert!(!t.stages_read_members && !t.stages_read_account && !t.roles_read_account && !t.roles_read_activity);
+    let members = TEMPLATE.replace("buying_group.engagement >= 5", "size(buying_group.members) >= 2").replace(
+        "person.job_title.contains(\"Director\")",
+        "person.job_title.contains(\"Director\") && account.size > 1",
+    );
+    let t = compile_template(&read_document(&members).expect("parses")).expect("valid");
+    assert!(t.stages_read_members && t.roles_read_account);
+    let whole = TEMPLATE.replace("buying_group.engagement >= 5", "size(buying_group) > 0");
+    let t = compile_template(&read_document(&whole).expect("parses")).expect("valid");
+    assert!(t.stages_read_members, "a variable used whole may read any field");
+}
