@@ -350,13 +350,8 @@ mod tests {
     #[test]
     fn journey_schema_is_current_and_accepts_the_bundled_journeys() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let path = root.join("json/journey.schema.json");
         let schema = journey_schema();
-        let text = serde_json::to_string_pretty(&schema).expect("serializes") + "\n";
-        if std::env::var_os("CARAVAN_UPDATE_SCHEMAS").is_some() {
-            std::fs::write(&path, &text).expect("write");
-        }
-        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), text, "{} is stale", path.display());
+        crate::assert_schema_file_current("journey", &schema);
         let v = jsonschema::validator_for(&schema).expect("compiles");
         let mut files = vec![root.join("../benches/b2b-journey-v1/journey.yaml")];
         for dir in ["../ops/examples/journeys"] {
@@ -380,13 +375,8 @@ mod tests {
 
     #[test]
     fn template_schema_is_current() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("json/buying_group_template.schema.json");
         let schema = template_schema();
-        let text = serde_json::to_string_pretty(&schema).expect("serializes") + "\n";
-        if std::env::var_os("CARAVAN_UPDATE_SCHEMAS").is_some() {
-            std::fs::write(&path, &text).expect("write");
-        }
-        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), text, "{} is stale", path.display());
+        crate::assert_schema_file_current("buying_group_template", &schema);
         let v = jsonschema::validator_for(&schema).expect("compiles");
         let good = read_document("kind: buying_group_template\ntenant: t\nid: bg\nsolution_interest: s\nroles: [{role: r, when: 'true', required: true}]\nengagement: {window: 30d, weights: {email.opened: 1}}\nstages: [{stage: a}, {stage: b, when: 'buying_group.engagement > 1'}]\n").expect("parses");
         assert!(v.is_valid(&good));

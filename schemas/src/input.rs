@@ -13,6 +13,7 @@
 //! assert_eq!(bad.unwrap_err().reason, RejectReason::MissingField);
 //! ```
 
+pub mod contract;
 mod fast;
 
 use crate::Id;
@@ -97,7 +98,7 @@ impl Default for DecodeLimits {
 }
 
 /// Membership change of an account in an audience.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AudienceStatus {
     /// The account entered the audience.

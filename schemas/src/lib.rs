@@ -28,6 +28,22 @@ pub mod output;
 pub mod state;
 pub mod time;
 
+/// Asserts that `schemas/json/<name>.schema.json` holds exactly the schema the types generate; with
+/// `CARAVAN_UPDATE_SCHEMAS` set, writes it first (`CARAVAN_UPDATE_SCHEMAS=1 cargo test --release -p caravan-schemas`).
+#[cfg(test)]
+pub(crate) fn assert_schema_file_current(name: &str, schema: &serde_json::Value) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("json");
+    let path = dir.join(format!("{name}.schema.json"));
+    let text = serde_json::to_string_pretty(schema).expect("serializes") + "\n";
+    if std::env::var_os("CARAVAN_UPDATE_SCHEMAS").is_some() {
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(&path, &text).expect("write");
+    }
+    let stored = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(stored, text, "{} is stale: regenerate it (CARAVAN_UPDATE_SCHEMAS=1)", path.display());
+    assert!(jsonschema::meta::is_valid(schema), "{name} is a valid JSON Schema");
+}
+
 /// An identifier or short name (tenant, event, account, person, attribute key): stored inline up to 24
 /// bytes, so the ids of a typical event cost no heap allocation.
 pub type Id = compact_str::CompactString;

@@ -205,17 +205,8 @@ mod tests {
     /// `CARAVAN_UPDATE_SCHEMAS=1 cargo test --release -p caravan-schemas`.
     #[test]
     fn checked_in_schemas_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("json");
         for (name, schema) in output_schemas() {
-            let path = dir.join(format!("{name}.schema.json"));
-            let text = serde_json::to_string_pretty(&schema).expect("serializes") + "\n";
-            if std::env::var_os("CARAVAN_UPDATE_SCHEMAS").is_some() {
-                std::fs::create_dir_all(&dir).expect("mkdir");
-                std::fs::write(&path, &text).expect("write");
-            }
-            let stored = std::fs::read_to_string(&path).unwrap_or_default();
-            assert_eq!(stored, text, "{} is stale: regenerate it (see this test's doc)", path.display());
-            assert!(jsonschema::meta::is_valid(&schema), "{name} is a valid JSON Schema");
+            crate::assert_schema_file_current(name, &schema);
         }
     }
 
