@@ -42,41 +42,28 @@ pub fn load_files(files: &[PathBuf]) -> Result<Definitions, Vec<String>> {
                 continue;
             }
         };
-        let doc = match read_document(&text) {
-            Ok(d) => d,
-            Err(e) => {
-                problems.push(format!("{name}: {e}"));
-                continue;
-            }
-        };
-        match doc.get("kind").and_then(|k| k.as_str()) {
-            Some("journey") => {}
-            Some("buying_group_template") => {
-                match compile_template(&doc) {
-                    Ok(t) => {
-                        if let Err(e) = defs.publish_template(t) {
-                            problems.push(format!("{name}: {e}"));
-                        }
-                    }
-                    Err(ps) => problems.extend(ps.into_iter().map(|p| format!("{name}: {p}"))),
-                }
-                continue;
-            }
-            _ => {
-                problems.push(format!("{name}: at kind: expected `journey` or `buying_group_template`"));
-                continue;
-            }
-        }
-        match compile_journey(&doc) {
-            Ok(j) => {
-                if let Err(e) = defs.publish(j) {
-                    problems.push(format!("{name}: {e}"));
-                }
-            }
-            Err(ps) => problems.extend(ps.into_iter().map(|p| format!("{name}: {p}"))),
+        if let Err(ps) = publish_text(&mut defs, &text) {
+            problems.extend(ps.into_iter().map(|p| format!("{name}: {p}")));
         }
     }
     if problems.is_empty() { Ok(defs) } else { Err(problems) }
+}
+
+/// Reads, validates and publishes one definition document (a journey or a buying group template), as
+/// `publish` does: from a file, or as stored by a state.
+///
+/// # Errors
+/// Every problem of the document (with node and path where it has them), or the publication's refusal.
+pub fn publish_text(defs: &mut Definitions, text: &str) -> Result<(), Vec<String>> {
+    let doc = read_document(text).map_err(|e| vec![e])?;
+    let texts = |ps: Vec<caravan_operators::journey::Problem>| ps.iter().map(ToString::to_string).collect::<Vec<_>>();
+    match doc.get("kind").and_then(|k| k.as_str()) {
+        Some("journey") => defs.publish(compile_journey(&doc).map_err(texts)?).map_err(|e| vec![e]),
+        Some("buying_group_template") => {
+            defs.publish_template(compile_template(&doc).map_err(texts)?).map_err(|e| vec![e])
+        }
+        _ => Err(vec!["at kind: expected `journey` or `buying_group_template`".into()]),
+    }
 }
 
 /// Loads every definition of a folder.

@@ -36,19 +36,30 @@ use std::sync::Arc;
 
 pub use crate::runtime::fire_timer;
 
-/// The published journeys, by tenant and id, every version kept (in-flight accounts finish on theirs).
+/// The published definitions, by tenant: journeys and buying group templates, every version kept (in-flight
+/// accounts finish on theirs). Lookups borrow their keys: the engine asks on every record.
 #[derive(Clone, Debug, Default)]
 pub struct Definitions {
-    journeys: BTreeMap<(String, String), BTreeMap<u32, Arc<Journey>>>,
-    /// Per tenant, the activity kinds that conditions count, with the longest window that reads each.
-    tracked: BTreeMap<String, BTreeMap<Id, i64>>,
-    /// Stopped journeys, by tenant and id: the newest version the stop applies to. A higher version
-    /// published later runs again.
-    stopped: BTreeMap<(String, String), u32>,
-    /// Buying group templates by tenant and solution interest, every version kept.
-    templates: BTreeMap<(String, Id), BTreeMap<u32, Arc<Template>>>,
-    /// Tenants with a template: asked for every input record, so it must not allocate.
-    template_tenants: std::collections::BTreeSet<String>,
+    tenants: BTreeMap<String, TenantDefinitions>,
+}
+
+/// One tenant's definitions.
+#[derive(Clone, Debug, Default)]
+struct TenantDefinitions {
+    /// Journeys by id, then version.
+    journeys: BTreeMap<String, BTreeMap<u32, Arc<Journey>>>,
+    /// Stopped journeys: the newest version the stop applies to. A higher version published later runs again.
+    stopped: BTreeMap<String, u32>,
+    /// Buying group templates by solution interest, then version.
+    templates: BTreeMap<Id, BTreeMap<u32, Arc<Template>>>,
+    /// The activity kinds that definitions count, with the longest window that reads each.
+    tracked: BTreeMap<Id, i64>,
+}
+
+/// Notes that a kind's activity history must reach back `window`.
+fn track(tracked: &mut BTreeMap<Id, i64>, kind: &Id, window: i64) {
+    let longest = tracked.entry(kind.clone()).or_insert(0);
+    *longest = (*longest).max(window);
 }
 
 impl Definitions {
@@ -57,7 +68,8 @@ impl Definitions {
     /// # Errors
     /// When a version equal to or lower than the newest is published with a different document.
     pub fn publish(&mut self, journey: Journey) -> Result<(), String> {
-        let versions = self.journeys.entry((journey.tenant.clone(), journey.id.clone())).or_default();
+        let tenant = self.tenants.entry(journey.tenant.clone()).or_default();
+        let versions = tenant.journeys.entry(journey.id.clone()).or_default();
         if let Some((&newest, existing)) = versions.iter().next_back()
             && journey.version <= newest
         {
@@ -73,10 +85,8 @@ impl Definitions {
                 if journey.version == newest { " with another document" } else { "" }
             ));
         }
-        let tracked = self.tracked.entry(journey.tenant.clone()).or_default();
         for (kind, window) in journey.activity_windows() {
-            let longest = tracked.entry(kind).or_insert(0);
-            *longest = (*longest).max(window);
+            track(&mut tenant.tracked, &kind, window);
         }
         versions.insert(journey.version, Arc::new(journey));
         Ok(())
@@ -88,8 +98,8 @@ impl Definitions {
     /// Another template id for the same solution interest, or a version equal to or lower than the newest
     /// with a different document.
     pub fn publish_template(&mut self, template: Template) -> Result<(), String> {
-        let key = (template.tenant.clone(), template.solution.clone());
-        let versions = self.templates.entry(key).or_default();
+        let tenant = self.tenants.entry(template.tenant.clone()).or_default();
+        let versions = tenant.templates.entry(template.solution.clone()).or_default();
         if let Some((&newest, existing)) = versions.iter().next_back() {
             if existing.id != template.id {
                 return Err(format!(
@@ -107,81 +117,81 @@ impl Definitions {
                 ));
             }
         }
-        let tracked = self.tracked.entry(template.tenant.clone()).or_default();
         for (kind, _) in &template.weights {
-            let longest = tracked.entry(kind.clone()).or_insert(0);
-            *longest = (*longest).max(template.window);
+            track(&mut tenant.tracked, kind, template.window);
         }
-        self.template_tenants.insert(template.tenant.clone());
         versions.insert(template.version, Arc::new(template));
         Ok(())
     }
 
     /// The newest template of every solution interest of a tenant, in solution order.
-    pub fn templates_for<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a Arc<Template>> + 'a {
-        self.templates
-            .range((tenant.to_owned(), Id::default())..)
-            .take_while(move |((t, _), _)| t == tenant)
-            .filter_map(|(_, versions)| versions.values().next_back())
+    pub fn templates_for<'a>(&'a self, tenant: &str) -> impl Iterator<Item = &'a Arc<Template>> + 'a {
+        let templates = self.tenants.get(tenant).map(|t| &t.templates);
+        templates.into_iter().flat_map(BTreeMap::values).filter_map(|versions| versions.values().next_back())
     }
 
     /// Whether a tenant has any buying group template.
     pub fn has_templates(&self, tenant: &str) -> bool {
-        self.template_tenants.contains(tenant)
+        self.tenants.get(tenant).is_some_and(|t| !t.templates.is_empty())
     }
 
     /// The newest template of a solution interest.
     pub fn template(&self, tenant: &str, solution: &str) -> Option<&Arc<Template>> {
-        self.templates.get(&(tenant.to_owned(), Id::from(solution)))?.values().next_back()
+        self.tenants.get(tenant)?.templates.get(solution)?.values().next_back()
     }
 
     /// Every template version.
     pub fn all_templates(&self) -> impl Iterator<Item = &Arc<Template>> {
-        self.templates.values().flat_map(BTreeMap::values)
+        self.tenants.values().flat_map(|t| t.templates.values()).flat_map(BTreeMap::values)
     }
 
     /// Stops a journey (SPEC §3.2, `caravan stop`): its published versions admit no more entries. Returns the
     /// newest version the stop applies to, or `None` for an unknown journey. Ending the running instances is
     /// [`stop_journey`]'s work, account by account.
     pub fn stop(&mut self, tenant: &str, id: &str) -> Option<u32> {
-        let newest = *self.journeys.get(&(tenant.to_owned(), id.to_owned()))?.keys().next_back()?;
-        self.stopped.insert((tenant.to_owned(), id.to_owned()), newest);
+        let t = self.tenants.get_mut(tenant)?;
+        let newest = *t.journeys.get(id)?.keys().next_back()?;
+        t.stopped.insert(id.to_owned(), newest);
         Some(newest)
     }
 
     /// Restores a stop read from state.
     pub fn restore_stop(&mut self, tenant: &str, id: &str, version: u32) {
-        let v = self.stopped.entry((tenant.to_owned(), id.to_owned())).or_insert(0);
+        let t = self.tenants.entry(tenant.to_owned()).or_default();
+        let v = t.stopped.entry(id.to_owned()).or_insert(0);
         *v = (*v).max(version);
     }
 
     /// Whether a journey version is stopped.
     pub fn is_stopped(&self, tenant: &str, id: &str, version: u32) -> bool {
-        self.stopped.get(&(tenant.to_owned(), id.to_owned())).is_some_and(|&v| version <= v)
+        self.tenants.get(tenant).and_then(|t| t.stopped.get(id)).is_some_and(|&v| version <= v)
     }
 
     /// How long a tenant's activity history of a kind must reach back, when any condition counts it.
     pub fn activity_retention(&self, tenant: &str, kind: &str) -> Option<i64> {
-        self.tracked.get(tenant)?.get(kind).copied()
+        self.tenants.get(tenant)?.tracked.get(kind).copied()
     }
 
-    /// The newest version of every journey of a tenant, in journey id order.
-    pub fn newest_for_tenant<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a Arc<Journey>> + 'a {
-        self.journeys
-            .range((tenant.to_owned(), String::new())..)
-            .take_while(move |((t, _), _)| t == tenant)
-            .filter_map(|(_, versions)| versions.values().next_back())
-            .filter(|j| !self.is_stopped(&j.tenant, &j.id, j.version))
+    /// The newest version of every journey of a tenant that is not stopped, in journey id order.
+    pub fn newest_for_tenant<'a>(&'a self, tenant: &str) -> impl Iterator<Item = &'a Arc<Journey>> + 'a {
+        let t = self.tenants.get(tenant);
+        t.into_iter().flat_map(move |t| {
+            t.journeys
+                .iter()
+                .filter_map(|(id, versions)| versions.values().next_back().map(|j| (id, j)))
+                .filter(move |(id, j)| t.stopped.get(id.as_str()).is_none_or(|&v| j.version > v))
+                .map(|(_, j)| j)
+        })
     }
 
     /// One journey version.
     pub fn get(&self, tenant: &str, id: &str, version: u32) -> Option<&Arc<Journey>> {
-        self.journeys.get(&(tenant.to_owned(), id.to_owned()))?.get(&version)
+        self.tenants.get(tenant)?.journeys.get(id)?.get(&version)
     }
 
     /// All journeys, every version.
     pub fn all(&self) -> impl Iterator<Item = &Arc<Journey>> {
-        self.journeys.values().flat_map(BTreeMap::values)
+        self.tenants.values().flat_map(|t| t.journeys.values()).flat_map(BTreeMap::values)
     }
 }
 

@@ -72,6 +72,23 @@ pub struct Template {
     pub document: Value,
 }
 
+/// The problems of a template's list of roles or stages by name: empty list, empty or repeated names.
+fn name_problems(names: &[&str], list: &str, what: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if names.is_empty() {
+        out.push((list.to_owned(), format!("a template needs at least one {what}")));
+    }
+    for (i, name) in names.iter().enumerate() {
+        if name.is_empty() {
+            out.push((format!("{list}[{i}].{what}"), "must be a non-empty name".to_owned()));
+        }
+        if names[..i].contains(name) {
+            out.push((format!("{list}[{i}].{what}"), format!("{what} `{name}` is listed twice")));
+        }
+    }
+    out
+}
+
 /// Validates and compiles a template document.
 ///
 /// # Errors
@@ -102,16 +119,11 @@ pub fn compile_template(doc: &Value) -> Result<Template, Vec<Problem>> {
         add("solution_interest".into(), "must be a non-empty name without control characters".into());
     }
     let mut roles = Vec::new();
-    if td.roles.is_empty() {
-        add("roles".into(), "a template needs at least one role".into());
+    let role_names: Vec<&str> = td.roles.iter().map(|r| r.role.as_str()).collect();
+    for (path, message) in name_problems(&role_names, "roles", "role") {
+        add(path, message);
     }
     for (i, r) in td.roles.iter().enumerate() {
-        if r.role.is_empty() {
-            add(format!("roles[{i}].role"), "must be a non-empty name".into());
-        }
-        if td.roles[..i].iter().any(|o| o.role == r.role) {
-            add(format!("roles[{i}].role"), format!("role `{}` is listed twice", r.role));
-        }
         match Condition::compile(&r.when, Scope::Person) {
             Ok(c) => roles.push(Role { name: Id::from(r.role.as_str()), when: c, required: r.required }),
             Err(errs) => errs.into_iter().for_each(|e| add(format!("roles[{i}].when"), e)),
@@ -139,16 +151,11 @@ pub fn compile_template(doc: &Value) -> Result<Template, Vec<Problem>> {
         }
     }
     let mut stages = Vec::new();
-    if td.stages.is_empty() {
-        add("stages".into(), "a template needs at least one stage".into());
+    let stage_names: Vec<&str> = td.stages.iter().map(|s| s.stage.as_str()).collect();
+    for (path, message) in name_problems(&stage_names, "stages", "stage") {
+        add(path, message);
     }
     for (i, st) in td.stages.iter().enumerate() {
-        if st.stage.is_empty() {
-            add(format!("stages[{i}].stage"), "must be a non-empty name".into());
-        }
-        if td.stages[..i].iter().any(|o| o.stage == st.stage) {
-            add(format!("stages[{i}].stage"), format!("stage `{}` is listed twice", st.stage));
-        }
         let when = match &st.when {
             Some(w) if i == 0 => {
                 add(format!("stages[{i}].when"), format!("the first stage is the initial one: `{w}` never applies"));

@@ -414,11 +414,9 @@ fn run(
             }
             Node::SplitPeople { paths, otherwise, merge } => {
                 split_people(defs, journey, acct, i, paths, *otherwise, *merge, cause, tracker, out);
-                if !acct.record.instances[i].branches.iter().all(|b| b.node == journey.node_name(*merge)) {
-                    return;
-                }
-                acct.record.instances[i].branches.clear();
-                Some(*merge)
+                // The same rule as when a branch's timer fires: on past the merge once every branch is there.
+                join_if_merged(defs, journey, acct, i, cause, tracker, out);
+                return;
             }
             Node::Merge { next } => *next,
             Node::Listen { timeout, .. } => {
@@ -634,7 +632,7 @@ fn execute(
                     env.person = Some(ix);
                     c.eval(&env)
                 }
-                Target::Role { solution, role } => env_role(&env, ix, solution).as_str() == Some(role.as_str()),
+                Target::Role { solution, role } => buying_group::role_of(acct, ix, solution).is_some_and(|r| r == role),
             })
             .collect()
     };
@@ -684,12 +682,6 @@ fn execute(
             _ => {}
         }
     }
-}
-
-fn env_role(env: &Env<'_>, ix: usize, solution: &str) -> Value {
-    let mut one = Env::new(env.defs, env.acct, env.now);
-    one.person = Some(ix);
-    one.role(solution)
 }
 
 /// `current + by`, where a missing or non-numeric current value counts as 0 (SPEC §7). Integers stay

@@ -503,11 +503,11 @@ impl Store {
     ///
     /// # Errors
     /// On a read failure.
-    pub fn accounts_with_people(&self, tenant: &str) -> Result<Vec<(String, ())>> {
+    pub fn accounts_with_people(&self, tenant: &str) -> Result<Vec<String>> {
         self.check()?;
         let mut prefix = tenant.as_bytes().to_vec();
         prefix.push(0);
-        let mut out: Vec<(String, ())> = Vec::new();
+        let mut out: Vec<String> = Vec::new();
         for item in self.db.iterator_cf(self.cf(PERSONS), IteratorMode::From(&prefix, Direction::Forward)) {
             let (k, _) = item?;
             if !k.starts_with(&prefix) {
@@ -515,8 +515,8 @@ impl Store {
             }
             let rest = &k[prefix.len()..];
             let account = rest.split(|b| *b == 0).next().unwrap_or_default();
-            if out.last().is_none_or(|(a, _)| a.as_bytes() != account) {
-                out.push((String::from_utf8_lossy(account).into_owned(), ()));
+            if out.last().is_none_or(|a| a.as_bytes() != account) {
+                out.push(String::from_utf8_lossy(account).into_owned());
             }
         }
         Ok(out)

@@ -19,9 +19,8 @@ use crate::EngineError;
 use caravan_operators::account::{
     AccountState, Cause, Definitions, Effects, enter_on_publish, reassess_groups, stop_journey,
 };
-use caravan_operators::buying_group::{Template, compile_template};
-use caravan_operators::journey::{Journey, compile_journey};
-use caravan_schemas::definition::read_document;
+use caravan_operators::buying_group::Template;
+use caravan_operators::journey::Journey;
 use caravan_schemas::time::Timestamp;
 use caravan_state::{Checkpoint, Delta, Store, StoredAccount};
 use std::fs::File;
@@ -43,21 +42,15 @@ pub(crate) struct Reconciled {
 pub(crate) fn reconcile(store: &Store, folder: &Definitions) -> Result<Reconciled, EngineError> {
     let stored = store.definitions()?;
     let mut defs = Definitions::default();
-    for d in &stored.published {
-        let doc = read_document(&d.document).map_err(|e| stored_problem(&d.id, d.version, &e))?;
-        let journey = compile_journey(&doc).map_err(|p| {
-            let text: Vec<String> = p.iter().map(ToString::to_string).collect();
-            stored_problem(&d.id, d.version, &text.join("; "))
+    for d in stored.published.iter().chain(&stored.templates) {
+        crate::definitions::publish_text(&mut defs, &d.document).map_err(|p| {
+            EngineError::Invalid(format!(
+                "the state's published definition `{}` version {} cannot be read: {}",
+                d.id,
+                d.version,
+                p.join("; ")
+            ))
         })?;
-        defs.publish(journey).map_err(|e| stored_problem(&d.id, d.version, &e))?;
-    }
-    for d in &stored.templates {
-        let doc = read_document(&d.document).map_err(|e| stored_problem(&d.id, d.version, &e))?;
-        let template = compile_template(&doc).map_err(|p| {
-            let text: Vec<String> = p.iter().map(ToString::to_string).collect();
-            stored_problem(&d.id, d.version, &text.join("; "))
-        })?;
-        defs.publish_template(template).map_err(|e| stored_problem(&d.id, d.version, &e))?;
     }
     let mut problems = Vec::new();
     let mut new_versions = Vec::new();
@@ -104,10 +97,6 @@ pub fn stored_definitions(store: &Store) -> Result<Definitions, EngineError> {
     Ok(reconcile(store, &Definitions::default())?.defs)
 }
 
-fn stored_problem(id: &str, version: u32, e: &str) -> EngineError {
-    EngineError::Invalid(format!("the state's published journey `{id}` version {version} cannot be read: {e}"))
-}
-
 /// Outputs and state of a pass over accounts, before they commit.
 #[derive(Default)]
 struct Pass {
@@ -139,18 +128,7 @@ impl Pass {
         for h in out.armed.drain(..) {
             self.delta.put_timer(&tenant, &account, (&h.journey_id, h.instance, h.slot), &h.timer);
         }
-        if acct.record_dirty {
-            self.delta.put_account(&tenant, &account, &acct.record);
-            acct.record_dirty = false;
-        }
-        for p in acct.persons.iter_mut().filter(|p| p.dirty) {
-            self.delta.put_person(&tenant, &account, &p.record);
-            p.dirty = false;
-        }
-        for o in acct.opportunities.iter_mut().filter(|o| o.dirty) {
-            self.delta.put_opportunity(&tenant, &account, &o.record);
-            o.dirty = false;
-        }
+        super::worker::write_dirty(&mut self.delta, &tenant, &account, acct);
     }
 
     /// Appends the outputs to the files and commits the delta with the checkpoint that counts them.
@@ -203,7 +181,7 @@ pub(crate) fn publish_new(
         pass.delta.put_template(&template.tenant, &template.id, template.version, &template.document.to_string());
         let cause_id = format!("publish:{}:{}", template.id, template.version);
         let cause = Cause::control(checkpoint.records, ts, &cause_id);
-        for (account, _) in store.accounts_with_people(&template.tenant)? {
+        for account in store.accounts_with_people(&template.tenant)? {
             let mut acct = load(store, &template.tenant, &account)?;
             reassess_groups(defs, &mut acct, &cause, &mut out);
             pass.take(&mut acct, &mut out);

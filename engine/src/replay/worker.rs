@@ -22,6 +22,22 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Writes the records of an account that a step marked dirty into a delta, and clears the marks.
+pub(super) fn write_dirty(delta: &mut Delta, tenant: &str, account: &str, state: &mut AccountState) {
+    if state.record_dirty {
+        delta.put_account(tenant, account, &state.record);
+        state.record_dirty = false;
+    }
+    for p in state.persons.iter_mut().filter(|p| p.dirty) {
+        delta.put_person(tenant, account, &p.record);
+        p.dirty = false;
+    }
+    for o in state.opportunities.iter_mut().filter(|o| o.dirty) {
+        delta.put_opportunity(tenant, account, &o.record);
+        o.dirty = false;
+    }
+}
+
 /// A timer in the queue. Ordered by due time, then arming order.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Queued {
@@ -299,18 +315,7 @@ impl<'s> Worker<'s> {
                     _ => part.delta.delete_person(&tenant, &account, &id),
                 }
             }
-            if c.state.record_dirty {
-                part.delta.put_account(&tenant, &account, &c.state.record);
-                c.state.record_dirty = false;
-            }
-            for p in c.state.persons.iter_mut().filter(|p| p.dirty) {
-                part.delta.put_person(&tenant, &account, &p.record);
-                p.dirty = false;
-            }
-            for o in c.state.opportunities.iter_mut().filter(|o| o.dirty) {
-                part.delta.put_opportunity(&tenant, &account, &o.record);
-                o.dirty = false;
-            }
+            write_dirty(&mut part.delta, &tenant, &account, &mut c.state);
         }
         self.commit.send(CommitMsg::Worker(part)).map_err(|_| EngineError::Stopped)?;
         self.cache.evict(self.cfg.cache_capacity, self.committed.load(Ordering::Acquire));
