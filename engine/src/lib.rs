@@ -21,9 +21,12 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod config;
+mod dedup;
 pub mod definitions;
 mod error;
 pub mod replay;
+mod routing;
 pub mod telemetry;
 
 pub use error::{Domain, EngineError, Result};

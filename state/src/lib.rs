@@ -22,7 +22,12 @@
 //! | `opportunity_index` | tenant `\0` opportunity | [`IndexRecord`] |
 //! | `timers` | tenant `\0` account `\0` journey `\0` instance | [`TimerRecord`] |
 //! | `dedup` | epoch (u64 big-endian) | the applied event-id hashes of that epoch |
-//! | `meta` | `checkpoint` | [`Checkpoint`] |
+//! | `meta` | `checkpoint` | [`Checkpoint`] (replay) |
+//! | `meta` | `local.changelog_next` | the changelog offset the store reflects (Kafka mode; local only) |
+//! | `meta` | other names | engine values ([`Delta::put_meta`]), e.g. a Kafka partition's progress |
+//!
+//! In Kafka mode each [`Delta`] also travels as changelog records ([`Delta::changelog_records`]): the key
+//! is the column family's number then the state key, the value the stored bytes or a tombstone.
 //!
 //! Values carry a format-version byte ([`caravan_schemas::state::encode`]).
 //!
@@ -182,6 +187,8 @@ const TIMERS: usize = 3;
 const DEDUP: usize = 4;
 const META: usize = 5;
 const DEFINITIONS: usize = 8;
+/// `meta` key of the changelog offset a store reflects (never itself on the changelog).
+const LOCAL_CHANGELOG_NEXT: &[u8] = b"local.changelog_next";
 const OPPORTUNITIES: usize = 6;
 const OPPORTUNITY_INDEX: usize = 7;
 
@@ -302,6 +309,41 @@ impl Delta {
     pub fn delete_dedup_epoch(&mut self, epoch: u64) {
         self.delete(DEDUP, epoch.to_be_bytes().to_vec());
     }
+
+    /// Writes an engine value under `name` in `meta` (the engine encodes it). The name must not be
+    /// `checkpoint` or start with `local.`: those belong to [`Store::commit`] and [`Store::apply_changelog`].
+    pub fn put_meta(&mut self, name: &str, value: Vec<u8>) {
+        debug_assert!(name != "checkpoint" && !name.starts_with("local."));
+        self.put(META, name.as_bytes().to_vec(), value);
+    }
+
+    /// The writes as changelog records, in order: key = column family number (one byte) then the state key;
+    /// value = the stored bytes, or `None` for a delete (a tombstone, which compaction keeps last).
+    pub fn changelog_records(&self) -> impl Iterator<Item = (Vec<u8>, Option<&[u8]>)> + '_ {
+        self.ops.iter().map(|op| {
+            let mut key = Vec::with_capacity(op.key.len() + 1);
+            key.push(op.cf as u8);
+            key.extend_from_slice(&op.key);
+            (key, op.value.as_deref())
+        })
+    }
+
+    /// Appends the write a changelog record stands for (the inverse of [`Delta::changelog_records`]).
+    ///
+    /// # Errors
+    /// [`StateError::Codec`] for an empty key or an unknown column family.
+    pub fn push_changelog_record(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        match key.split_first() {
+            Some((&cf, rest)) if usize::from(cf) < COLUMN_FAMILIES.len() => {
+                self.ops.push(Op { cf: usize::from(cf), key: rest.to_vec(), value: value.map(<[u8]>::to_vec) });
+                Ok(())
+            }
+            _ => Err(StateError::Codec {
+                key: escape(key),
+                source: CodecError::Corrupt("not a changelog key (unknown column family)".into()),
+            }),
+        }
+    }
 }
 
 /// An account as stored: its record, its people and its opportunities.
@@ -418,6 +460,12 @@ impl Store {
     /// [`StateError::Rocks`] when the write fails (the store is then poisoned), or
     /// [`StateError::Poisoned`] after an earlier failure.
     pub fn commit(&self, delta: &Delta, checkpoint: &Checkpoint) -> Result<()> {
+        self.write_with(delta, META, b"checkpoint", &codec::encode(checkpoint))
+    }
+
+    /// Writes a delta and one more value (its progress marker) in one write batch; poisons the store on
+    /// failure.
+    fn write_with(&self, delta: &Delta, cf: usize, key: &[u8], value: &[u8]) -> Result<()> {
         self.check()?;
         let mut batch = WriteBatch::default();
         for op in &delta.ops {
@@ -427,11 +475,48 @@ impl Store {
                 None => batch.delete_cf(cf, &op.key),
             }
         }
-        batch.put_cf(self.cf(META), b"checkpoint", codec::encode(checkpoint));
+        batch.put_cf(self.cf(cf), key, value);
         self.db.write_opt(batch, &self.write_opts).map_err(|e| {
             self.poisoned.store(true, Ordering::Release);
             StateError::Rocks(e)
         })
+    }
+
+    /// Applies a delta that has already committed elsewhere (Kafka mode: to the changelog topic) and records
+    /// `changelog_next`, the changelog offset the store now reflects, in the same write. The offset is local:
+    /// it never goes to the changelog.
+    ///
+    /// # Errors
+    /// As [`Store::commit`].
+    pub fn apply_changelog(&self, delta: &Delta, changelog_next: u64) -> Result<()> {
+        self.write_with(delta, META, LOCAL_CHANGELOG_NEXT, &changelog_next.to_be_bytes())
+    }
+
+    /// The changelog offset the store reflects ([`Store::apply_changelog`]), 0 when it never applied one.
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn changelog_next(&self) -> Result<u64> {
+        self.check()?;
+        match self.db.get_cf(self.cf(META), LOCAL_CHANGELOG_NEXT)? {
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| StateError::Codec {
+                    key: escape(LOCAL_CHANGELOG_NEXT),
+                    source: CodecError::Corrupt("bad changelog offset".into()),
+                })?;
+                Ok(u64::from_be_bytes(bytes))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// An engine value written with [`Delta::put_meta`].
+    ///
+    /// # Errors
+    /// On a read failure.
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.check()?;
+        Ok(self.db.get_cf(self.cf(META), name.as_bytes())?)
     }
 
     /// The last committed checkpoint, if any commit happened.

@@ -15,10 +15,11 @@
 
 use super::messages::{CommitMsg, RouterPart, WorkerPart};
 use crate::EngineError;
+use crate::dedup::EpochLog;
 use crate::telemetry;
 use caravan_state::{Checkpoint, Delta, Store};
 use crossbeam_channel::Receiver;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -63,7 +64,6 @@ pub(crate) struct CommitterConfig {
     pub(crate) workers: usize,
     pub(crate) commit_interval: Duration,
     pub(crate) commit_records: u64,
-    pub(crate) dedup_capacity: usize,
     pub(crate) sync_outputs: bool,
 }
 
@@ -80,8 +80,7 @@ pub(crate) struct Committer<'s> {
     /// Bytes appended to each file since the last commit.
     appended: [u64; 3],
     checkpoint: Checkpoint,
-    dedup_epochs: VecDeque<(u64, usize)>,
-    dedup_total: usize,
+    dedup_log: EpochLog,
     committed: Arc<AtomicU64>,
     pending: BTreeMap<u64, Pending>,
     next_batch: u64,
@@ -100,18 +99,16 @@ impl<'s> Committer<'s> {
         store: &'s Store,
         files: [File; 3],
         checkpoint: Checkpoint,
-        dedup_epochs: Vec<(u64, usize)>,
+        dedup_log: EpochLog,
         committed: Arc<AtomicU64>,
     ) -> Committer<'s> {
-        let dedup_total = dedup_epochs.iter().map(|(_, n)| n).sum();
         Committer {
             cfg,
             store,
             files: files.map(|f| BufWriter::with_capacity(1 << 20, f)),
             appended: [0; 3],
             checkpoint,
-            dedup_epochs: dedup_epochs.into(),
-            dedup_total,
+            dedup_log,
             committed,
             pending: BTreeMap::new(),
             next_batch: 1,
@@ -212,20 +209,7 @@ impl<'s> Committer<'s> {
         }
         let mut delta = std::mem::take(&mut self.delta);
         delta.compact();
-        if !self.dedup.is_empty() && self.cfg.dedup_capacity > 0 {
-            delta.put_dedup_epoch(epoch, &self.dedup);
-            self.dedup_epochs.push_back((epoch, self.dedup.len()));
-            self.dedup_total += self.dedup.len();
-            // Drop the oldest epochs while the rest still hold the whole window.
-            while let Some(&(old, n)) = self.dedup_epochs.front() {
-                if self.dedup_total - n < self.cfg.dedup_capacity {
-                    break;
-                }
-                delta.delete_dedup_epoch(old);
-                self.dedup_total -= n;
-                self.dedup_epochs.pop_front();
-            }
-        }
+        self.dedup_log.record(&mut delta, epoch, &self.dedup);
         self.dedup.clear();
         self.checkpoint.epoch = epoch;
         for (total, n) in self.checkpoint.totals.iter_mut().zip(self.counts) {

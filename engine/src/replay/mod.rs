@@ -219,16 +219,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     let source_name = if opts.input.as_os_str() == "-" { "-".to_owned() } else { opts.input.display().to_string() };
 
     // The de-duplication window and the timers, as committed.
-    let stored_epochs = store.dedup_epochs()?;
-    let mut dedup = router::DedupWindow::new(opts.dedup_window);
-    for (_, hashes) in &stored_epochs {
-        for h in hashes {
-            let _ = dedup.insert(*h);
-            dedup.settle();
-        }
-    }
-    let epoch_sizes: Vec<(u64, usize)> = stored_epochs.iter().map(|(e, h)| (*e, h.len())).collect();
-    drop(stored_epochs);
+    let (dedup, dedup_log) = crate::dedup::restore(&store, opts.dedup_window)?;
     let mut timers: Vec<Vec<caravan_state::StoredTimer>> = (0..workers).map(|_| Vec::new()).collect();
     for t in store.timers()? {
         timers[keys::worker_of(keys::account_key(&t.tenant, &t.account_id), workers)].push(t);
@@ -318,11 +309,9 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
                 workers,
                 commit_interval: opts.commit_interval,
                 commit_records: opts.commit_records,
-                dedup_capacity: opts.dedup_window,
                 sync_outputs: opts.sync,
             };
-            let c =
-                committer::Committer::new(cfg, store, files, checkpoint.clone(), epoch_sizes, Arc::clone(&committed));
+            let c = committer::Committer::new(cfg, store, files, checkpoint.clone(), dedup_log, Arc::clone(&committed));
             std::thread::Builder::new()
                 .name("caravan-committer".into())
                 .spawn_scoped(scope, move || c.run(&commit_rx))

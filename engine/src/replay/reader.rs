@@ -130,6 +130,26 @@ pub(crate) fn read_chunks(
     Ok((offset - start_byte, eof))
 }
 
+/// Decodes one record: a line without its newline, or a Kafka record's value.
+pub(crate) fn decode_record(raw: &[u8], limits: &DecodeLimits) -> Parsed {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Parsed::Blank;
+    }
+    match decode(raw, limits) {
+        Ok(event) => {
+            let named = event.body.account_id();
+            let may_be_unroutable = named.is_none() && event.body.person_id().is_some();
+            Parsed::Event(Decoded {
+                dedup: keys::event_hash(&event.tenant, &event.event_id),
+                named_account: named.map(|a| keys::account_key(&event.tenant, a)),
+                raw: may_be_unroutable.then(|| raw.to_vec()),
+                event,
+            })
+        }
+        Err(r) => Parsed::Rejected(r, raw.to_vec()),
+    }
+}
+
 /// Decodes chunks until the input channel closes.
 pub(crate) fn decode_chunks(input: &Receiver<Chunk>, out: &Sender<ParsedChunk>, limits: &DecodeLimits) {
     for chunk in input {
@@ -145,23 +165,7 @@ pub(crate) fn decode_chunks(input: &Receiver<Chunk>, out: &Sender<ParsedChunk>, 
             }
             line += 1;
             let next = (end + 1).min(data.len());
-            let parsed = if raw.iter().all(u8::is_ascii_whitespace) {
-                Parsed::Blank
-            } else {
-                match decode(raw, limits) {
-                    Ok(event) => {
-                        let named = event.body.account_id();
-                        let may_be_unroutable = named.is_none() && event.body.person_id().is_some();
-                        Parsed::Event(Decoded {
-                            dedup: keys::event_hash(&event.tenant, &event.event_id),
-                            named_account: named.map(|a| keys::account_key(&event.tenant, a)),
-                            raw: may_be_unroutable.then(|| raw.to_vec()),
-                            event,
-                        })
-                    }
-                    Err(r) => Parsed::Rejected(r, raw.to_vec()),
-                }
-            };
+            let parsed = decode_record(raw, limits);
             lines.push(ParsedLine { line, end_byte: chunk.start_byte + next as u64, parsed });
             pos = end + 1;
         }

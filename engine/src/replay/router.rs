@@ -11,108 +11,17 @@ use super::keys::{self, index_key, worker_of};
 use super::messages::{Batch, CommitMsg, Extra, RouterPart, Step, WorkerMsg};
 use super::reader::{Decoded, Parsed, ParsedChunk, ParsedLine};
 use crate::EngineError;
+use crate::dedup::DedupWindow;
 use caravan_schemas::Id;
-use caravan_schemas::input::{EventBody, RejectReason};
+use caravan_schemas::input::RejectReason;
 use caravan_schemas::output::{Entity, RejectedRecord, SourcePosition};
 use caravan_schemas::state::IndexRecord;
 use caravan_state::{Delta, Store};
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxHashMap;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// The keys are already uniform hashes: use their low bits as they are.
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
-    }
-}
-
-/// The last `capacity` applied event ids. After a restart it is rebuilt from the stored epochs, inserted in
-/// the same order, so it answers exactly as an uninterrupted run's window would.
-///
-/// Each id maps to its number in the sequence of applied ids; an id whose number is `capacity` or more
-/// behind the latest has left the window. Expired entries are purged in bulk once the map holds half a
-/// window more than `capacity`: that costs a sequential scan now and then instead of a second random
-/// memory access (the removal of the oldest id) for every record.
-pub(crate) struct DedupWindow {
-    seen: HashMap<u128, u64, BuildHasherDefault<IdentityHasher>>,
-    /// Ids inserted so far: the number of the latest one.
-    count: u64,
-    capacity: usize,
-    /// Purge expired entries once the map holds this many.
-    purge_at: usize,
-}
-
-impl DedupWindow {
-    pub(crate) fn new(capacity: usize) -> DedupWindow {
-        let purge_at = capacity.saturating_add((capacity / 2).max(1024));
-        let seen = HashMap::with_capacity_and_hasher(purge_at.min(1 << 25), BuildHasherDefault::default());
-        DedupWindow { seen, count: 0, capacity, purge_at }
-    }
-
-    /// Ids numbered at or below this have left the window.
-    fn window_start(&self) -> u64 {
-        self.count.saturating_sub(self.capacity as u64)
-    }
-
-    /// Remembers an id; false when it is in the window already (a duplicate). One hash lookup for both.
-    pub(crate) fn insert(&mut self, h: u128) -> bool {
-        if self.capacity == 0 {
-            return true;
-        }
-        let window_start = self.window_start();
-        match self.seen.entry(h) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                if *e.get() > window_start {
-                    return false;
-                }
-                self.count += 1;
-                e.insert(self.count);
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                self.count += 1;
-                e.insert(self.count);
-            }
-        }
-        true
-    }
-
-    /// Purges expired ids when there are enough of them; called once the last inserted id is known to be
-    /// applied.
-    pub(crate) fn settle(&mut self) {
-        if self.seen.len() >= self.purge_at {
-            let window_start = self.window_start();
-            self.seen.retain(|_, n| *n > window_start);
-        }
-    }
-
-    /// Forgets the id remembered last (an event that turned out not to be applied).
-    pub(crate) fn forget_last(&mut self, h: u128) {
-        if self.capacity > 0 && self.seen.get(&h) == Some(&self.count) {
-            self.seen.remove(&h);
-            self.count -= 1;
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn contains(&self, h: u128) -> bool {
-        self.seen.get(&h).is_some_and(|n| *n > self.window_start())
-    }
-}
 
 struct IndexSlot {
     rec: Option<IndexRecord>,
@@ -289,44 +198,16 @@ impl<'s> Router<'s> {
             return Ok(());
         }
         let tenant = event.tenant.as_str();
-        // Persons and opportunities are indexed (tenant | id -> account); `indexed` names the entity.
-        let indexed: Option<(Entity, &str)> = match &event.body {
-            EventBody::PersonUpserted { person_id, .. }
-            | EventBody::PersonDeleted { person_id }
-            | EventBody::PersonActivity { person_id, .. } => Some((Entity::Person, person_id)),
-            EventBody::OpportunityUpserted { opportunity_id, .. }
-            | EventBody::OpportunityDeleted { opportunity_id } => Some((Entity::Opportunity, opportunity_id)),
-            _ => None,
-        };
-        // An activity that names its account needs no index (it routes without moving the person).
-        let names_account = matches!(&event.body, EventBody::PersonActivity { account_id: Some(_), .. });
-        // Hashed once for the lookup and the update below (an activity naming its account has neither).
-        let index_slot =
-            indexed.filter(|_| !names_account).map(|(entity, id)| (index_key(entity, tenant, id), entity, id));
+        let indexed = crate::routing::indexed(event);
+        // Hashed once for the lookup and the update below.
+        let index_slot = indexed.map(|(entity, id)| (index_key(entity, tenant, id), entity, id));
         let known = match index_slot {
             Some((key, entity, id)) => self.lookup(key, entity, tenant, id)?,
             None => None,
         };
-        let known_account = known.as_ref().filter(|k| k.present).map(|k| k.account_id.clone());
-        let (route_account, index_update): (Option<Id>, Option<IndexRecord>) = match &event.body {
-            EventBody::PersonUpserted { account_id, .. } => {
-                let target = account_id.clone().or(known_account);
-                let update = target.as_ref().map(|t| IndexRecord { account_id: t.clone(), present: true });
-                (target, update)
-            }
-            EventBody::OpportunityUpserted { account_id, .. } => {
-                (Some(account_id.clone()), Some(IndexRecord { account_id: account_id.clone(), present: true }))
-            }
-            // Deleting an unknown (or already deleted) entity is a no-op, but an applied one.
-            EventBody::PersonDeleted { .. } | EventBody::OpportunityDeleted { .. } => {
-                let update = known_account.as_ref().map(|a| IndexRecord { account_id: a.clone(), present: false });
-                (known_account, update)
-            }
-            EventBody::PersonActivity { account_id, .. } => (account_id.clone().or(known_account), None),
-            other => (other.account_id().map(Id::from), None),
-        };
-        let needs_account = matches!(&event.body, EventBody::PersonUpserted { .. } | EventBody::PersonActivity { .. });
-        if route_account.is_none() && needs_account {
+        let crate::routing::Route { account: route_account, index_update, unroutable, moving_from } =
+            crate::routing::route(event, known.as_ref());
+        if unroutable {
             let person = event.body.person_id().unwrap_or_default();
             self.dedup.forget_last(hash);
             let raw = raw.as_deref().unwrap_or_default();
@@ -338,12 +219,6 @@ impl<'s> Router<'s> {
             );
             return Ok(());
         }
-        // An upsert into another account than the one holding the entity's record (alive, or its
-        // tombstone) moves the record: detach it there first.
-        let moving_from = match (&index_update, &known) {
-            (Some(u), Some(k)) if u.present && k.account_id != u.account_id => Some(k.account_id.clone()),
-            _ => None,
-        };
         let mut attach = None;
         if let (Some(from), Some((entity, id))) = (moving_from, indexed) {
             // The detach must run after every earlier record of the old account: cut the batch here.
@@ -450,66 +325,6 @@ impl<'s> Router<'s> {
             let committed = self.committed.load(Ordering::Acquire);
             super::drop_committed(&mut self.index, &mut excess, committed, |s| s.dirty_batch);
             self.complete_cache = false;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dedup_window_keeps_the_last_n() {
-        let mut w = DedupWindow::new(3);
-        for h in 1..=5u128 {
-            assert!(w.insert(h));
-            w.settle();
-        }
-        assert!(!w.insert(5), "a duplicate");
-        // An id that was not applied after all is forgotten without evicting anything.
-        assert!(w.insert(9));
-        w.forget_last(9);
-        w.settle();
-        assert!(!w.contains(9) && w.contains(3));
-        assert!(!w.contains(1) && !w.contains(2));
-        assert!(w.contains(3) && w.contains(4) && w.contains(5));
-        let mut off = DedupWindow::new(0);
-        assert!(off.insert(1));
-        assert!(!off.contains(1));
-    }
-
-    proptest::proptest! {
-        /// The window answers like the obvious model (a queue of the last N applied ids) over long runs of
-        /// repeats and forgotten ids, across many purges.
-        #[test]
-        fn dedup_window_matches_a_queue_model(
-            capacity in 0usize..40,
-            ops in proptest::collection::vec((0u128..60, proptest::bool::weighted(0.1)), 0..4000),
-        ) {
-            let mut w = DedupWindow::new(capacity);
-            w.purge_at = capacity + 3;
-            let mut model: std::collections::VecDeque<u128> = std::collections::VecDeque::new();
-            for (h, not_applied) in ops {
-                let dup = capacity > 0 && model.contains(&h);
-                proptest::prop_assert_eq!(w.insert(h), !dup);
-                if dup {
-                    continue;
-                }
-                if not_applied {
-                    w.forget_last(h);
-                } else {
-                    if capacity > 0 {
-                        model.push_back(h);
-                        if model.len() > capacity {
-                            model.pop_front();
-                        }
-                    }
-                    w.settle();
-                }
-            }
-            for h in 0..60u128 {
-                proptest::prop_assert_eq!(w.contains(h), model.contains(&h));
-            }
         }
     }
 }

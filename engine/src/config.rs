@@ -1,0 +1,524 @@
+//! The configuration: one TOML file, every key overridable by an environment variable, checked whole at start.
+//!
+//! It owns the configuration's shape, its defaults, where values come from and their validation: an unknown
+//! key, a value of the wrong type and a rule broken across keys (a tenant registry that pairs one subscription
+//! with two sandboxes, a Kafka option the engine owns) are all refused before anything runs, with the key
+//! named. It never opens a file other than the configuration, a socket or a state folder.
+//!
+//! Sources, later ones winning: the defaults, the file, then `CARAVAN_<SECTION>__<KEY>` environment variables
+//! (`CARAVAN_KAFKA__BROKERS=host:9092`, `CARAVAN_TIME__ALLOWED_DISORDER=10s`). Only variables with a `__` are
+//! configuration, so `CARAVAN_BIN`-style variables of tools and tests never clash with it; among those, an
+//! unknown key is an error like one in the file.
+
+use crate::EngineError;
+use caravan_schemas::input::DecodeLimits;
+use caravan_schemas::time::Timestamp;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "CARAVAN_";
+
+/// The whole configuration of `caravan run` and `caravan replay --config`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The Kafka cluster and this instance's identity in it.
+    pub kafka: KafkaConfig,
+    /// Topic names.
+    pub topics: TopicsConfig,
+    /// Local state and memory.
+    pub state: StateConfig,
+    /// The admin HTTP server (metrics, health, queries).
+    pub admin: AdminConfig,
+    /// Event time and timers.
+    pub time: TimeConfig,
+    /// Limits on input records and de-duplication.
+    pub input: InputConfig,
+    /// Batching and commits.
+    pub commit: CommitConfig,
+    /// Logs.
+    pub log: LogConfig,
+    /// The tenant registry (SPEC §1): empty means every tenant is accepted.
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// `[kafka]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// The consumer group every instance of one deployment shares.
+    pub group_id: String,
+    /// This instance's stable name: its transactional id. Must survive restarts (a killed instance comes back
+    /// with the same one, which fences its former self and aborts its open transaction).
+    pub instance_id: String,
+    /// librdkafka settings passed through as they are (security, timeouts...); not the keys the engine owns.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "caravan".into(),
+            instance_id: "caravan-0".into(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+/// librdkafka keys the engine sets itself: overriding them would break exactly-once or routing.
+pub const OWNED_KAFKA_OPTIONS: [&str; 9] = [
+    "bootstrap.servers",
+    "group.id",
+    "transactional.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "enable.idempotence",
+    "partition.assignment.strategy",
+    "enable.partition.eof",
+];
+
+/// `[topics]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Input events (account-keyed, or person-keyed without `account_id`).
+    pub input: String,
+    /// Published definitions and stops (compacted).
+    pub definitions: String,
+    /// Actions out.
+    pub actions: String,
+    /// Change events out.
+    pub changes: String,
+    /// Rejected records out.
+    pub rejected: String,
+    /// The state changelog (compacted, one partition per input partition); default `<group_id>.changelog`.
+    pub changelog: Option<String>,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            input: "caravan.input".into(),
+            definitions: "caravan.definitions".into(),
+            actions: "caravan.actions".into(),
+            changes: "caravan.changes".into(),
+            rejected: "caravan.rejected".into(),
+            changelog: None,
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Local state folder (one RocksDB per input partition in `caravan run`).
+    pub dir: PathBuf,
+    /// Accounts cached in memory over all partitions.
+    pub cache_accounts: usize,
+    /// Person index entries cached in memory.
+    pub cache_persons: usize,
+    /// RocksDB block cache, MiB.
+    pub block_cache_mib: usize,
+    /// Cap on RocksDB memtables, MiB.
+    pub memtables_mib: usize,
+    /// fsync every commit.
+    pub sync: bool,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: PathBuf::from("caravan-state"),
+            cache_accounts: 400_000,
+            cache_persons: 2_000_000,
+            block_cache_mib: 64,
+            memtables_mib: 64,
+            sync: false,
+        }
+    }
+}
+
+impl StateConfig {
+    /// The RocksDB tuning these settings give.
+    pub fn store_options(&self) -> caravan_state::StoreOptions {
+        let memtables = self.memtables_mib.max(4) << 20;
+        caravan_state::StoreOptions {
+            block_cache_bytes: self.block_cache_mib.max(1) << 20,
+            write_buffer_total_bytes: memtables,
+            write_buffer_bytes: memtables / 4,
+            sync_commits: self.sync,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of `/metrics` (and the admin endpoints). `caravan run` defaults to 127.0.0.1:9464; a replay
+    /// serves nothing unless it is set.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The admin address of `caravan run` when none is configured.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
+/// What drives timers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeMode {
+    /// Event time: the watermark is the largest `ts` read minus the allowed disorder.
+    #[default]
+    Event,
+    /// Processing time: the wall clock (Kafka mode only).
+    Processing,
+}
+
+/// `[time]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeConfig {
+    /// Event or processing time.
+    pub mode: TimeMode,
+    /// How far behind the largest event time the watermark stays.
+    #[serde(with = "humantime_serde")]
+    pub allowed_disorder: Duration,
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        TimeConfig { mode: TimeMode::Event, allowed_disorder: Duration::from_secs(5) }
+    }
+}
+
+impl TimeConfig {
+    /// The allowed disorder in nanoseconds.
+    pub fn allowed_disorder_ns(&self) -> i64 {
+        i64::try_from(self.allowed_disorder.as_nanos()).unwrap_or(i64::MAX)
+    }
+}
+
+/// `[input]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Records longer than this are rejected as `too_large`.
+    pub max_record_bytes: usize,
+    /// Earliest accepted `ts` (RFC 3339, inclusive).
+    pub min_ts: String,
+    /// Latest accepted `ts` (RFC 3339, exclusive).
+    pub max_ts: String,
+    /// Event ids remembered for de-duplication, per run (replay) or per partition (Kafka); 0 turns it off.
+    pub dedup_window: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            max_record_bytes: 1 << 20,
+            min_ts: "2000-01-01T00:00:00Z".into(),
+            max_ts: "2100-01-01T00:00:00Z".into(),
+            dedup_window: 1_000_000,
+        }
+    }
+}
+
+impl InputConfig {
+    /// The decoder's limits.
+    ///
+    /// # Errors
+    /// A bound that is not RFC 3339 (checked by [`Config::validate`] first, so only on a hand-built value).
+    pub fn limits(&self) -> Result<DecodeLimits, String> {
+        let ts_min = Timestamp::parse_rfc3339(&self.min_ts).map_err(|e| format!("input.min_ts: {e}"))?;
+        let ts_max = Timestamp::parse_rfc3339(&self.max_ts).map_err(|e| format!("input.max_ts: {e}"))?;
+        Ok(DecodeLimits { max_record_bytes: self.max_record_bytes, ts_min, ts_max })
+    }
+}
+
+/// `[commit]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommitConfig {
+    /// Commit at least this often (Kafka: one transaction; replay: one epoch).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Commit at least every this many input records.
+    pub max_records: u64,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig { interval: Duration::from_millis(20), max_records: 20_000 }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Text or JSON.
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter (`RUST_LOG` itself wins when set).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// One `[[tenants]]` entry: a platform sandbox paired with an execution subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant id records carry.
+    pub id: String,
+    /// The platform sandbox.
+    pub sandbox: String,
+    /// The execution subscription.
+    pub subscription: String,
+}
+
+/// Durations as humantime strings ("5s", "250ms") in TOML and environment variables.
+mod humantime_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration (e.g. 5s, 250ms): {e}")))
+    }
+}
+
+impl Config {
+    /// Reads the configuration: defaults, then `file` (if any), then the environment; validated.
+    ///
+    /// # Errors
+    /// [`EngineError::Invalid`] naming the key: an unreadable file, an unknown key, a bad value, or a rule
+    /// broken across keys.
+    pub fn load(file: Option<&Path>) -> Result<Config, EngineError> {
+        Config::load_from(file, std::env::vars())
+    }
+
+    /// [`Config::load`] with the environment given (tests).
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, EngineError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(EngineError::Invalid(format!("configuration file {} not found", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let overrides = EnvOverrides::from_vars(env);
+        let config: Config = figment.merge(overrides).extract().map_err(|e| EngineError::Invalid(describe(e)))?;
+        config.validate().map_err(|problems| EngineError::Invalid(problems.join("\n")))?;
+        Ok(config)
+    }
+
+    /// Every rule across keys; each problem names its key.
+    ///
+    /// # Errors
+    /// The list of problems.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.input.limits() {
+            problems.push(e);
+        } else if let Ok(l) = self.input.limits()
+            && l.ts_min >= l.ts_max
+        {
+            problems.push("input.min_ts must be earlier than input.max_ts".into());
+        }
+        if self.input.max_record_bytes == 0 {
+            problems.push("input.max_record_bytes must be at least 1".into());
+        }
+        if self.commit.max_records == 0 {
+            problems.push("commit.max_records must be at least 1".into());
+        }
+        if self.commit.interval.is_zero() {
+            problems.push("commit.interval must be longer than 0".into());
+        }
+        for (key, value) in [
+            ("kafka.brokers", &self.kafka.brokers),
+            ("kafka.group_id", &self.kafka.group_id),
+            ("kafka.instance_id", &self.kafka.instance_id),
+            ("topics.input", &self.topics.input),
+            ("topics.definitions", &self.topics.definitions),
+            ("topics.actions", &self.topics.actions),
+            ("topics.changes", &self.topics.changes),
+            ("topics.rejected", &self.topics.rejected),
+        ] {
+            if value.trim().is_empty() {
+                problems.push(format!("{key} must not be empty"));
+            }
+        }
+        for key in self.kafka.options.keys() {
+            if OWNED_KAFKA_OPTIONS.contains(&key.as_str()) {
+                problems.push(format!(
+                    "kafka.options.\"{key}\" is set by the engine itself and cannot be overridden (owned keys: {})",
+                    OWNED_KAFKA_OPTIONS.join(", ")
+                ));
+            }
+        }
+        problems.extend(registry_problems(&self.tenants));
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// The changelog topic's name.
+    pub fn changelog_topic(&self) -> String {
+        self.topics.changelog.clone().unwrap_or_else(|| format!("{}.changelog", self.kafka.group_id))
+    }
+
+    /// The admin address of `caravan run`.
+    pub fn run_admin_listen(&self) -> SocketAddr {
+        self.admin
+            .listen
+            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9464))))
+    }
+
+    /// The configuration as TOML, for `caravan config check`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+}
+
+/// The `CARAVAN_SECTION__KEY` variables of an environment, as a figment provider whose errors name the variable.
+struct EnvOverrides {
+    /// (dotted key, value) pairs.
+    vars: Vec<(String, String)>,
+}
+
+impl EnvOverrides {
+    fn from_vars(env: impl IntoIterator<Item = (String, String)>) -> EnvOverrides {
+        let vars = env
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let rest = name.strip_prefix(ENV_PREFIX)?;
+                rest.contains("__").then(|| (rest.to_ascii_lowercase().replace("__", "."), value))
+            })
+            .collect();
+        EnvOverrides { vars }
+    }
+}
+
+/// The variable that sets a dotted key.
+fn env_name(keys: &[&str]) -> String {
+    format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase())
+}
+
+impl figment::Provider for EnvOverrides {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable")
+            .interpolater(|_: &figment::Profile, keys: &[&str]| env_name(keys))
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut root = figment::value::Dict::new();
+        for (key, text) in &self.vars {
+            // Values read the way figment reads environment values: numbers and booleans by their look.
+            let value =
+                text.parse::<figment::value::Value>().unwrap_or_else(|_| figment::value::Value::from(text.clone()));
+            let mut parts = key.split('.').collect::<Vec<_>>();
+            let last = parts.pop().unwrap_or_default();
+            let mut dict = &mut root;
+            for part in parts {
+                let entry = dict
+                    .entry(part.to_owned())
+                    .or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
+                let figment::value::Value::Dict(_, inner) = entry else {
+                    return Err(figment::Error::from(format!("{} sets a key inside a value", env_name(&[key]))));
+                };
+                dict = inner;
+            }
+            dict.insert(last.to_owned(), value);
+        }
+        Ok(figment::Profile::Default.collect(root))
+    }
+}
+
+/// A figment error as one line per problem, each naming the key and where its value came from.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let path = &e.path;
+            let key = if path.is_empty() { "(top level)".to_owned() } else { path.join(".") };
+            let source = match &e.metadata {
+                Some(m) if m.name == "environment variable" => {
+                    format!(" (from {})", m.interpolate(&figment::Profile::Default, path))
+                }
+                Some(m) => m.source.as_ref().map(|s| format!(" (from {s})")).unwrap_or_default(),
+                None => String::new(),
+            };
+            format!("configuration key `{key}`: {}{source}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The one-to-one rule of the tenant registry: no two tenants share an id, a sandbox or a subscription.
+fn registry_problems(tenants: &[TenantConfig]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, a) in tenants.iter().enumerate() {
+        for (key, value) in [("id", &a.id), ("sandbox", &a.sandbox), ("subscription", &a.subscription)] {
+            if value.trim().is_empty() {
+                problems.push(format!("tenants[{i}].{key} must not be empty"));
+            }
+        }
+        for b in &tenants[..i] {
+            if a.id == b.id {
+                problems.push(format!("tenants: tenant `{}` is registered twice", a.id));
+            }
+            if a.subscription == b.subscription {
+                problems.push(format!(
+                    "tenants: subscription `{}` is paired with two sandboxes, `{}` (tenant `{}`) and `{}` (tenant `{}`); \
+                     a subscription belongs to exactly one sandbox",
+                    a.subscription, b.sandbox, b.id, a.sandbox, a.id
+                ));
+            }
+            if a.sandbox == b.sandbox {
+                problems.push(format!(
+                    "tenants: sandbox `{}` is paired with two subscriptions, `{}` (tenant `{}`) and `{}` (tenant `{}`); \
+                     a sandbox belongs to exactly one subscription",
+                    a.sandbox, b.subscription, b.id, a.subscription, a.id
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests;

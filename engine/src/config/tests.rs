@@ -1,0 +1,147 @@
+use super::*;
+
+fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("caravan.toml");
+    std::fs::write(&path, text).expect("write config");
+    (dir, path)
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn error_of(file: Option<&Path>, vars: &[(&str, &str)]) -> String {
+    match Config::load_from(file, env(vars)) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn defaults_are_valid_and_print_as_toml_that_reads_back() {
+    let c = Config::load_from(None, Vec::new()).expect("defaults");
+    assert_eq!(c, Config::default());
+    let (_dir, path) = write(&c.to_toml());
+    assert_eq!(Config::load_from(Some(&path), Vec::new()).expect("printed config reads back"), c);
+}
+
+#[test]
+fn file_values_then_environment_overrides() {
+    let (_dir, path) = write(
+        r#"
+[kafka]
+brokers = "a:9092"
+group_id = "g"
+options = { "socket.timeout.ms" = "5000" }
+
+[time]
+allowed_disorder = "2s"
+
+[input]
+dedup_window = 10
+"#,
+    );
+    let c = Config::load_from(
+        Some(&path),
+        env(&[
+            ("CARAVAN_KAFKA__BROKERS", "b:9093,c:9094"),
+            ("CARAVAN_INPUT__DEDUP_WINDOW", "42"),
+            ("CARAVAN_STATE__SYNC", "true"),
+            ("CARAVAN_TIME__ALLOWED_DISORDER", "250ms"),
+            // Not configuration: no `__`.
+            ("CARAVAN_BIN", "/x/caravan"),
+            ("OTHER__THING", "1"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(c.kafka.brokers, "b:9093,c:9094");
+    assert_eq!(c.kafka.group_id, "g", "file value kept");
+    assert_eq!(c.kafka.options.get("socket.timeout.ms").map(String::as_str), Some("5000"));
+    assert_eq!(c.input.dedup_window, 42);
+    assert!(c.state.sync);
+    assert_eq!(c.time.allowed_disorder, Duration::from_millis(250));
+    assert_eq!(c.time.allowed_disorder_ns(), 250_000_000);
+    assert_eq!(c.changelog_topic(), "g.changelog");
+}
+
+#[test]
+fn unknown_keys_are_refused_with_the_key_and_its_source() {
+    let (_dir, path) = write("[kafka]\nbrokrs = \"a:9092\"\n");
+    let e = error_of(Some(&path), &[]);
+    assert!(e.contains("`kafka.brokrs`") && e.contains("unknown field"), "{e}");
+    assert!(e.contains("caravan.toml"), "names the file: {e}");
+
+    let (_dir, path) = write("[kafak]\nbrokers = \"a:9092\"\n");
+    let e = error_of(Some(&path), &[]);
+    assert!(e.contains("`kafak`"), "{e}");
+
+    let e = error_of(None, &[("CARAVAN_KAFKA__BROKRS", "x")]);
+    assert!(e.contains("`kafka.brokrs`") && e.contains("CARAVAN_KAFKA__BROKRS"), "{e}");
+}
+
+#[test]
+fn bad_values_are_refused_with_the_key() {
+    let e = error_of(None, &[("CARAVAN_INPUT__DEDUP_WINDOW", "lots")]);
+    assert!(e.contains("`input.dedup_window`") && e.contains("CARAVAN_INPUT__DEDUP_WINDOW"), "{e}");
+
+    let (_dir, path) = write("[time]\nallowed_disorder = \"soon\"\n");
+    let e = error_of(Some(&path), &[]);
+    assert!(e.contains("`time.allowed_disorder`") && e.contains("not a duration"), "{e}");
+
+    let (_dir, path) = write("[time]\nmode = \"wallclock\"\n");
+    let e = error_of(Some(&path), &[]);
+    assert!(e.contains("`time.mode`") && e.contains("processing"), "{e}");
+
+    let (_dir, path) = write("[admin]\nlisten = \"not an address\"\n");
+    assert!(error_of(Some(&path), &[]).contains("`admin.listen`"));
+
+    let (_dir, path) = write("[input]\nmin_ts = \"2030-01-01T00:00:00Z\"\nmax_ts = \"2020-01-01T00:00:00Z\"\n");
+    assert!(error_of(Some(&path), &[]).contains("input.min_ts must be earlier than input.max_ts"));
+
+    let (_dir, path) = write("[input]\nmax_ts = \"tomorrow\"\n");
+    assert!(error_of(Some(&path), &[]).contains("input.max_ts"));
+
+    let e = error_of(None, &[("CARAVAN_COMMIT__MAX_RECORDS", "0")]);
+    assert!(e.contains("commit.max_records"), "{e}");
+
+    let e = error_of(Some(Path::new("/nonexistent/caravan.toml")), &[]);
+    assert!(e.contains("/nonexistent/caravan.toml") && e.contains("not found"), "{e}");
+}
+
+#[test]
+fn kafka_options_may_not_override_what_the_engine_owns() {
+    let (_dir, path) = write("[kafka.options]\n\"isolation.level\" = \"read_uncommitted\"\n\"linger.ms\" = \"1\"\n");
+    let e = error_of(Some(&path), &[]);
+    assert!(e.contains("kafka.options.\"isolation.level\"") && !e.contains("linger.ms"), "{e}");
+}
+
+#[test]
+fn tenant_registry_is_one_to_one() {
+    let ok = "[[tenants]]\nid = \"acme\"\nsandbox = \"prod\"\nsubscription = \"sub-1\"\n\
+              [[tenants]]\nid = \"globex\"\nsandbox = \"prod-2\"\nsubscription = \"sub-2\"\n";
+    let (_dir, path) = write(ok);
+    assert_eq!(Config::load_from(Some(&path), Vec::new()).expect("valid").tenants.len(), 2);
+
+    let shared_subscription = "[[tenants]]\nid = \"acme\"\nsandbox = \"prod\"\nsubscription = \"sub-1\"\n\
+                               [[tenants]]\nid = \"globex\"\nsandbox = \"dev\"\nsubscription = \"sub-1\"\n";
+    let (_dir, path) = write(shared_subscription);
+    let e = error_of(Some(&path), &[]);
+    assert!(e.contains("subscription `sub-1` is paired with two sandboxes"), "{e}");
+    assert!(e.contains("tenant `acme`") && e.contains("tenant `globex`"), "names both tenants: {e}");
+
+    let shared_sandbox = "[[tenants]]\nid = \"acme\"\nsandbox = \"prod\"\nsubscription = \"sub-1\"\n\
+                          [[tenants]]\nid = \"globex\"\nsandbox = \"prod\"\nsubscription = \"sub-2\"\n";
+    let (_dir, path) = write(shared_sandbox);
+    let e = error_of(Some(&path), &[]);
+    assert!(e.contains("sandbox `prod` is paired with two subscriptions"), "{e}");
+    assert!(e.contains("tenant `acme`") && e.contains("tenant `globex`"), "{e}");
+
+    let twice = "[[tenants]]\nid = \"acme\"\nsandbox = \"a\"\nsubscription = \"s1\"\n\
+                 [[tenants]]\nid = \"acme\"\nsandbox = \"b\"\nsubscription = \"s2\"\n";
+    let (_dir, path) = write(twice);
+    assert!(error_of(Some(&path), &[]).contains("tenant `acme` is registered twice"));
+
+    let (_dir, path) = write("[[tenants]]\nid = \"acme\"\nsandbox = \"a\"\n");
+    assert!(error_of(Some(&path), &[]).contains("subscription"), "a missing key is named");
+}
