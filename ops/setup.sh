@@ -2,7 +2,7 @@
 # Installs what building and testing Caravan needs on a Debian machine (run as root). Idempotent.
 set -euo pipefail
 need=()
-for pkg in libclang-dev g++ make pkg-config zlib1g-dev libssl-dev python3; do
+for pkg in libclang-dev g++ make pkg-config zlib1g-dev libssl-dev python3 python3-pip; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

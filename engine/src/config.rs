@@ -59,6 +59,10 @@ pub struct KafkaConfig {
     /// This instance's stable name: its transactional id. Must survive restarts (a killed instance comes back
     /// with the same one, which fences its former self and aborts its open transaction).
     pub instance_id: String,
+    /// Static group membership (KIP-345, `group.instance.id` = the instance id): a restarted instance takes its
+    /// place back at once, without a rebalance, but a stopped one keeps its partitions until its session
+    /// times out. Turn it on where instances restart in place (a StatefulSet).
+    pub static_membership: bool,
     /// librdkafka settings passed through as they are (security, timeouts...); not the keys the engine owns.
     pub options: BTreeMap<String, String>,
 }
@@ -69,15 +73,17 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             group_id: "caravan".into(),
             instance_id: "caravan-0".into(),
+            static_membership: false,
             options: BTreeMap::new(),
         }
     }
 }
 
 /// librdkafka keys the engine sets itself: overriding them would break exactly-once or routing.
-pub const OWNED_KAFKA_OPTIONS: [&str; 9] = [
+pub const OWNED_KAFKA_OPTIONS: [&str; 10] = [
     "bootstrap.servers",
     "group.id",
+    "group.instance.id",
     "transactional.id",
     "enable.auto.commit",
     "enable.auto.offset.store",

@@ -25,8 +25,10 @@ pub mod config;
 mod dedup;
 pub mod definitions;
 mod error;
+mod outputs;
 pub mod replay;
 mod routing;
+pub mod service;
 pub mod telemetry;
 
 pub use error::{Domain, EngineError, Result};

@@ -43,6 +43,24 @@ enum Command {
     },
     /// Run journeys over an NDJSON input with no broker: the embedded mode.
     Replay(ReplayArgs),
+    /// Run the service on Kafka: exactly once, scaled out by the consumer group.
+    Run {
+        /// The configuration file (TOML); every key can be overridden by CARAVAN_SECTION__KEY variables.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Publish definition files (journeys, buying group templates) on the definitions topic.
+    Publish {
+        /// The configuration file (TOML) naming the brokers and topics.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Files to publish (YAML or JSON); each is validated first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Show what a state folder holds.
     Inspect {
         /// The state folder of a replay.
@@ -55,17 +73,30 @@ enum Command {
         #[arg(long, requires = "tenant")]
         account: Option<String>,
     },
-    /// Stop a journey in a replay's state folder: every instance ends at once (silently) and its timers are
-    /// cancelled; the journey admits no entry until a higher version is published. Run it between replays.
+    /// Stop a journey: every instance ends at once (silently) and its timers are cancelled; the journey admits
+    /// no entry until a higher version is published. With --state: in a replay's state folder (run it between
+    /// replays); with --config: on the definitions topic, for every instance of the service.
     Stop {
         /// The state folder of a replay.
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        state: Option<PathBuf>,
+        /// The service's configuration (Kafka mode).
         #[arg(long)]
-        state: PathBuf,
+        config: Option<PathBuf>,
         /// The journey's tenant.
         #[arg(long)]
         tenant: String,
         /// The journey id.
         journey: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file (with the environment's overrides): print it resolved, or every problem.
+    Check {
+        /// The file (TOML).
+        file: PathBuf,
     },
 }
 
@@ -126,20 +157,29 @@ struct ReplayArgs {
 
 fn main() -> ExitCode {
     tune_glibc_malloc();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The service logs as its configuration says (read first); the other commands log warnings.
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging("warn", false);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("caravan: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to standard error: `RUST_LOG` when set, else `default_filter`; JSON lines when `json`.
+fn init_logging(default_filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 
@@ -176,7 +216,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Replay(args) => replay_command(args),
         Command::Inspect { state, tenant, account } => inspect(&state, tenant.as_deref(), account.as_deref()),
-        Command::Stop { state, tenant, journey } => {
+        Command::Stop { state: None, config, tenant, journey } => {
+            let cfg = caravan_engine::config::Config::load(config.as_deref())?;
+            let version = caravan_engine::service::definitions::stop(&cfg, &tenant, &journey)?;
+            println!(
+                "stopped journey `{journey}` of tenant `{tenant}` up to version {version} on {}",
+                cfg.topics.definitions
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let cfg = caravan_engine::config::Config::load(config.as_deref())?;
+            init_logging(&cfg.log.level, cfg.log.format == caravan_engine::config::LogFormat::Json);
+            let admin = cfg.run_admin_listen();
+            telemetry::serve_metrics(admin).map_err(anyhow::Error::msg)?;
+            let stop = shutdown_flag()?;
+            caravan_engine::service::run(&cfg, stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish { config, files } => {
+            let cfg = caravan_engine::config::Config::load(config.as_deref())?;
+            let defs = match definitions::load_files(&files) {
+                Ok(d) => d,
+                Err(problems) => {
+                    print_problems(&problems);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let written = caravan_engine::service::definitions::publish(&cfg, &defs)?;
+            if written.is_empty() {
+                println!("nothing new: every version is already published on {}", cfg.topics.definitions);
+            }
+            for key in written {
+                println!("published {key}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { file }) => match caravan_engine::config::Config::load(Some(&file)) {
+            Ok(cfg) => {
+                print!("{}", cfg.to_toml());
+                eprintln!("{}: valid", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("{}: invalid", file.display());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Stop { state: Some(state), tenant, journey, .. } => {
             if !state.join("CURRENT").exists() {
                 bail!("{} is not a Caravan state folder", state.display());
             }
@@ -187,6 +275,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// SIGTERM/SIGINT: stop reading, commit what was read, exit 0. A second signal exits at once (130); that is
+/// safe too, the next run resumes from the last commit.
+fn shutdown_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, std::sync::Arc::clone(&stop))
+            .context("installing signal handlers")?;
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    Ok(stop)
 }
 
 fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -201,14 +301,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = args.metrics_listen {
         telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
     }
-    // SIGTERM/SIGINT: stop reading, commit what was read, exit 0. A second signal exits at once (130);
-    // that is safe too, the next run resumes from the last commit.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(signal, 130, std::sync::Arc::clone(&stop))
-            .context("installing signal handlers")?;
-        signal_hook::flag::register(signal, std::sync::Arc::clone(&stop)).context("installing signal handlers")?;
-    }
+    let stop = shutdown_flag()?;
     let defaults = replay::ReplayOptions::default();
     let workers = args.workers.unwrap_or(defaults.workers);
     if workers == 0 {

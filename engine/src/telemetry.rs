@@ -25,6 +25,21 @@ pub const COMMIT_WRITES: &str = "caravan_commit_writes";
 /// Time to write one epoch's outputs and state.
 pub const COMMIT_DURATION: &str = "caravan_commit_duration_seconds";
 
+/// Kafka transactions committed.
+pub const TRANSACTIONS_COMMITTED: &str = "caravan_kafka_transactions_committed_total";
+/// Kafka transactions aborted.
+pub const TRANSACTIONS_ABORTED: &str = "caravan_kafka_transactions_aborted_total";
+/// Consumer group rebalance events (revocations and assignments).
+pub const REBALANCES: &str = "caravan_kafka_rebalances_total";
+/// Input partitions this instance owns.
+pub const PARTITIONS_OWNED: &str = "caravan_kafka_partitions_owned";
+/// Changelog records read while restoring partitions.
+pub const RESTORED_RECORDS: &str = "caravan_restore_records_total";
+/// Time to restore one partition.
+pub const RESTORE_DURATION: &str = "caravan_restore_duration_seconds";
+/// Timers pending.
+pub const TIMERS_PENDING: &str = "caravan_timers_pending";
+
 /// Registers the help texts of every metric.
 pub fn describe() {
     metrics::describe_counter!(EVENTS_APPLIED, "Input records applied to state.");
@@ -35,6 +50,13 @@ pub fn describe() {
     metrics::describe_counter!(CHANGES_EMITTED, "Change events emitted.");
     metrics::describe_counter!(COMMITS, "Epochs committed (outputs, state and input position together).");
     metrics::describe_histogram!(COMMIT_WRITES, "State writes per commit.");
+    metrics::describe_counter!(TRANSACTIONS_COMMITTED, "Kafka transactions committed.");
+    metrics::describe_counter!(TRANSACTIONS_ABORTED, "Kafka transactions aborted (the batch is processed again).");
+    metrics::describe_counter!(REBALANCES, "Consumer group rebalance events (revocations and assignments).");
+    metrics::describe_gauge!(PARTITIONS_OWNED, "Input partitions this instance owns.");
+    metrics::describe_counter!(RESTORED_RECORDS, "Changelog records read while restoring partitions.");
+    metrics::describe_histogram!(RESTORE_DURATION, metrics::Unit::Seconds, "Time to restore one partition.");
+    metrics::describe_gauge!(TIMERS_PENDING, "Timers pending on this instance.");
     metrics::describe_histogram!(
         COMMIT_DURATION,
         metrics::Unit::Seconds,

@@ -928,6 +928,16 @@ const _: () = {
     shared_between_threads::<Journey>();
 };
 
+/// The reference journey of the benchmark, for tests. The crate's folder is read when the test runs (cargo
+/// sets it): a test binary built in another checkout that shares the target folder must not read that one.
+#[cfg(test)]
+pub(crate) fn reference_journey_path() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+    )
+    .join("../benches/b2b-journey-v1/journey.yaml")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -941,9 +951,7 @@ mod tests {
 
     #[test]
     fn the_reference_journey_compiles() {
-        let text =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/b2b-journey-v1/journey.yaml"))
-                .expect("reference journey exists");
+        let text = std::fs::read_to_string(super::reference_journey_path()).expect("reference journey exists");
         let j = compile_journey(&read_document(&text).expect("parses")).expect("valid");
         assert_eq!(j.id, "b2b-journey-v1");
         assert!(matches!(j.nodes[j.start], Node::Action { kind: ActionKind::SendEmail, .. }));

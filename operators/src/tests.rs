@@ -33,7 +33,7 @@ fn ev(json: Value) -> InputEvent {
 }
 
 fn reference_defs() -> Definitions {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/b2b-journey-v1/journey.yaml"))
+    let text = std::fs::read_to_string(crate::journey::reference_journey_path())
         .expect("reference journey")
         .replace("tenant: bench", "tenant: t");
     let mut defs = Definitions::default();

@@ -32,7 +32,10 @@ pub mod time;
 /// `CARAVAN_UPDATE_SCHEMAS` set, writes it first (`CARAVAN_UPDATE_SCHEMAS=1 cargo test --release -p caravan-schemas`).
 #[cfg(test)]
 pub(crate) fn assert_schema_file_current(name: &str, schema: &serde_json::Value) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("json");
+    let dir = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+    )
+    .join("json");
     let path = dir.join(format!("{name}.schema.json"));
     let text = serde_json::to_string_pretty(schema).expect("serializes") + "\n";
     if std::env::var_os("CARAVAN_UPDATE_SCHEMAS").is_some() {

@@ -8,6 +8,8 @@ mod support;
 mod bad_input;
 mod buying_groups;
 mod crash;
+mod kafka;
+mod kafka_support;
 mod metrics;
 mod publish;
 mod replay;

@@ -12,9 +12,9 @@
 //! shares the operators and the state layout, not this pipeline.
 
 mod committer;
-mod keys;
+pub(crate) mod keys;
 mod messages;
-mod publish;
+pub(crate) mod publish;
 pub(crate) mod reader;
 mod router;
 mod worker;
@@ -30,6 +30,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 pub use publish::{stop, stored_definitions};
+pub(crate) use worker::{take_timers, write_dirty};
 
 /// Everything a replay needs to know.
 #[derive(Clone, Debug)]

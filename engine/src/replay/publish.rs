@@ -16,6 +16,7 @@
 
 use super::committer::OUTPUT_FILES;
 use crate::EngineError;
+use crate::outputs::{self, OutKind, OutRecord};
 use caravan_operators::account::{
     AccountState, Cause, Definitions, Effects, enter_on_publish, reassess_groups, stop_journey,
 };
@@ -99,35 +100,21 @@ pub fn stored_definitions(store: &Store) -> Result<Definitions, EngineError> {
 
 /// Outputs and state of a pass over accounts, before they commit.
 #[derive(Default)]
-struct Pass {
-    delta: Delta,
-    actions: Vec<u8>,
-    changes: Vec<u8>,
-    counts: [u64; 2],
+pub(crate) struct Pass {
+    pub(crate) delta: Delta,
+    pub(crate) outputs: Vec<OutRecord>,
+    /// Actions, changes.
+    pub(crate) counts: [u64; 2],
 }
 
 impl Pass {
     /// Takes one account's effects: outputs serialized, timers and changed records into the delta.
     fn take(&mut self, acct: &mut AccountState, out: &mut Effects) {
         let (tenant, account) = (acct.tenant.to_string(), acct.account_id.to_string());
-        for a in out.actions.drain(..) {
-            if serde_json::to_writer(&mut self.actions, &a).is_ok() {
-                self.actions.push(b'\n');
-                self.counts[0] += 1;
-            }
-        }
-        for c in out.changes.drain(..) {
-            if serde_json::to_writer(&mut self.changes, &c).is_ok() {
-                self.changes.push(b'\n');
-                self.counts[1] += 1;
-            }
-        }
-        for h in out.cancelled.drain(..) {
-            self.delta.delete_timer(&tenant, &account, (&h.journey_id, h.instance, h.slot));
-        }
-        for h in out.armed.drain(..) {
-            self.delta.put_timer(&tenant, &account, (&h.journey_id, h.instance, h.slot), &h.timer);
-        }
+        let (actions, changes) = outputs::take(out, &mut self.outputs);
+        self.counts[0] += actions;
+        self.counts[1] += changes;
+        super::worker::take_timers(out, &mut self.delta, &tenant, &account, |_| {});
         super::worker::write_dirty(&mut self.delta, &tenant, &account, acct);
     }
 
@@ -135,12 +122,17 @@ impl Pass {
     fn commit(self, store: &Store, files: &mut [File; 3], checkpoint: &Checkpoint) -> Result<Checkpoint, EngineError> {
         let mut next = checkpoint.clone();
         next.epoch += 1;
-        for (i, bytes) in [(0, &self.actions), (1, &self.changes)] {
+        for (i, kind) in [(0, OutKind::Action), (1, OutKind::Change)] {
+            let mut bytes = Vec::new();
+            for o in self.outputs.iter().filter(|o| o.kind == kind) {
+                bytes.extend_from_slice(&o.json);
+                bytes.push(b'\n');
+            }
             if bytes.is_empty() {
                 continue;
             }
             let name = OUTPUT_FILES[i];
-            files[i].write_all(bytes).map_err(|e| EngineError::io(format!("appending to {name}"), e))?;
+            files[i].write_all(&bytes).map_err(|e| EngineError::io(format!("appending to {name}"), e))?;
             files[i].sync_data().map_err(|e| EngineError::io(format!("syncing {name}"), e))?;
             next.output_lengths[i] += bytes.len() as u64;
         }
@@ -160,6 +152,73 @@ fn load(store: &Store, tenant: &str, account: &str) -> Result<AccountState, Engi
     })
 }
 
+/// A new template: every account of its tenant with people gets its group (stage changes reach the journeys
+/// already running). `seq` and `ts` place the publication after an input record.
+pub(crate) fn template_pass(
+    store: &Store,
+    defs: &Definitions,
+    template: &Template,
+    (seq, ts): (u64, Timestamp),
+    pass: &mut Pass,
+) -> Result<(), EngineError> {
+    let mut out = Effects::default();
+    let cause_id = format!("publish:{}:{}", template.id, template.version);
+    let cause = Cause::control(seq, ts, &cause_id);
+    for account in store.accounts_with_people(&template.tenant)? {
+        let mut acct = load(store, &template.tenant, &account)?;
+        reassess_groups(defs, &mut acct, &cause, &mut out);
+        pass.take(&mut acct, &mut out);
+    }
+    Ok(())
+}
+
+/// A new journey version: when it is its tenant's newest, the accounts already in its audience enter it.
+/// Returns how many entered.
+pub(crate) fn entry_pass(
+    store: &Store,
+    defs: &Definitions,
+    journey: &Arc<Journey>,
+    (seq, ts): (u64, Timestamp),
+    pass: &mut Pass,
+) -> Result<u64, EngineError> {
+    let newest = defs.newest_for_tenant(&journey.tenant).any(|j| Arc::ptr_eq(j, journey));
+    if !newest {
+        return Ok(0);
+    }
+    let mut out = Effects::default();
+    let cause_id = format!("publish:{}:{}", journey.id, journey.version);
+    let cause = Cause::control(seq, ts, &cause_id);
+    let mut entered = 0u64;
+    for (account, record) in store.accounts_of(&journey.tenant)? {
+        if !record.audiences.iter().any(|a| *a == journey.audience) {
+            continue;
+        }
+        let mut acct = load(store, &journey.tenant, &account)?;
+        if enter_on_publish(defs, &mut acct, journey, &cause, &mut out) {
+            entered += 1;
+        }
+        pass.take(&mut acct, &mut out);
+    }
+    tracing::info!(journey = %journey.id, version = journey.version, tenant = %journey.tenant, entered,
+        "Published: accounts already in the audience entered.");
+    Ok(entered)
+}
+
+/// A stop: every instance of the journey in the store ends silently and its timers go. Returns how many ended.
+pub(crate) fn stop_pass(store: &Store, tenant: &str, journey_id: &str, pass: &mut Pass) -> Result<u64, EngineError> {
+    let mut out = Effects::default();
+    let mut ended = 0u64;
+    for (account, record) in store.accounts_of(tenant)? {
+        if !record.instances.iter().any(|i| i.journey_id == journey_id) {
+            continue;
+        }
+        let mut acct = load(store, tenant, &account)?;
+        ended += stop_journey(&mut acct, journey_id, &mut out) as u64;
+        pass.take(&mut acct, &mut out);
+    }
+    Ok(ended)
+}
+
 /// Publishes the folder's new versions: records them, and enters the accounts already in the audience of each
 /// new newest version. One commit; returns the checkpoint after it (the same one when there is nothing new).
 pub(crate) fn publish_new(
@@ -173,41 +232,15 @@ pub(crate) fn publish_new(
     }
     let defs = &reconciled.defs;
     let mut pass = Pass::default();
-    let mut out = Effects::default();
-    let ts = Timestamp(checkpoint.max_ts.unwrap_or(0));
-    // New templates first: every account with people gets its group, so that journeys published with them
-    // see it. Stage changes here reach the journeys already running.
+    let at = (checkpoint.records, Timestamp(checkpoint.max_ts.unwrap_or(0)));
+    // New templates first, so that journeys published with them see the groups.
     for template in &reconciled.new_templates {
         pass.delta.put_template(&template.tenant, &template.id, template.version, &template.document.to_string());
-        let cause_id = format!("publish:{}:{}", template.id, template.version);
-        let cause = Cause::control(checkpoint.records, ts, &cause_id);
-        for account in store.accounts_with_people(&template.tenant)? {
-            let mut acct = load(store, &template.tenant, &account)?;
-            reassess_groups(defs, &mut acct, &cause, &mut out);
-            pass.take(&mut acct, &mut out);
-        }
+        template_pass(store, defs, template, at, &mut pass)?;
     }
     for journey in &reconciled.new_versions {
         pass.delta.put_definition(&journey.tenant, &journey.id, journey.version, &journey.document.to_string());
-        let newest = defs.newest_for_tenant(&journey.tenant).any(|j| Arc::ptr_eq(j, journey));
-        if !newest {
-            continue;
-        }
-        let cause_id = format!("publish:{}:{}", journey.id, journey.version);
-        let cause = Cause::control(checkpoint.records, ts, &cause_id);
-        let mut entered = 0u64;
-        for (account, record) in store.accounts_of(&journey.tenant)? {
-            if !record.audiences.iter().any(|a| *a == journey.audience) {
-                continue;
-            }
-            let mut acct = load(store, &journey.tenant, &account)?;
-            if enter_on_publish(defs, &mut acct, journey, &cause, &mut out) {
-                entered += 1;
-            }
-            pass.take(&mut acct, &mut out);
-        }
-        tracing::info!(journey = %journey.id, version = journey.version, tenant = %journey.tenant, entered,
-            "Published: accounts already in the audience entered.");
+        entry_pass(store, defs, journey, at, &mut pass)?;
     }
     pass.commit(store, files, checkpoint)
 }
@@ -228,16 +261,7 @@ pub fn stop(store: &Store, tenant: &str, journey_id: &str) -> Result<u64, Engine
         )));
     };
     let mut pass = Pass::default();
-    let mut out = Effects::default();
-    let mut ended = 0u64;
-    for (account, record) in store.accounts_of(tenant)? {
-        if !record.instances.iter().any(|i| i.journey_id == journey_id) {
-            continue;
-        }
-        let mut acct = load(store, tenant, &account)?;
-        ended += stop_journey(&mut acct, journey_id, &mut out) as u64;
-        pass.take(&mut acct, &mut out);
-    }
+    let ended = stop_pass(store, tenant, journey_id, &mut pass)?;
     pass.delta.put_stop(tenant, journey_id, version);
     // Nothing is written to the outputs: a stop ends instances silently.
     let mut next = checkpoint;

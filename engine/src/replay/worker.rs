@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes the records of an account that a step marked dirty into a delta, and clears the marks.
-pub(super) fn write_dirty(delta: &mut Delta, tenant: &str, account: &str, state: &mut AccountState) {
+pub(crate) fn write_dirty(delta: &mut Delta, tenant: &str, account: &str, state: &mut AccountState) {
     if state.record_dirty {
         delta.put_account(tenant, account, &state.record);
         state.record_dirty = false;
@@ -35,6 +35,24 @@ pub(super) fn write_dirty(delta: &mut Delta, tenant: &str, account: &str, state:
     for o in state.opportunities.iter_mut().filter(|o| o.dirty) {
         delta.put_opportunity(tenant, account, &o.record);
         o.dirty = false;
+    }
+}
+
+/// Writes the timers a step cancelled and armed (drained from `effects`) into a delta; hands each armed one
+/// to `armed` (a worker's or task's queue).
+pub(crate) fn take_timers(
+    effects: &mut Effects,
+    delta: &mut Delta,
+    tenant: &str,
+    account: &str,
+    mut armed: impl FnMut(TimerHandle),
+) {
+    for h in effects.cancelled.drain(..) {
+        delta.delete_timer(tenant, account, (&h.journey_id, h.instance, h.slot));
+    }
+    for h in effects.armed.drain(..) {
+        delta.put_timer(tenant, account, (&h.journey_id, h.instance, h.slot), &h.timer);
+        armed(h);
     }
 }
 
@@ -219,12 +237,9 @@ impl<'s> Worker<'s> {
 
     /// Records the timers a step armed and cancelled, in the queue and in the delta.
     fn note_timers(&mut self, key: u64, tenant: &str, account: &str) {
-        for h in self.effects.cancelled.drain(..) {
-            self.pending.delete_timer(tenant, account, (&h.journey_id, h.instance, h.slot));
-        }
-        for h in self.effects.armed.drain(..) {
-            self.pending.put_timer(tenant, account, (&h.journey_id, h.instance, h.slot), &h.timer);
-            self.timers.push(Reverse(Queued {
+        let timers = &mut self.timers;
+        take_timers(&mut self.effects, &mut self.pending, tenant, account, |h| {
+            timers.push(Reverse(Queued {
                 due: h.timer.due,
                 arm: h.timer.arm,
                 tenant: Id::from(tenant),
@@ -234,7 +249,7 @@ impl<'s> Worker<'s> {
                 slot: h.slot,
                 account_key: key,
             }));
-        }
+        });
     }
 
     fn take_outputs(&mut self, seq: u64, timer: Option<(i64, Vec<u64>)>, part: &mut WorkerPart) {

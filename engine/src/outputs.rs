@@ -1,0 +1,43 @@
+//! Output records on their way to a sink: serialized once, with the account that keys them.
+//!
+//! Replay appends them to NDJSON files, Kafka mode produces them to topics keyed by account; both get them in
+//! this one form, so the two modes emit the same bytes. It never decides where a record goes beyond its kind.
+
+use caravan_operators::account::Effects;
+use caravan_schemas::Id;
+
+/// Which output stream a record belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OutKind {
+    Action,
+    Change,
+    Rejected,
+}
+
+/// One serialized output record.
+pub(crate) struct OutRecord {
+    pub(crate) kind: OutKind,
+    /// The account it is about (the Kafka key); none for rejected records.
+    pub(crate) key: Option<Id>,
+    pub(crate) json: Vec<u8>,
+}
+
+/// Serializes a step's actions and change events (drained from `effects`) onto `out`; returns how many of
+/// each.
+pub(crate) fn take(effects: &mut Effects, out: &mut Vec<OutRecord>) -> (u64, u64) {
+    let (mut actions, mut changes) = (0, 0);
+    for a in effects.actions.drain(..) {
+        // Output records hold only strings, numbers and JSON values: serialization cannot fail.
+        if let Ok(json) = serde_json::to_vec(&a) {
+            out.push(OutRecord { kind: OutKind::Action, key: Some(a.account_id.clone()), json });
+            actions += 1;
+        }
+    }
+    for c in effects.changes.drain(..) {
+        if let Ok(json) = serde_json::to_vec(&c) {
+            out.push(OutRecord { kind: OutKind::Change, key: Some(c.account_id.clone()), json });
+            changes += 1;
+        }
+    }
+    (actions, changes)
+}

@@ -1,0 +1,265 @@
+//! Kafka clients of the service: their settings, the topics the engine creates, the changelog restore and the
+//! definitions topic.
+//!
+//! It owns every librdkafka setting the engine relies on for exactly-once (transactional producer with a stable
+//! `transactional.id`, read_committed consumers, no auto-commit, an eager assignor) and the shape of the records
+//! it writes to its own topics. It never processes events.
+
+use crate::EngineError;
+use crate::config::Config;
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+/// How long a broker request may take before the engine gives up on it.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) fn kafka_error(what: &str, e: KafkaError) -> EngineError {
+    EngineError::Invalid(format!("kafka: {what}: {e}"))
+}
+
+/// A client configuration with the user's pass-through options, then the engine's own keys on top.
+pub(crate) fn client_config(cfg: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &cfg.kafka.options {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &cfg.kafka.brokers);
+    c
+}
+
+/// Runs a future to completion on this thread (the admin client's futures are completed by its own thread).
+pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park_timeout(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The number of partitions of a topic, if it exists.
+pub(crate) fn partitions_of<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> Result<Option<usize>, EngineError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(|e| kafka_error(&format!("reading the metadata of {topic}"), e))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0))
+}
+
+/// Creates missing topics: `(name, partitions, compacted)`. Existing ones are left as they are.
+pub(crate) fn ensure_topics(cfg: &Config, topics: &[(String, usize, bool)]) -> Result<(), EngineError> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(cfg).create().map_err(|e| kafka_error("creating the admin client", e))?;
+    let compact = [("cleanup.policy", "compact"), ("delete.retention.ms", "604800000")];
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions, compacted)| {
+            let t = NewTopic::new(name, *partitions as i32, TopicReplication::Fixed(-1));
+            if *compacted { compact.iter().fold(t, |t, (k, v)| t.set(k, v)) } else { t }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    let results = block_on(admin.create_topics(&new, &opts)).map_err(|e| kafka_error("creating topics", e))?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, "Created topic."),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(EngineError::Invalid(format!("kafka: creating topic {name}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Partition changes the consumer saw, for the main loop to act on between batches.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Assignment {
+    Revoked(Vec<i32>),
+    Assigned(Vec<i32>),
+}
+
+/// The input consumer's context: records rebalances (they run inside `poll`, between batches).
+#[derive(Default)]
+pub(crate) struct InputContext {
+    pub(crate) events: Mutex<Vec<Assignment>>,
+}
+
+impl ClientContext for InputContext {}
+
+impl ConsumerContext for InputContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = tpl.elements().iter().map(|e| e.partition()).collect();
+            self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Assignment::Revoked(parts));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts = tpl.elements().iter().map(|e| e.partition()).collect();
+                self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Assignment::Assigned(parts));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance error."),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// The input consumer: the group's member, read_committed, offsets committed only through transactions.
+pub(crate) fn input_consumer(cfg: &Config) -> Result<BaseConsumer<InputContext>, EngineError> {
+    let mut c = client_config(cfg);
+    c.set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // Eager: a partition is either ours or not, never half-moved while a batch is in flight.
+        .set("partition.assignment.strategy", "range");
+    if cfg.kafka.static_membership {
+        c.set("group.instance.id", &cfg.kafka.instance_id);
+    }
+    if !cfg.kafka.options.contains_key("session.timeout.ms") {
+        c.set("session.timeout.ms", "10000");
+    }
+    c.create_with_context(InputContext::default()).map_err(|e| kafka_error("creating the input consumer", e))
+}
+
+/// The reader's context: the end of a partition is what a reader waits for, not an error to log.
+pub(crate) struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || matches!(error, KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF));
+        if !eof {
+            tracing::error!(%error, reason, "Kafka reader error.");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// A consumer outside any group that reads assigned partitions to their end (restores, definitions).
+pub(crate) fn reader(cfg: &Config) -> Result<BaseConsumer<ReaderContext>, EngineError> {
+    let mut c = client_config(cfg);
+    c.set("group.id", format!("{}.reader", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    c.create_with_context(ReaderContext).map_err(|e| kafka_error("creating a reader", e))
+}
+
+/// The producer's context: the highest changelog offset delivered per partition, to know how far the local
+/// stores are after a commit.
+#[derive(Default)]
+pub(crate) struct OutputContext {
+    pub(crate) changelog_topic: String,
+    pub(crate) delivered: Mutex<HashMap<i32, i64>>,
+    pub(crate) failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for OutputContext {}
+
+impl ProducerContext for OutputContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) if m.topic() == self.changelog_topic => {
+                let mut d = self.delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let e = d.entry(m.partition()).or_insert(-1);
+                *e = (*e).max(m.offset());
+            }
+            Ok(_) => {}
+            Err((e, m)) => {
+                let mut f = self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                f.get_or_insert_with(|| format!("delivery to {} failed: {e}", m.topic()));
+            }
+        }
+    }
+}
+
+/// The transactional producer of this instance (its transactional id is the instance id: a restarted
+/// instance fences its former self).
+pub(crate) fn producer(cfg: &Config) -> Result<rdkafka::producer::ThreadedProducer<OutputContext>, EngineError> {
+    let mut c = client_config(cfg);
+    c.set("transactional.id", &cfg.kafka.instance_id)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", cfg.kafka.options.get("linger.ms").map_or("1", String::as_str))
+        .set("queue.buffering.max.messages", "1000000");
+    let ctx = OutputContext { changelog_topic: cfg.changelog_topic(), ..OutputContext::default() };
+    let p: rdkafka::producer::ThreadedProducer<OutputContext> =
+        c.create_with_context(ctx).map_err(|e| kafka_error("creating the producer", e))?;
+    use rdkafka::producer::Producer;
+    p.init_transactions(REQUEST_TIMEOUT).map_err(|e| {
+        kafka_error("initializing transactions (fencing any previous instance with this kafka.instance_id)", e)
+    })?;
+    Ok(p)
+}
+
+/// Reads one partition from `from` to its end (the last stable offset): calls `each(key, value, offset)`.
+/// Returns the offset after the last record read (`from` when there was none).
+pub(crate) fn read_to_end(
+    reader: &BaseConsumer<ReaderContext>,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    mut each: impl FnMut(&[u8], Option<&[u8]>, i64) -> Result<(), EngineError>,
+) -> Result<i64, EngineError> {
+    let mut tpl = TopicPartitionList::new();
+    let start = if from <= 0 { Offset::Beginning } else { Offset::Offset(from) };
+    tpl.add_partition_offset(topic, partition, start).map_err(|e| kafka_error("assigning", e))?;
+    reader.assign(&tpl).map_err(|e| kafka_error(&format!("assigning {topic}/{partition}"), e))?;
+    let mut next = from.max(0);
+    let mut last_progress = Instant::now();
+    loop {
+        match reader.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                each(m.key().unwrap_or_default(), m.payload(), m.offset())?;
+                next = m.offset() + 1;
+                last_progress = Instant::now();
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(kafka_error(&format!("reading {topic}/{partition}"), e)),
+            None if last_progress.elapsed() > REQUEST_TIMEOUT * 4 => {
+                return Err(EngineError::Invalid(format!(
+                    "kafka: reading {topic}/{partition} made no progress for {:?}",
+                    REQUEST_TIMEOUT * 4
+                )));
+            }
+            None => {}
+        }
+    }
+    reader.unassign().map_err(|e| kafka_error("unassigning", e))?;
+    Ok(next)
+}

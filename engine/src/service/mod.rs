@@ -1,0 +1,402 @@
+//! Kafka mode (`caravan run`): the long-lived service on the platform's topics, exactly once, scaled out by
+//! Kafka's consumer group (the Kafka Streams exactly-once v2 model; ARCHITECTURE.md, "Kafka mode").
+//!
+//! It owns the service loop: poll a batch from the input partitions this instance holds, process each
+//! partition's records in its [`task::PartitionTask`], then one transaction carries the outputs, the state
+//! deltas (to the changelog partition of the same number) and the consumed offsets with the group's metadata.
+//! Only after the commit do the deltas reach the local RocksDB stores, with the changelog offset they reflect.
+//! An abort drops the tasks and the positions go back to what the stores say. A partition assigned to this
+//! instance is restored first: its local store, then the changelog's tail from the offset it recorded.
+//!
+//! Nothing is in flight between batches: rebalances (which run inside `poll`) see only committed work, so a
+//! revoked partition needs no flush. It never touches another instance's state: partitions move through the
+//! changelog, nothing else.
+
+pub mod definitions;
+mod kafka;
+mod task;
+
+use crate::EngineError;
+use crate::config::{Config, TimeMode};
+use crate::outputs::OutKind;
+use crate::telemetry;
+use caravan_schemas::time::Timestamp;
+use caravan_state::{Delta, Store};
+use definitions::{Feed, Published};
+use kafka::{Assignment, REQUEST_TIMEOUT, kafka_error};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use task::{InRecord, PartitionTask, Processed, TaskConfig};
+
+/// How often the definitions topic is read for new publications.
+const DEFINITIONS_POLL: Duration = Duration::from_secs(1);
+
+fn ensure_definitions_topic(cfg: &Config) -> Result<(), EngineError> {
+    kafka::ensure_topics(cfg, &[(cfg.topics.definitions.clone(), 1, true)])
+}
+
+fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineError> {
+    Ok(TaskConfig {
+        input_topic: cfg.topics.input.clone(),
+        limits: cfg.input.limits().map_err(EngineError::Invalid)?,
+        allowed_disorder_ns: cfg.time.allowed_disorder_ns(),
+        dedup_window: cfg.input.dedup_window,
+        cache_accounts: (cfg.state.cache_accounts / partitions.max(1)).max(16),
+        store: cfg.state.store_options(),
+        tenants: Arc::new(cfg.tenants.iter().map(|t| t.id.clone()).collect()),
+    })
+}
+
+/// The running service's Kafka clients and tasks.
+struct Service<'c> {
+    cfg: &'c Config,
+    task_cfg: TaskConfig,
+    consumer: BaseConsumer<kafka::InputContext>,
+    producer: ThreadedProducer<kafka::OutputContext>,
+    restorer: BaseConsumer<kafka::ReaderContext>,
+    changelog: String,
+    feed: Feed,
+    tasks: BTreeMap<i32, PartitionTask>,
+}
+
+impl Service<'_> {
+    /// Opens a partition's store and brings it up to the changelog's end.
+    fn restore(&self, partition: i32) -> Result<PartitionTask, EngineError> {
+        let started = Instant::now();
+        let dir = task::partition_dir(&self.cfg.state.dir, &self.cfg.topics.input, partition);
+        std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
+        let store = Store::open(&dir, &self.task_cfg.store)?;
+        let from = i64::try_from(store.changelog_next()?).unwrap_or(i64::MAX);
+        let mut delta = Delta::default();
+        let mut records = 0u64;
+        let next = kafka::read_to_end(&self.restorer, &self.changelog, partition, from, |k, v, offset| {
+            delta.push_changelog_record(k, v)?;
+            records += 1;
+            if delta.len() >= 20_000 {
+                store.apply_changelog(&std::mem::take(&mut delta), (offset + 1) as u64)?;
+            }
+            Ok(())
+        })?;
+        store.apply_changelog(&delta, next as u64)?;
+        metrics::counter!(telemetry::RESTORED_RECORDS).increment(records);
+        metrics::histogram!(telemetry::RESTORE_DURATION).record(started.elapsed().as_secs_f64());
+        tracing::info!(partition, from, records, took = ?started.elapsed(), "Restored a partition from its changelog.");
+        PartitionTask::open(store, partition, self.task_cfg.clone())
+    }
+
+    /// Acts on rebalances: revoked tasks close (their work is all committed), assigned ones restore.
+    fn rebalance(&mut self, collected: &mut Vec<(i32, InRecord)>) -> Result<(), EngineError> {
+        let events = std::mem::take(
+            &mut *self.consumer.context().events.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for event in events {
+            metrics::counter!(telemetry::REBALANCES).increment(1);
+            match event {
+                Assignment::Revoked(parts) => {
+                    // Records read before the revocation are read again by the partition's next owner (or by
+                    // us, from the committed offset, when it comes back).
+                    collected.retain(|(p, _)| !parts.contains(p));
+                    for p in parts {
+                        self.tasks.remove(&p);
+                    }
+                    tracing::info!(tasks = self.tasks.len(), "Partitions revoked.");
+                }
+                Assignment::Assigned(parts) => {
+                    for p in parts {
+                        if !self.tasks.contains_key(&p) {
+                            let t = self.restore(p)?;
+                            self.tasks.insert(p, t);
+                        }
+                    }
+                    tracing::info!(partitions = ?self.tasks.keys().collect::<Vec<_>>(), "Partitions assigned.");
+                }
+            }
+        }
+        metrics::gauge!(telemetry::PARTITIONS_OWNED).set(self.tasks.len() as f64);
+        Ok(())
+    }
+
+    /// Runs the publications of the definitions topic that a task has not applied yet, each in a
+    /// transaction of its own before the task processes more input.
+    fn publish_pending(&mut self) -> Result<(), EngineError> {
+        let feed_next = self.feed.next;
+        let partitions: Vec<i32> =
+            self.tasks.iter().filter(|(_, t)| t.progress.definitions_next < feed_next).map(|(p, _)| *p).collect();
+        for p in partitions {
+            let Some(task) = self.tasks.get_mut(&p) else { continue };
+            let mut pass = crate::replay::publish::Pass::default();
+            let at = (task.progress.input_next.max(0) as u64, Timestamp(task.progress.max_ts.unwrap_or(0)));
+            let defs = Arc::clone(&self.feed.defs);
+            for (offset, published) in &self.feed.log {
+                if *offset < task.progress.definitions_next {
+                    continue;
+                }
+                match published {
+                    Published::Template(t) => {
+                        crate::replay::publish::template_pass(task.store(), &defs, t, at, &mut pass)?
+                    }
+                    Published::Journey(j) => {
+                        crate::replay::publish::entry_pass(task.store(), &defs, j, at, &mut pass)?;
+                    }
+                    Published::Stop { tenant, journey } => {
+                        crate::replay::publish::stop_pass(task.store(), tenant, journey, &mut pass)?;
+                    }
+                }
+            }
+            let mut delta = pass.delta;
+            delta.extend(task.progress_delta(feed_next));
+            let processed = Processed {
+                outputs: pass.outputs,
+                delta,
+                input_next: task.progress.input_next,
+                counts: [0, 0, 0, pass.counts[0], pass.counts[1], 0],
+            };
+            let mut done = BTreeMap::new();
+            done.insert(p, processed);
+            self.commit(done, false)?;
+            // The pass changed accounts and timers through the store: start the task afresh from it.
+            if let Some(task) = self.tasks.remove(&p) {
+                self.tasks.insert(p, task.reload()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// One transaction: outputs, changelog records, and (with `offsets`) the consumed positions; then the
+    /// local stores. On failure the transaction aborts and the tasks restart from their stores.
+    fn commit(&mut self, done: BTreeMap<i32, Processed>, offsets: bool) -> Result<(), EngineError> {
+        let started = Instant::now();
+        self.producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        match self.transaction(&done, offsets) {
+            Ok(()) => {}
+            Err(e) => {
+                metrics::counter!(telemetry::TRANSACTIONS_ABORTED).increment(1);
+                tracing::warn!(error = %e, "Transaction failed: aborting and going back to the committed state.");
+                self.producer
+                    .abort_transaction(REQUEST_TIMEOUT)
+                    .map_err(|e| kafka_error("aborting a transaction", e))?;
+                self.rewind()?;
+                return Ok(());
+            }
+        }
+        metrics::counter!(telemetry::TRANSACTIONS_COMMITTED).increment(1);
+        let delivered =
+            self.producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut counts = [0u64; 6];
+        let mut writes = 0usize;
+        for (p, processed) in done {
+            let Some(task) = self.tasks.get_mut(&p) else { continue };
+            let next = delivered.get(&p).map_or(0, |o| (o + 1) as u64);
+            let next = next.max(task.store().changelog_next()?);
+            task.apply(&processed.delta, next)?;
+            writes += processed.delta.len();
+            for (c, n) in counts.iter_mut().zip(processed.counts) {
+                *c += n;
+            }
+        }
+        telemetry::record_epoch(&counts, writes, started.elapsed());
+        Ok(())
+    }
+
+    fn transaction(&self, done: &BTreeMap<i32, Processed>, offsets: bool) -> Result<(), EngineError> {
+        let topics = &self.cfg.topics;
+        self.producer.begin_transaction().map_err(|e| kafka_error("beginning a transaction", e))?;
+        for (p, processed) in done {
+            for o in &processed.outputs {
+                let topic = match o.kind {
+                    OutKind::Action => &topics.actions,
+                    OutKind::Change => &topics.changes,
+                    OutKind::Rejected => &topics.rejected,
+                };
+                let mut rec = BaseRecord::<str, [u8]>::to(topic).payload(&o.json);
+                if let Some(k) = &o.key {
+                    rec = rec.key(k.as_str());
+                }
+                self.send(rec)?;
+            }
+            for (key, value) in processed.delta.changelog_records() {
+                let mut rec = BaseRecord::<[u8], [u8]>::to(&self.changelog).key(&key).partition(*p);
+                if let Some(v) = value {
+                    rec = rec.payload(v);
+                }
+                self.send(rec)?;
+            }
+        }
+        if offsets {
+            let mut tpl = TopicPartitionList::new();
+            for (p, processed) in done {
+                tpl.add_partition_offset(&topics.input, *p, Offset::Offset(processed.input_next))
+                    .map_err(|e| kafka_error("listing offsets", e))?;
+            }
+            let group = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| EngineError::Internal("the input consumer has no group metadata".into()))?;
+            self.producer
+                .send_offsets_to_transaction(&tpl, &group, REQUEST_TIMEOUT)
+                .map_err(|e| kafka_error("adding offsets to the transaction", e))?;
+        }
+        self.producer.commit_transaction(REQUEST_TIMEOUT).map_err(|e| kafka_error("committing a transaction", e))?;
+        if let Some(f) = self.producer.context().failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+        {
+            return Err(EngineError::Invalid(f));
+        }
+        Ok(())
+    }
+
+    fn send<K: rdkafka::message::ToBytes + ?Sized>(&self, mut rec: BaseRecord<'_, K, [u8]>) -> Result<(), EngineError> {
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(kafka_error("producing", e)),
+            }
+        }
+    }
+
+    /// After an abort: every task restarts from its store and the consumer goes back to its position.
+    fn rewind(&mut self) -> Result<(), EngineError> {
+        let parts: Vec<i32> = self.tasks.keys().copied().collect();
+        for p in parts {
+            if let Some(task) = self.tasks.remove(&p) {
+                let task = task.reload()?;
+                self.consumer
+                    .seek(&self.cfg.topics.input, p, Offset::Offset(task.progress.input_next), REQUEST_TIMEOUT)
+                    .map_err(|e| kafka_error("seeking back after an abort", e))?;
+                self.tasks.insert(p, task);
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes each partition's records in its task, partitions in parallel.
+    fn process(&mut self, collected: Vec<(i32, InRecord)>) -> Result<BTreeMap<i32, Processed>, EngineError> {
+        let mut by_partition: BTreeMap<i32, Vec<InRecord>> = BTreeMap::new();
+        for (p, r) in collected {
+            by_partition.entry(p).or_default().push(r);
+        }
+        let defs = Arc::clone(&self.feed.defs);
+        let mut work: Vec<(&mut PartitionTask, Vec<InRecord>)> =
+            self.tasks.iter_mut().filter_map(|(p, t)| by_partition.remove(p).map(|r| (t, r))).collect();
+        let results: Vec<Result<(i32, Processed), EngineError>> = if work.len() == 1 {
+            work.drain(..).map(|(t, r)| t.process(&defs, &r).map(|out| (t.partition, out))).collect()
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = work
+                    .drain(..)
+                    .map(|(t, r)| {
+                        let defs = &defs;
+                        s.spawn(move || t.process(defs, &r).map(|out| (t.partition, out)))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| Err(EngineError::Internal("a partition task panicked".into())))
+                    })
+                    .collect()
+            })
+        };
+        results.into_iter().collect()
+    }
+}
+
+/// Runs the service until `stop` is set (SIGTERM/SIGINT): the batch in flight commits, then it returns.
+///
+/// # Errors
+/// A broker or state failure that a restart must recover from (the process should exit non-zero), or a
+/// fenced instance (another one took this `kafka.instance_id`).
+pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), EngineError> {
+    if cfg.time.mode == TimeMode::Processing {
+        return Err(EngineError::Invalid(
+            "time.mode = \"processing\" is not available yet; use \"event\" (the default)".into(),
+        ));
+    }
+    let consumer = kafka::input_consumer(cfg)?;
+    let partitions = kafka::partitions_of(&consumer, &cfg.topics.input)?
+        .ok_or_else(|| EngineError::Invalid(format!("kafka: the input topic `{}` does not exist", cfg.topics.input)))?;
+    let changelog = cfg.changelog_topic();
+    kafka::ensure_topics(
+        cfg,
+        &[
+            (changelog.clone(), partitions, true),
+            (cfg.topics.actions.clone(), partitions, false),
+            (cfg.topics.changes.clone(), partitions, false),
+            (cfg.topics.rejected.clone(), partitions, false),
+            (cfg.topics.definitions.clone(), 1, true),
+        ],
+    )?;
+    let changelog_partitions = kafka::partitions_of(&consumer, &changelog)?.unwrap_or(0);
+    if changelog_partitions < partitions {
+        return Err(EngineError::Invalid(format!(
+            "kafka: the changelog `{changelog}` has {changelog_partitions} partitions but the input has {partitions}: \
+             they must match (the changelog keeps one partition per input partition)"
+        )));
+    }
+    let producer = kafka::producer(cfg)?;
+    let feed = Feed::open(cfg)?;
+    tracing::info!(
+        journeys = feed.defs.all().count(),
+        templates = feed.defs.all_templates().count(),
+        "Definitions read from the definitions topic."
+    );
+    consumer.subscribe(&[&cfg.topics.input]).map_err(|e| kafka_error("subscribing", e))?;
+    let mut svc = Service {
+        cfg,
+        task_cfg: task_config(cfg, partitions)?,
+        consumer,
+        producer,
+        restorer: kafka::reader(cfg)?,
+        changelog,
+        feed,
+        tasks: BTreeMap::new(),
+    };
+    let mut last_definitions = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let deadline = Instant::now() + cfg.commit.interval;
+        let mut collected: Vec<(i32, InRecord)> = Vec::new();
+        loop {
+            let now = Instant::now();
+            if now >= deadline || collected.len() as u64 >= cfg.commit.max_records || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let polled = svc.consumer.poll((deadline - now).min(Duration::from_millis(100))).map(|r| {
+                r.map(|m| (m.partition(), InRecord { offset: m.offset(), payload: m.payload().map(<[u8]>::to_vec) }))
+            });
+            // Rebalances ran inside that poll, before the record it returned.
+            svc.rebalance(&mut collected)?;
+            match polled {
+                Some(Ok(rec)) => collected.push(rec),
+                Some(Err(e)) => tracing::warn!(error = %e, "Consumer error."),
+                None => {}
+            }
+        }
+        if last_definitions.elapsed() >= DEFINITIONS_POLL {
+            svc.feed.catch_up()?;
+            last_definitions = Instant::now();
+        }
+        svc.publish_pending()?;
+        if collected.is_empty() {
+            continue;
+        }
+        let done = svc.process(collected)?;
+        svc.commit(done, true)?;
+        metrics::gauge!(telemetry::TIMERS_PENDING)
+            .set(svc.tasks.values().map(PartitionTask::timers_pending).sum::<usize>() as f64);
+    }
+    tracing::info!("Stopping: every batch is committed.");
+    svc.consumer.unsubscribe();
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! Kafka mode end to end, on a real Kafka-protocol broker: `caravan run` gives the same outputs as a replay,
+//! exactly once through crashes, rebalances and lost state folders.
+
+use crate::kafka_support::*;
+use crate::support::*;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Each input partition has its own watermark (SPEC §3.2), so a timer fires after another record than in a
+/// replay's single stream: its `cause_event_id` ("the record after which it fired") may differ. Everything
+/// else, in each account's order, must be the same.
+fn assert_same_as_replay(reference: &Path, got: &Path) {
+    let strip = |mut v: Value| {
+        v.as_object_mut().map(|o| o.remove("cause_event_id"));
+        v
+    };
+    for file in ["actions.ndjson", "changes.ndjson", "rejected.ndjson"] {
+        let read = |dir: &Path| read_ndjson(&dir.join(file)).into_iter().map(strip).collect::<Vec<_>>();
+        let (a, b) = (by_account(&read(reference)), by_account(&read(got)));
+        assert_eq!(a.len(), b.len(), "{file}: accounts");
+        for (account, records) in &a {
+            assert_eq!(Some(records), b.get(account), "{file}: account {account}");
+        }
+    }
+}
+
+/// No action or change event twice, and every entity's change versions run 1, 2, 3... with no gap.
+fn assert_exactly_once(got: &Path) {
+    let actions = read_ndjson(&got.join("actions.ndjson"));
+    let ids: BTreeSet<&str> = actions.iter().map(|a| a["action_id"].as_str().expect("action_id")).collect();
+    assert_eq!(ids.len(), actions.len(), "an action was emitted twice");
+    let changes = read_ndjson(&got.join("changes.ndjson"));
+    let ids: BTreeSet<&str> = changes.iter().map(|c| c["change_id"].as_str().expect("change_id")).collect();
+    assert_eq!(ids.len(), changes.len(), "a change event was emitted twice");
+    let mut versions: BTreeMap<(String, String, String), Vec<u64>> = BTreeMap::new();
+    for c in &changes {
+        let key = (c["tenant"].to_string(), c["entity"].to_string(), c["entity_id"].to_string());
+        versions.entry(key).or_default().push(c["version"].as_u64().expect("version"));
+    }
+    for (entity, v) in versions {
+        let expected: Vec<u64> = (1..=v.len() as u64).collect();
+        assert_eq!(v, expected, "versions of {entity:?} have a gap or are out of order");
+    }
+}
+
+const STATIC: &[(&str, &str)] = &[("CARAVAN_KAFKA__STATIC_MEMBERSHIP", "true")];
+
+fn run_log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+#[test]
+fn run_gives_the_expected_counts_and_the_same_records_as_replay_account_by_account() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("w.ndjson");
+    let expect = generate(&input, 300, 4, 30_000, 20, 5);
+    let reference = dir.path().join("reference");
+    replay(&reference_definitions(), &input, &reference, None, &[]);
+
+    let cluster = Cluster::new(dir.path(), 3);
+    let out = cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("published journey/"), "{out:?}");
+    let again = cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing new"), "publishing twice is a no-op");
+    cluster.produce_file(&input);
+    let child = cluster.start(0, &dir.path().join("state"), &dir.path().join("run.log"));
+    cluster.wait_caught_up(Duration::from_secs(180));
+    let status = terminate(child);
+    assert!(status.success(), "SIGTERM exits 0: {status:?}\n{}", run_log(dir.path(), "run.log"));
+
+    let got = dir.path().join("kafka");
+    cluster.outputs_to(&got);
+    assert_counts_match(&got, &expect);
+    assert_same_as_replay(&reference, &got);
+    assert_exactly_once(&got);
+    assert_outputs_match_schemas(&got);
+}
+
+/// The input split in `parts` slices of whole lines.
+fn slices(input: &Path, parts: usize) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(input).expect("input");
+    let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+    let size = lines.len().div_ceil(parts);
+    lines.chunks(size).map(<[String]>::to_vec).collect()
+}
+
+fn produce_slice(cluster: &Cluster, slice: &[String]) {
+    let refs: Vec<&str> = slice.iter().map(String::as_str).collect();
+    cluster.produce(&refs);
+}
+
+#[test]
+fn sigkill_at_random_points_while_input_flows_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let input = dir.path().join("w.ndjson");
+    let expect = generate(&input, 300, 4, 40_000, 20, 9);
+    let reference = dir.path().join("reference");
+    replay(&reference_definitions(), &input, &reference, None, &[]);
+    let cluster = Cluster::new(dir.path(), 3);
+    cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
+
+    let seed: u64 = std::env::var("CARAVAN_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("kafka crash test seed {seed} (set CARAVAN_CRASH_SEED to replay it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let state = dir.path().join("state");
+    let parts = slices(&input, 8);
+    let mut mid_run = 0;
+    std::thread::scope(|s| {
+        // Input keeps flowing while instances die.
+        let feeder = s.spawn(|| {
+            for part in &parts {
+                produce_slice(&cluster, part);
+                std::thread::sleep(Duration::from_millis(1000));
+            }
+        });
+        for round in 0..8 {
+            // The same instance id every time: the new process fences the killed one and aborts its open
+            // transaction (the test broker never times one out), and with static membership it takes the
+            // killed member's place in the group at once (the test broker never expires a dead member).
+            let log = dir.path().join(format!("run-{round}.log"));
+            let mut child = cluster.start_with(0, &state, &log, STATIC);
+            std::thread::sleep(Duration::from_millis(rng.random_range(300..3000)));
+            let committed = cluster.committed();
+            eprintln!("round {round}: committed {committed} when killed");
+            if child.try_wait().expect("status").is_none() && committed > 0 {
+                mid_run += 1;
+            }
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+        }
+        feeder.join().expect("feeder");
+    });
+    assert!(mid_run > 0, "no kill landed after the instance had committed something");
+    let end = cluster.input_end();
+    let before_last = cluster.committed();
+    assert!(before_last < end || mid_run > 0, "nothing was left for the last run to do");
+    let child = cluster.start_with(0, &state, &dir.path().join("run-last.log"), STATIC);
+    cluster.wait_caught_up(Duration::from_secs(180));
+    let status = terminate(child);
+    assert!(status.success(), "{status:?}\n{}", run_log(dir.path(), "run-last.log"));
+
+    let got = dir.path().join("kafka");
+    cluster.outputs_to(&got);
+    assert_exactly_once(&got);
+    assert_counts_match(&got, &expect);
+    assert_same_as_replay(&reference, &got);
+}
+
+#[test]
+fn instances_join_and_leave_and_a_lost_state_folder_restores_from_the_changelog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("w.ndjson");
+    let expect = generate(&input, 400, 4, 40_000, 20, 13);
+    let reference = dir.path().join("reference");
+    replay(&reference_definitions(), &input, &reference, None, &[]);
+    let cluster = Cluster::new(dir.path(), 4);
+    cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
+    let parts = slices(&input, 5);
+    let state = |n: usize| dir.path().join(format!("state-{n}"));
+    let log = |n: usize, round: &str| dir.path().join(format!("run-{n}-{round}.log"));
+    let t = Instant::now();
+
+    // Two instances share the partitions.
+    let a = cluster.start(0, &state(0), &log(0, "a"));
+    let b = cluster.start(1, &state(1), &log(1, "a"));
+    produce_slice(&cluster, &parts[0]);
+    cluster.wait_caught_up(Duration::from_secs(120));
+    // A third joins.
+    let c = cluster.start(2, &state(2), &log(2, "a"));
+    produce_slice(&cluster, &parts[1]);
+    cluster.wait_caught_up(Duration::from_secs(120));
+    // One leaves: its partitions move to the others through the changelog.
+    assert!(terminate(b).success(), "{}", run_log(dir.path(), "run-1-a.log"));
+    produce_slice(&cluster, &parts[2]);
+    cluster.wait_caught_up(Duration::from_secs(120));
+    // Everything stops; the first instance's state folder is lost; it comes back alone and restores all four
+    // partitions from the changelog (some of them it never held).
+    assert!(terminate(a).success());
+    assert!(terminate(c).success());
+    std::fs::remove_dir_all(state(0)).expect("remove state");
+    let a = cluster.start(0, &state(0), &log(0, "b"));
+    produce_slice(&cluster, &parts[3]);
+    produce_slice(&cluster, &parts[4]);
+    cluster.wait_caught_up(Duration::from_secs(180));
+    assert!(terminate(a).success(), "{}", run_log(dir.path(), "run-0-b.log"));
+    eprintln!("scaling scenario took {:?}", t.elapsed());
+    assert!(run_log(dir.path(), "run-0-b.log").contains("Restored a partition"), "the restore is logged");
+
+    let got = dir.path().join("kafka");
+    cluster.outputs_to(&got);
+    assert_exactly_once(&got);
+    assert_counts_match(&got, &expect);
+    assert_same_as_replay(&reference, &got);
+}
