@@ -99,6 +99,8 @@ pub const OWNED_KAFKA_OPTIONS: [&str; 10] = [
 pub struct TopicsConfig {
     /// Input events (account-keyed, or person-keyed without `account_id`).
     pub input: String,
+    /// Partitions of the input topic when the engine has to create it (an existing topic keeps its own).
+    pub partitions: usize,
     /// Published definitions and stops (compacted).
     pub definitions: String,
     /// Actions out.
@@ -115,6 +117,7 @@ impl Default for TopicsConfig {
     fn default() -> Self {
         TopicsConfig {
             input: "caravan.input".into(),
+            partitions: 4,
             definitions: "caravan.definitions".into(),
             actions: "caravan.actions".into(),
             changes: "caravan.changes".into(),
@@ -373,6 +376,9 @@ impl Config {
         }
         if self.commit.max_records == 0 {
             problems.push("commit.max_records must be at least 1".into());
+        }
+        if self.topics.partitions == 0 {
+            problems.push("topics.partitions must be at least 1".into());
         }
         if self.commit.interval.is_zero() {
             problems.push("commit.interval must be longer than 0".into());

@@ -196,3 +196,44 @@ fn instances_join_and_leave_and_a_lost_state_folder_restores_from_the_changelog(
     assert_counts_match(&got, &expect);
     assert_same_as_replay(&reference, &got);
 }
+
+#[test]
+fn a_tenant_registry_rejects_other_tenants_and_bad_records_name_their_kafka_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::new(dir.path(), 1);
+    let mut config = std::fs::read_to_string(&cluster.config).expect("config");
+    config.push_str("\n[[tenants]]\nid = \"bench\"\nsandbox = \"bench-prod\"\nsubscription = \"sub-bench\"\n");
+    std::fs::write(&cluster.config, config).expect("config");
+
+    // A definition of an unregistered tenant is refused at publication.
+    let journey = std::fs::read_to_string(reference_definitions().join("journey.yaml")).expect("journey");
+    let other = dir.path().join("other.yaml");
+    std::fs::write(&other, journey.replace("tenant: bench", "tenant: other")).expect("write");
+    let refused = std::process::Command::new(caravan_bin())
+        .args(["publish", "--config"])
+        .arg(&cluster.config)
+        .arg(&other)
+        .output()
+        .expect("caravan runs");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("tenant `other` is not in the tenant registry"));
+
+    let ok = r#"{"tenant":"bench","type":"account.upserted","event_id":"e1","ts":"2026-03-01T08:00:00Z","account_id":"a1","attributes":{"employees":10}}"#;
+    let stranger = r#"{"tenant":"other","type":"account.upserted","event_id":"e2","ts":"2026-03-01T08:00:01Z","account_id":"a1","attributes":{"employees":10}}"#;
+    cluster.produce(&[ok, stranger, "{not json", ok]);
+    let child = cluster.start(0, &dir.path().join("state"), &dir.path().join("run.log"));
+    cluster.wait_caught_up(Duration::from_secs(120));
+    assert!(terminate(child).success(), "{}", run_log(dir.path(), "run.log"));
+
+    let rejected = cluster.read_committed("rejected");
+    let reasons: Vec<&str> = rejected.iter().map(|r| r["reason"].as_str().expect("reason")).collect();
+    assert_eq!(reasons, ["unknown_tenant", "malformed_json"]);
+    let offsets: Vec<u64> = rejected.iter().map(|r| r["source"]["offset"].as_u64().expect("offset")).collect();
+    assert_eq!(offsets, [1, 2], "each rejection names its record's offset");
+    assert!(rejected.iter().all(|r| r["source"]["topic"] == cluster.topic("input").as_str()));
+    assert_eq!(rejected[0]["raw"], stranger, "the raw record travels with its rejection");
+    // The registered tenant's account changed once; the duplicate (same event id) was dropped.
+    let changes = cluster.read_committed("changes");
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0]["tenant"], "bench");
+}

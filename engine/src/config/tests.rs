@@ -145,3 +145,14 @@ fn tenant_registry_is_one_to_one() {
     let (_dir, path) = write("[[tenants]]\nid = \"acme\"\nsandbox = \"a\"\n");
     assert!(error_of(Some(&path), &[]).contains("subscription"), "a missing key is named");
 }
+
+#[test]
+fn the_example_configuration_is_valid_and_shows_the_defaults() {
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()));
+    let c = Config::load_from(Some(&root.join("../ops/caravan.toml")), Vec::new()).expect("ops/caravan.toml is valid");
+    let mut defaults = Config::default();
+    // The example points at the local test broker.
+    defaults.kafka.brokers = "127.0.0.1:19092".into();
+    assert_eq!(c, defaults, "ops/caravan.toml documents the defaults");
+}

@@ -50,23 +50,45 @@ impl Feed {
             next: 0,
             log: Vec::new(),
         };
-        feed.catch_up()?;
+        let mut records = Vec::new();
+        let next = kafka::read_to_end(&feed.reader, &feed.topic, 0, 0, |k, v, offset| {
+            records.push((String::from_utf8_lossy(k).into_owned(), v.map(<[u8]>::to_vec), offset));
+            Ok(())
+        })?;
+        feed.next = next;
+        feed.apply_all(records);
+        // Stay on the partition: later reads take what has arrived without waiting.
+        kafka::assign_from(&feed.reader, &feed.topic, 0, next)?;
         Ok(feed)
     }
 
-    /// Reads what was published since the last call; true when something was.
+    /// Takes what was published since the last call, without waiting; true when something was.
     ///
     /// # Errors
     /// The topic cannot be read.
     pub(crate) fn catch_up(&mut self) -> Result<bool, EngineError> {
         let mut records = Vec::new();
-        let next = kafka::read_to_end(&self.reader, &self.topic, 0, self.next, |k, v, offset| {
-            records.push((String::from_utf8_lossy(k).into_owned(), v.map(<[u8]>::to_vec), offset));
-            Ok(())
-        })?;
-        self.next = next;
+        loop {
+            match self.reader.poll(std::time::Duration::ZERO) {
+                Some(Ok(m)) => {
+                    use rdkafka::message::Message;
+                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                    records.push((key, m.payload().map(<[u8]>::to_vec), m.offset()));
+                    self.next = m.offset() + 1;
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => return Err(kafka::kafka_error("reading the definitions topic", e)),
+                None => break,
+            }
+        }
+        let any = !records.is_empty();
+        self.apply_all(records);
+        Ok(any)
+    }
+
+    fn apply_all(&mut self, records: Vec<(String, Option<Vec<u8>>, i64)>) {
         if records.is_empty() {
-            return Ok(false);
+            return;
         }
         let defs = Arc::make_mut(&mut self.defs);
         for (key, value, offset) in records {
@@ -76,7 +98,6 @@ impl Feed {
                 Err(e) => tracing::error!(key, offset, error = %e, "Ignoring a definitions record."),
             }
         }
-        Ok(true)
     }
 }
 
@@ -126,6 +147,13 @@ pub fn publish(cfg: &Config, defs: &Definitions) -> Result<Vec<String>, EngineEr
     let mut feed = Feed::open(cfg)?;
     let current = Arc::make_mut(&mut feed.defs);
     let mut problems = Vec::new();
+    let registered = |tenant: &str| cfg.tenants.is_empty() || cfg.tenants.iter().any(|t| t.id == tenant);
+    for tenant in defs.all().map(|j| &j.tenant).chain(defs.all_templates().map(|t| &t.tenant)) {
+        if !registered(tenant) {
+            problems.push(format!("tenant `{tenant}` is not in the tenant registry (unknown_tenant)"));
+        }
+    }
+    problems.dedup();
     let mut records = Vec::new();
     for j in defs.all() {
         let known = current.get(&j.tenant, &j.id, j.version).is_some();

@@ -66,6 +66,9 @@ pub(crate) fn partitions_of<C: ConsumerContext>(
     let md = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
         .map_err(|e| kafka_error(&format!("reading the metadata of {topic}"), e))?;
+    for t in md.topics() {
+        tracing::debug!(topic = t.name(), error = ?t.error(), partitions = t.partitions().len(), "Topic metadata.");
+    }
     Ok(md
         .topics()
         .iter()
@@ -91,7 +94,7 @@ pub(crate) fn ensure_topics(cfg: &Config, topics: &[(String, usize, bool)]) -> R
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, "Created topic."),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %name, "Topic exists."),
             Err((name, code)) => return Err(EngineError::Invalid(format!("kafka: creating topic {name}: {code}"))),
         }
     }
@@ -103,6 +106,16 @@ pub(crate) fn ensure_topics(cfg: &Config, topics: &[(String, usize, bool)]) -> R
 pub(crate) enum Assignment {
     Revoked(Vec<i32>),
     Assigned(Vec<i32>),
+}
+
+/// A consumer configuration: a fetch with nothing to return waits 10 ms, not librdkafka's 500 ms, unless the
+/// options say otherwise (a broker that does not answer a long poll early would add that to every record).
+fn consumer_config(cfg: &Config) -> ClientConfig {
+    let mut c = client_config(cfg);
+    if !cfg.kafka.options.contains_key("fetch.wait.max.ms") {
+        c.set("fetch.wait.max.ms", "10");
+    }
+    c
 }
 
 /// The input consumer's context: records rebalances (they run inside `poll`, between batches).
@@ -135,7 +148,7 @@ impl ConsumerContext for InputContext {
 
 /// The input consumer: the group's member, read_committed, offsets committed only through transactions.
 pub(crate) fn input_consumer(cfg: &Config) -> Result<BaseConsumer<InputContext>, EngineError> {
-    let mut c = client_config(cfg);
+    let mut c = consumer_config(cfg);
     c.set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -170,7 +183,7 @@ impl ConsumerContext for ReaderContext {}
 
 /// A consumer outside any group that reads assigned partitions to their end (restores, definitions).
 pub(crate) fn reader(cfg: &Config) -> Result<BaseConsumer<ReaderContext>, EngineError> {
-    let mut c = client_config(cfg);
+    let mut c = consumer_config(cfg);
     c.set("group.id", format!("{}.reader", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -209,22 +222,42 @@ impl ProducerContext for OutputContext {
     }
 }
 
-/// The transactional producer of this instance (its transactional id is the instance id: a restarted
+/// The transactional producer of this instance. A `BaseProducer` polled by the service loop itself: a
+/// background poller (rust-rdkafka's `ThreadedProducer`) takes the delivery reports that a flush waits for,
+/// and the flush then sleeps out its 100 ms poll interval before every commit. (its transactional id is the instance id: a restarted
 /// instance fences its former self).
-pub(crate) fn producer(cfg: &Config) -> Result<rdkafka::producer::ThreadedProducer<OutputContext>, EngineError> {
+pub(crate) fn producer(cfg: &Config) -> Result<rdkafka::producer::BaseProducer<OutputContext>, EngineError> {
     let mut c = client_config(cfg);
     c.set("transactional.id", &cfg.kafka.instance_id)
         .set("enable.idempotence", "true")
         .set("linger.ms", cfg.kafka.options.get("linger.ms").map_or("1", String::as_str))
         .set("queue.buffering.max.messages", "1000000");
+    // A transaction that starts right after the previous commit may be told CONCURRENT_TRANSACTIONS until the
+    // broker has written the commit markers; librdkafka's default 100 ms retry backoff then becomes latency.
+    if !cfg.kafka.options.contains_key("retry.backoff.ms") {
+        c.set("retry.backoff.ms", "5");
+    }
     let ctx = OutputContext { changelog_topic: cfg.changelog_topic(), ..OutputContext::default() };
-    let p: rdkafka::producer::ThreadedProducer<OutputContext> =
+    let p: rdkafka::producer::BaseProducer<OutputContext> =
         c.create_with_context(ctx).map_err(|e| kafka_error("creating the producer", e))?;
     use rdkafka::producer::Producer;
     p.init_transactions(REQUEST_TIMEOUT).map_err(|e| {
         kafka_error("initializing transactions (fencing any previous instance with this kafka.instance_id)", e)
     })?;
     Ok(p)
+}
+
+/// Assigns a reader to one partition from `offset` (it keeps reading there).
+pub(crate) fn assign_from(
+    reader: &BaseConsumer<ReaderContext>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), EngineError> {
+    let mut tpl = TopicPartitionList::new();
+    let start = if offset <= 0 { Offset::Beginning } else { Offset::Offset(offset) };
+    tpl.add_partition_offset(topic, partition, start).map_err(|e| kafka_error("assigning", e))?;
+    reader.assign(&tpl).map_err(|e| kafka_error(&format!("assigning {topic}/{partition}"), e))
 }
 
 /// Reads one partition from `from` to its end (the last stable offset): calls `each(key, value, offset)`.
@@ -236,10 +269,7 @@ pub(crate) fn read_to_end(
     from: i64,
     mut each: impl FnMut(&[u8], Option<&[u8]>, i64) -> Result<(), EngineError>,
 ) -> Result<i64, EngineError> {
-    let mut tpl = TopicPartitionList::new();
-    let start = if from <= 0 { Offset::Beginning } else { Offset::Offset(from) };
-    tpl.add_partition_offset(topic, partition, start).map_err(|e| kafka_error("assigning", e))?;
-    reader.assign(&tpl).map_err(|e| kafka_error(&format!("assigning {topic}/{partition}"), e))?;
+    assign_from(reader, topic, partition, from)?;
     let mut next = from.max(0);
     let mut last_progress = Instant::now();
     loop {

@@ -26,7 +26,7 @@ use definitions::{Feed, Published};
 use kafka::{Assignment, REQUEST_TIMEOUT, kafka_error};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ struct Service<'c> {
     cfg: &'c Config,
     task_cfg: TaskConfig,
     consumer: BaseConsumer<kafka::InputContext>,
-    producer: ThreadedProducer<kafka::OutputContext>,
+    producer: BaseProducer<kafka::OutputContext>,
     restorer: BaseConsumer<kafka::ReaderContext>,
     changelog: String,
     feed: Feed,
@@ -174,7 +174,7 @@ impl Service<'_> {
         let started = Instant::now();
         self.producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         match self.transaction(&done, offsets) {
-            Ok(()) => {}
+            Ok(()) => tracing::debug!(took = ?started.elapsed(), partitions = done.len(), "Transaction committed."),
             Err(e) => {
                 metrics::counter!(telemetry::TRANSACTIONS_ABORTED).increment(1);
                 tracing::warn!(error = %e, "Transaction failed: aborting and going back to the committed state.");
@@ -241,6 +241,12 @@ impl Service<'_> {
             self.producer
                 .send_offsets_to_transaction(&tpl, &group, REQUEST_TIMEOUT)
                 .map_err(|e| kafka_error("adding offsets to the transaction", e))?;
+        }
+        // Serve delivery reports until everything is acknowledged (the commit would flush too, but through
+        // a poll that waits in steps of 100 ms).
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(1));
         }
         self.producer.commit_transaction(REQUEST_TIMEOUT).map_err(|e| kafka_error("committing a transaction", e))?;
         if let Some(f) = self.producer.context().failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
@@ -325,8 +331,23 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), EngineError> {
         ));
     }
     let consumer = kafka::input_consumer(cfg)?;
-    let partitions = kafka::partitions_of(&consumer, &cfg.topics.input)?
-        .ok_or_else(|| EngineError::Invalid(format!("kafka: the input topic `{}` does not exist", cfg.topics.input)))?;
+    if kafka::partitions_of(&consumer, &cfg.topics.input)?.is_none() {
+        kafka::ensure_topics(cfg, &[(cfg.topics.input.clone(), cfg.topics.partitions, false)])?;
+    }
+    // A topic just created may take a moment to show in the metadata.
+    let asked = Instant::now();
+    let partitions = loop {
+        match kafka::partitions_of(&consumer, &cfg.topics.input)? {
+            Some(n) => break n,
+            None if asked.elapsed() < REQUEST_TIMEOUT => std::thread::sleep(Duration::from_millis(200)),
+            None => {
+                return Err(EngineError::Invalid(format!(
+                    "kafka: the input topic `{}` does not exist and could not be created",
+                    cfg.topics.input
+                )));
+            }
+        }
+    };
     let changelog = cfg.changelog_topic();
     kafka::ensure_topics(
         cfg,

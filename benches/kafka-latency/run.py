@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Kafka-mode latency benchmark: append -> output committed, at steady input rates.
+
+Starts (or reuses) the local broker (ops/kafka-broker.sh), generates the reference workload, publishes the
+reference journey, starts one `caravan run`, and drives it with `kafka-latency` (benches/src/bin), which feeds
+the input topic at each rate for a while and reads actions and changes with a read_committed consumer. Prints
+p50/p99/max per rate and the highest rate whose p99 stays under 100 ms.
+
+    python3 benches/kafka-latency/run.py [--rates 5000,10000,20000,40000] [--seconds 10] [--commit-interval 10ms]
+"""
+import argparse, os, random, signal, subprocess, sys, tempfile, time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TARGET = os.environ.get("CARGO_TARGET_DIR", "/var/cache/caravan/target")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rates", default="5000,10000,20000,40000")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--commit-interval", default="10ms")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--shared", default=os.environ.get("CARAVAN_SHARED", os.path.join(ROOT, "..", "shared")))
+    a = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "caravan-engine", "-p", "caravan-benches"], cwd=ROOT, check=True)
+    boot = subprocess.run(["bash", os.path.join(ROOT, "ops/kafka-broker.sh"), "start"], check=True,
+                          capture_output=True, text=True).stdout
+    bootstrap = [l.split("=", 1)[1] for l in boot.splitlines() if l.startswith("BOOTSTRAP=")][0]
+    rates = [int(r) for r in a.rates.split(",")]
+    events = max(sum(rates) * a.seconds + rates[0] * 3 + 10_000, 200_000)
+    work = tempfile.mkdtemp(prefix="caravan-latency-")
+    data = os.path.join(work, "w.ndjson")
+    subprocess.run([sys.executable, os.path.join(a.shared, "bench/gen_workload.py"), "--accounts", "20000",
+                    "--persons-per-account", "4", "--events", str(events), "--days", "30", "--seed", "3",
+                    "--out", data], check=True, capture_output=True)
+    prefix = "lat%08x" % random.getrandbits(32)
+    cfg = os.path.join(work, "caravan.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""[kafka]
+brokers = "{bootstrap}"
+group_id = "{prefix}"
+instance_id = "{prefix}-0"
+[topics]
+input = "{prefix}.input"
+partitions = {a.partitions}
+definitions = "{prefix}.definitions"
+actions = "{prefix}.actions"
+changes = "{prefix}.changes"
+rejected = "{prefix}.rejected"
+[state]
+dir = "{work}/state"
+[admin]
+listen = "127.0.0.1:0"
+[commit]
+interval = "{a.commit_interval}"
+[log]
+level = "warn"
+""")
+    caravan = os.path.join(TARGET, "release/caravan")
+    subprocess.run([caravan, "publish", "--config", cfg, os.path.join(ROOT, "benches/b2b-journey-v1/journey.yaml")],
+                   check=True, capture_output=True)
+    run = subprocess.Popen([caravan, "run", "--config", cfg], stderr=open(os.path.join(work, "run.log"), "w"))
+    time.sleep(5)  # join the group and restore (empty) partitions
+    out = subprocess.run([os.path.join(TARGET, "release/kafka-latency"), "--bootstrap", bootstrap, "--prefix", prefix,
+                          "--input", data, "--rates", a.rates, "--seconds", str(a.seconds)],
+                         check=True, capture_output=True, text=True).stdout
+    run.send_signal(signal.SIGTERM)
+    run.wait(timeout=60)
+    print(f"commit interval {a.commit_interval}, {a.partitions} partitions, one instance")
+    print(out.strip())
+    best = None
+    for line in out.splitlines()[1:]:
+        target, sent, samples, p50, p99, mx = line.split(",")
+        if int(samples) > 0 and float(p99) < 100 and float(sent) >= 0.95 * float(target):
+            best = target
+    print(f"highest rate with p99 < 100 ms: {best or 'none of those tried'} events/s")
+
+
+if __name__ == "__main__":
+    main()
