@@ -78,8 +78,10 @@ case $cmd in
     ;;
   stop)
     if alive; then
-      kill "$(cat "$pidfile")"
-      for _ in $(seq 50); do alive || break; sleep 0.1; done
+      pid=$(cat "$pidfile")
+      kill "$pid"
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; sleep 0.5; fi
       rm -f "$pidfile"
       echo "stopped"
     else
@@ -88,6 +90,8 @@ case $cmd in
     ;;
   start)
     if alive && answers; then echo "BOOTSTRAP=127.0.0.1:$port"; exit 0; fi
+    # A broker that is still shutting down may answer for a moment.
+    for _ in $(seq 50); do answers || break; sleep 0.2; done
     if answers; then echo "kafka-broker.sh: something else answers on 127.0.0.1:$port" >&2; exit 1; fi
     install
     ((fresh)) && rm -rf "$dir/data"
