@@ -237,3 +237,42 @@ fn a_tenant_registry_rejects_other_tenants_and_bad_records_name_their_kafka_posi
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(changes[0]["tenant"], "bench");
 }
+
+#[test]
+fn processing_time_fires_a_quiet_partitions_timer_by_the_clock_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::new(dir.path(), 2);
+    let journey = dir.path().join("pause.yaml");
+    std::fs::write(
+        &journey,
+        "kind: journey\ntenant: t\nid: pause\nversion: 1\naudience: target\nstart: pause\nnodes:\n  \
+         pause:\n    wait: 2s\n    next: alert\n  alert:\n    action: {send_alert: {to: sales, template: paused}}\n",
+    )
+    .expect("journey");
+    cluster.caravan(&["publish", &journey.display().to_string()]);
+    // Event times far in the past: in processing time only the wall clock matters.
+    let upsert = r#"{"tenant":"t","type":"account.upserted","event_id":"e1","ts":"2020-01-01T00:00:00Z","account_id":"a1","attributes":{}}"#;
+    let enter = r#"{"tenant":"t","type":"account.audience","event_id":"e2","ts":"2020-01-01T00:00:00Z","account_id":"a1","audience_id":"target","status":"entered"}"#;
+    cluster.produce(&[upsert, enter]);
+    let env = [("CARAVAN_TIME__MODE", "processing")];
+    let child = cluster.start_with(0, &dir.path().join("state"), &dir.path().join("run.log"), &env);
+    cluster.wait_caught_up(Duration::from_secs(60));
+    // No more input: the partition is quiet, and the 2 s wait must still end.
+    let t = Instant::now();
+    let actions = loop {
+        let a = cluster.read_committed("actions");
+        if !a.is_empty() || t.elapsed() > Duration::from_secs(30) {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(terminate(child).success(), "{}", run_log(dir.path(), "run.log"));
+    assert_eq!(actions.len(), 1, "the timer fired once: {actions:?}\n{}", run_log(dir.path(), "run.log"));
+    assert_eq!(actions[0]["type"], "send_alert");
+    assert_eq!(actions[0]["cause_event_id"], "e2", "named after the last record before it fired");
+    assert_eq!(cluster.read_committed("actions").len(), 1, "and never again");
+    // A due time by the clock, not by the 2020 event times.
+    let ts = actions[0]["ts"].as_str().expect("ts");
+    assert!(ts.starts_with("20") && !ts.starts_with("2020"), "{ts}");
+}

@@ -50,6 +50,7 @@ fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineErro
         cache_accounts: (cfg.state.cache_accounts / partitions.max(1)).max(16),
         store: cfg.state.store_options(),
         tenants: Arc::new(cfg.tenants.iter().map(|t| t.id.clone()).collect()),
+        processing_time: cfg.time.mode == TimeMode::Processing,
     })
 }
 
@@ -272,6 +273,19 @@ impl Service<'_> {
         }
     }
 
+    /// Processing time: fires the due timers of every partition (quiet ones included) in one transaction.
+    fn tick(&mut self) -> Result<(), EngineError> {
+        let now = task::wall_clock_ns();
+        let defs = Arc::clone(&self.feed.defs);
+        let mut done = BTreeMap::new();
+        for (p, t) in &mut self.tasks {
+            if let Some(out) = t.tick(&defs, now)? {
+                done.insert(*p, out);
+            }
+        }
+        if done.is_empty() { Ok(()) } else { self.commit(done, false) }
+    }
+
     /// After an abort: every task restarts from its store and the consumer goes back to its position.
     fn rewind(&mut self) -> Result<(), EngineError> {
         let parts: Vec<i32> = self.tasks.keys().copied().collect();
@@ -325,11 +339,6 @@ impl Service<'_> {
 /// A broker or state failure that a restart must recover from (the process should exit non-zero), or a
 /// fenced instance (another one took this `kafka.instance_id`).
 pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), EngineError> {
-    if cfg.time.mode == TimeMode::Processing {
-        return Err(EngineError::Invalid(
-            "time.mode = \"processing\" is not available yet; use \"event\" (the default)".into(),
-        ));
-    }
     let consumer = kafka::input_consumer(cfg)?;
     if kafka::partitions_of(&consumer, &cfg.topics.input)?.is_none() {
         kafka::ensure_topics(cfg, &[(cfg.topics.input.clone(), cfg.topics.partitions, false)])?;
@@ -409,11 +418,13 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), EngineError> {
             last_definitions = Instant::now();
         }
         svc.publish_pending()?;
-        if collected.is_empty() {
-            continue;
+        if !collected.is_empty() {
+            let done = svc.process(collected)?;
+            svc.commit(done, true)?;
         }
-        let done = svc.process(collected)?;
-        svc.commit(done, true)?;
+        if svc.task_cfg.processing_time {
+            svc.tick()?;
+        }
         metrics::gauge!(telemetry::TIMERS_PENDING)
             .set(svc.tasks.values().map(PartitionTask::timers_pending).sum::<usize>() as f64);
     }

@@ -23,6 +23,7 @@ use caravan_schemas::Id;
 use caravan_schemas::input::{DecodeLimits, RejectReason};
 use caravan_schemas::output::{Entity, RejectedRecord, SourcePosition};
 use caravan_schemas::state::{IndexRecord, TimerRecord};
+use caravan_schemas::time::Timestamp;
 use caravan_state::{Delta, Store, StoreOptions};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,15 @@ pub(crate) struct TaskConfig {
     pub(crate) store: StoreOptions,
     /// Registered tenants; empty accepts every tenant.
     pub(crate) tenants: Arc<Vec<String>>,
+    /// Processing time: the wall clock, not the watermark, drives timers and stamps causes.
+    pub(crate) processing_time: bool,
+}
+
+/// The wall clock in nanoseconds since the epoch.
+pub(crate) fn wall_clock_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 pub(crate) struct PartitionTask {
@@ -101,6 +111,8 @@ pub(crate) struct PartitionTask {
     dedup_log: EpochLog,
     timers: BinaryHeap<Reverse<Queued>>,
     effects: Effects,
+    /// The last record applied (the cause named by timers that a processing-time tick fires).
+    last_event_id: Id,
 }
 
 /// The store folder of a partition.
@@ -146,6 +158,7 @@ impl PartitionTask {
             dedup_log,
             timers,
             effects: Effects::default(),
+            last_event_id: Id::default(),
         })
     }
 
@@ -243,6 +256,8 @@ impl PartitionTask {
     /// # Errors
     /// A state read failure.
     pub(crate) fn process(&mut self, defs: &Definitions, records: &[InRecord]) -> Result<Processed, EngineError> {
+        // In processing time, the clock read once for the batch: waits and timeouts count from it.
+        let clock = self.cfg.processing_time.then(wall_clock_ns);
         let mut out = Processed { input_next: self.progress.input_next, ..Processed::default() };
         let mut dirty: Vec<(Id, Id)> = Vec::new();
         let mut index_dirty: Vec<(u128, Entity, Id, Id)> = Vec::new();
@@ -322,14 +337,16 @@ impl PartitionTask {
             applied_ids.push(hash);
             out.counts[0] += 1;
             let ts = event.ts.0;
-            if self.progress.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns)) {
+            if clock.is_none()
+                && self.progress.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns))
+            {
                 out.counts[5] += 1;
             }
             let max_ts = self.progress.max_ts.map_or(ts, |m| m.max(ts));
             self.progress.max_ts = Some(max_ts);
             let seq = (rec.offset + 1) as u64;
             if let Some(account) = &route.account {
-                let cause = Cause::record(seq, event.ts, &event.event_id);
+                let cause = Cause::record(seq, clock.map_or(event.ts, Timestamp), &event.event_id);
                 self.effects.clear();
                 let mut effects = std::mem::take(&mut self.effects);
                 let acct = self.account(tenant, account)?;
@@ -337,10 +354,39 @@ impl PartitionTask {
                 self.effects = effects;
                 self.take_effects(tenant, account, &mut out, &mut dirty);
             }
-            let watermark = max_ts.saturating_sub(self.cfg.allowed_disorder_ns);
+            let watermark = clock.unwrap_or_else(|| max_ts.saturating_sub(self.cfg.allowed_disorder_ns));
             self.timer_pass(defs, watermark, seq, &event.event_id, &mut out, &mut dirty)?;
+            self.last_event_id = Id::from(event.event_id.as_str());
         }
-        // The state delta: every account changed, as it stands now; index entries; the window; progress.
+        Ok(self.finish(out, dirty, index_dirty, &applied_ids))
+    }
+
+    /// Processing time: fires the timers due by `now` on a partition with no input, in a transaction of
+    /// their own; `None` when nothing is due.
+    ///
+    /// # Errors
+    /// A state read failure.
+    pub(crate) fn tick(&mut self, defs: &Definitions, now: i64) -> Result<Option<Processed>, EngineError> {
+        if self.timers.peek().is_none_or(|Reverse(t)| t.due > now) {
+            return Ok(None);
+        }
+        let mut out = Processed { input_next: self.progress.input_next, ..Processed::default() };
+        let mut dirty = Vec::new();
+        let seq = self.progress.input_next.max(0) as u64;
+        let cause_id = self.last_event_id.clone();
+        self.timer_pass(defs, now, seq, &cause_id, &mut out, &mut dirty)?;
+        Ok(Some(self.finish(out, dirty, Vec::new(), &[])))
+    }
+
+    /// The state delta of a batch: every account changed, as it stands now; index entries; the window; the
+    /// partition's progress.
+    fn finish(
+        &mut self,
+        mut out: Processed,
+        mut dirty: Vec<(Id, Id)>,
+        mut index_dirty: Vec<(u128, Entity, Id, Id)>,
+        applied_ids: &[u128],
+    ) -> Processed {
         dirty.sort_unstable();
         dirty.dedup();
         for (tenant, account) in dirty {
@@ -360,9 +406,9 @@ impl PartitionTask {
         }
         self.progress.epoch += 1;
         self.progress.input_next = out.input_next;
-        self.dedup_log.record(&mut out.delta, self.progress.epoch, &applied_ids);
+        self.dedup_log.record(&mut out.delta, self.progress.epoch, applied_ids);
         out.delta.put_meta(PROGRESS, caravan_schemas::state::encode(&self.progress));
-        Ok(out)
+        out
     }
 
     /// Writes a committed delta to the local store with the changelog offset it reaches, and keeps the
