@@ -120,21 +120,25 @@ struct ReplayArgs {
     /// Decoder threads (default: one per core).
     #[arg(long)]
     decoders: Option<usize>,
-    /// Watermark lag behind the largest event time read.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    allowed_disorder: Duration,
-    /// Event ids remembered for de-duplication (0: off).
-    #[arg(long, default_value_t = 1_000_000)]
-    dedup_window: usize,
+    /// A configuration file (TOML, as for `caravan run`): its tenant registry, `[input]` limits and
+    /// `[time]` apply; the flags below win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Watermark lag behind the largest event time read [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    allowed_disorder: Option<Duration>,
+    /// Event ids remembered for de-duplication, 0: off [default: 1000000].
+    #[arg(long)]
+    dedup_window: Option<usize>,
     /// Commit at least this often.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     commit_interval: Duration,
     /// Commit at least every this many input records.
     #[arg(long, default_value_t = 250_000)]
     commit_records: u64,
-    /// Largest accepted record, in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
-    max_record_bytes: usize,
+    /// Largest accepted record, in bytes [default: 1048576].
+    #[arg(long)]
+    max_record_bytes: Option<usize>,
     /// Accounts kept in memory (the rest is read from RocksDB when needed).
     #[arg(long, default_value_t = 400_000)]
     cache_accounts: usize,
@@ -302,6 +306,18 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
     }
     let stop = shutdown_flag()?;
+    // Without --config, the environment is not read: a replay is configured by its flags alone.
+    let cfg = match &args.config {
+        Some(file) => caravan_engine::config::Config::load(Some(file))?,
+        None => caravan_engine::config::Config::default(),
+    };
+    if cfg.time.mode != caravan_engine::config::TimeMode::Event {
+        bail!("a replay runs in event time: time.mode = \"processing\" is for `caravan run`");
+    }
+    let mut limits = cfg.input.limits().map_err(anyhow::Error::msg)?;
+    if let Some(n) = args.max_record_bytes {
+        limits.max_record_bytes = n;
+    }
     let defaults = replay::ReplayOptions::default();
     let workers = args.workers.unwrap_or(defaults.workers);
     if workers == 0 {
@@ -313,16 +329,14 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         state: args.state,
         workers,
         decoders: args.decoders.unwrap_or(defaults.decoders).max(1),
-        allowed_disorder_ns: i64::try_from(args.allowed_disorder.as_nanos())
+        allowed_disorder_ns: i64::try_from(args.allowed_disorder.unwrap_or(cfg.time.allowed_disorder).as_nanos())
             .context("--allowed-disorder is too large")?,
-        dedup_window: args.dedup_window,
+        dedup_window: args.dedup_window.unwrap_or(cfg.input.dedup_window),
+        tenants: cfg.tenants.iter().map(|t| t.id.clone()).collect(),
         commit_interval: args.commit_interval,
         commit_records: args.commit_records.max(1),
         cache_accounts: args.cache_accounts,
-        limits: caravan_schemas::input::DecodeLimits {
-            max_record_bytes: args.max_record_bytes,
-            ..defaults.limits.clone()
-        },
+        limits,
         store: caravan_state::StoreOptions {
             sync_commits: args.sync,
             block_cache_bytes: args.block_cache_mib.max(1) << 20,

@@ -105,3 +105,48 @@ fn duplicates_are_dropped_and_do_not_move_time() {
     assert_eq!(seen, [("t".into(), 1), ("other".into(), 1), ("t".into(), 2)]);
     assert_eq!(changes[2]["before"], serde_json::json!({"n": 1}));
 }
+
+#[test]
+fn replay_with_a_tenant_registry_rejects_unknown_tenants_and_reads_the_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("caravan.toml");
+    std::fs::write(
+        &config,
+        "[input]\nmax_record_bytes = 400\n\n[[tenants]]\nid = \"bench\"\nsandbox = \"prod\"\nsubscription = \"s1\"\n",
+    )
+    .expect("config");
+    let big = format!(
+        r#"{{"tenant":"bench","type":"account.upserted","event_id":"e3","ts":"2026-01-01T00:00:00Z","account_id":"b","attributes":{{"x":"{}"}}}}"#,
+        "y".repeat(400)
+    );
+    let lines = [
+        r#"{"tenant":"bench","type":"account.upserted","event_id":"e1","ts":"2026-01-01T00:00:00Z","account_id":"a","attributes":{}}"#.to_owned(),
+        r#"{"tenant":"other","type":"account.upserted","event_id":"e2","ts":"2026-01-01T00:00:00Z","account_id":"a","attributes":{}}"#.to_owned(),
+        big,
+    ];
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, lines.join("\n")).expect("write");
+    let out = dir.path().join("out");
+    let config_arg = config.display().to_string();
+    replay(&reference_definitions(), &input, &out, None, &["--config", &config_arg]);
+    let rejected = read_ndjson(&out.join("rejected.ndjson"));
+    let reasons: Vec<&str> = rejected.iter().map(|r| r["reason"].as_str().unwrap_or_default()).collect();
+    assert_eq!(reasons, ["unknown_tenant", "too_large"], "{rejected:?}");
+    assert_eq!(rejected[0]["source"]["line"], 2);
+    let changes = read_ndjson(&out.join("changes.ndjson"));
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0]["tenant"], "bench");
+    // A flag wins over the file.
+    let out2 = dir.path().join("out2");
+    replay(&reference_definitions(), &input, &out2, None, &["--config", &config_arg, "--max-record-bytes", "100000"]);
+    assert_eq!(read_ndjson(&out2.join("rejected.ndjson")).len(), 1, "only the unknown tenant");
+    // A bad configuration stops the replay with the key named.
+    std::fs::write(&config, "[input]\nmax_record_byte = 1\n").expect("config");
+    let defs = reference_definitions().display().to_string();
+    let input_arg = input.display().to_string();
+    let out3 = dir.path().join("out3").display().to_string();
+    let bad =
+        caravan(&["replay", "--definitions", &defs, "--input", &input_arg, "--out", &out3, "--config", &config_arg]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("input.max_record_byte"), "{bad:?}");
+}

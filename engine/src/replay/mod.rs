@@ -61,6 +61,8 @@ pub struct ReplayOptions {
     pub cache_persons: usize,
     /// Record size and time bounds.
     pub limits: DecodeLimits,
+    /// The tenant registry's tenant ids; empty accepts every tenant.
+    pub tenants: Vec<String>,
     /// RocksDB tuning.
     pub store: StoreOptions,
     /// fsync outputs before each commit (for power loss; process crashes are covered without it).
@@ -88,6 +90,7 @@ impl Default for ReplayOptions {
             cache_accounts: 400_000,
             cache_persons: 2_000_000,
             limits: DecodeLimits::default(),
+            tenants: Vec::new(),
             store: StoreOptions::default(),
             sync: false,
             progress: false,
@@ -276,12 +279,13 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
                 .map_err(|e| EngineError::io("starting a thread".into(), e))?
         };
         let mut decoder_handles = Vec::new();
+        let rules = reader::EdgeRules { limits: opts.limits.clone(), tenants: Arc::new(opts.tenants.clone()) };
         for i in 0..decoders {
-            let (rx, tx, limits) = (chunk_rx.clone(), parsed_tx.clone(), opts.limits.clone());
+            let (rx, tx, rules) = (chunk_rx.clone(), parsed_tx.clone(), rules.clone());
             decoder_handles.push(
                 std::thread::Builder::new()
                     .name(format!("caravan-decode-{i}"))
-                    .spawn_scoped(scope, move || reader::decode_chunks(&rx, &tx, &limits))
+                    .spawn_scoped(scope, move || reader::decode_chunks(&rx, &tx, &rules))
                     .map_err(|e| EngineError::io("starting a thread".into(), e))?,
             );
         }

@@ -4,7 +4,7 @@
 //! of its own (chunks carry their number; the router puts them back in order).
 
 use super::keys;
-use caravan_schemas::input::{DecodeLimits, InputEvent, Rejection, decode};
+use caravan_schemas::input::{DecodeLimits, InputEvent, RejectReason, Rejection, decode};
 use crossbeam_channel::{Receiver, Sender};
 use std::io::Read;
 
@@ -130,12 +130,24 @@ pub(crate) fn read_chunks(
     Ok((offset - start_byte, eof))
 }
 
+/// What the edge checks beyond a record's own form: size and time bounds, and the tenant registry.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EdgeRules {
+    pub(crate) limits: DecodeLimits,
+    /// Registered tenants; empty accepts every tenant.
+    pub(crate) tenants: std::sync::Arc<Vec<String>>,
+}
+
 /// Decodes one record: a line without its newline, or a Kafka record's value.
-pub(crate) fn decode_record(raw: &[u8], limits: &DecodeLimits) -> Parsed {
+pub(crate) fn decode_record(raw: &[u8], rules: &EdgeRules) -> Parsed {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Parsed::Blank;
     }
-    match decode(raw, limits) {
+    match decode(raw, &rules.limits) {
+        Ok(event) if !rules.tenants.is_empty() && !rules.tenants.iter().any(|t| t == event.tenant.as_str()) => {
+            let detail = format!("tenant `{}` is not in the tenant registry", event.tenant);
+            Parsed::Rejected(Rejection { reason: RejectReason::UnknownTenant, detail }, raw.to_vec())
+        }
         Ok(event) => {
             let named = event.body.account_id();
             let may_be_unroutable = named.is_none() && event.body.person_id().is_some();
@@ -151,7 +163,7 @@ pub(crate) fn decode_record(raw: &[u8], limits: &DecodeLimits) -> Parsed {
 }
 
 /// Decodes chunks until the input channel closes.
-pub(crate) fn decode_chunks(input: &Receiver<Chunk>, out: &Sender<ParsedChunk>, limits: &DecodeLimits) {
+pub(crate) fn decode_chunks(input: &Receiver<Chunk>, out: &Sender<ParsedChunk>, rules: &EdgeRules) {
     for chunk in input {
         let mut lines = Vec::with_capacity(chunk.data.len() / 150 + 1);
         let mut pos = 0usize;
@@ -165,7 +177,7 @@ pub(crate) fn decode_chunks(input: &Receiver<Chunk>, out: &Sender<ParsedChunk>, 
             }
             line += 1;
             let next = (end + 1).min(data.len());
-            let parsed = decode_record(raw, limits);
+            let parsed = decode_record(raw, rules);
             lines.push(ParsedLine { line, end_byte: chunk.start_byte + next as u64, parsed });
             pos = end + 1;
         }
@@ -199,7 +211,7 @@ mod tests {
             ctx.send(c).expect("send");
         }
         drop(ctx);
-        decode_chunks(&crx, &ptx, &DecodeLimits::default());
+        decode_chunks(&crx, &ptx, &EdgeRules::default());
         drop(ptx);
         let mut lines: Vec<ParsedLine> = prx.iter().flat_map(|p| p.lines).collect();
         lines.sort_by_key(|l| l.line);

@@ -44,12 +44,14 @@ fn ensure_definitions_topic(cfg: &Config) -> Result<(), EngineError> {
 fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineError> {
     Ok(TaskConfig {
         input_topic: cfg.topics.input.clone(),
-        limits: cfg.input.limits().map_err(EngineError::Invalid)?,
+        rules: crate::replay::reader::EdgeRules {
+            limits: cfg.input.limits().map_err(EngineError::Invalid)?,
+            tenants: Arc::new(cfg.tenants.iter().map(|t| t.id.clone()).collect()),
+        },
         allowed_disorder_ns: cfg.time.allowed_disorder_ns(),
         dedup_window: cfg.input.dedup_window,
         cache_accounts: (cfg.state.cache_accounts / partitions.max(1)).max(16),
         store: cfg.state.store_options(),
-        tenants: Arc::new(cfg.tenants.iter().map(|t| t.id.clone()).collect()),
         processing_time: cfg.time.mode == TimeMode::Processing,
     })
 }

@@ -14,13 +14,13 @@ use crate::EngineError;
 use crate::dedup::{DedupWindow, EpochLog};
 use crate::outputs::{self, OutKind, OutRecord};
 use crate::replay::keys;
-use crate::replay::reader::{Decoded, Parsed, decode_record};
+use crate::replay::reader::{Decoded, EdgeRules, Parsed, decode_record};
 use crate::routing;
 use caravan_operators::account::{
     AccountState, Cause, Definitions, Effects, Moved, TimerHandle, apply_event, fire_timer,
 };
 use caravan_schemas::Id;
-use caravan_schemas::input::{DecodeLimits, RejectReason};
+use caravan_schemas::input::RejectReason;
 use caravan_schemas::output::{Entity, RejectedRecord, SourcePosition};
 use caravan_schemas::state::{IndexRecord, TimerRecord};
 use caravan_schemas::time::Timestamp;
@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::path::Path;
-use std::sync::Arc;
 
 /// `meta` name of a partition's progress in its store (and so on its changelog).
 const PROGRESS: &str = "partition";
@@ -81,13 +80,11 @@ struct Queued {
 #[derive(Clone)]
 pub(crate) struct TaskConfig {
     pub(crate) input_topic: String,
-    pub(crate) limits: DecodeLimits,
+    pub(crate) rules: EdgeRules,
     pub(crate) allowed_disorder_ns: i64,
     pub(crate) dedup_window: usize,
     pub(crate) cache_accounts: usize,
     pub(crate) store: StoreOptions,
-    /// Registered tenants; empty accepts every tenant.
-    pub(crate) tenants: Arc<Vec<String>>,
     /// Processing time: the wall clock, not the watermark, drives timers and stamps causes.
     pub(crate) processing_time: bool,
 }
@@ -265,7 +262,7 @@ impl PartitionTask {
         for rec in records {
             out.input_next = rec.offset + 1;
             let raw = rec.payload.as_deref().unwrap_or_default();
-            let decoded = match decode_record(raw, &self.cfg.limits) {
+            let decoded = match decode_record(raw, &self.cfg.rules) {
                 Parsed::Blank => continue,
                 Parsed::Rejected(r, raw) => {
                     self.reject(&mut out, r.reason, r.detail, &raw, rec.offset);
@@ -275,16 +272,6 @@ impl PartitionTask {
             };
             let Decoded { event, dedup: hash, .. } = decoded;
             let tenant = event.tenant.as_str();
-            if !self.cfg.tenants.is_empty() && !self.cfg.tenants.iter().any(|t| t == tenant) {
-                self.reject(
-                    &mut out,
-                    RejectReason::UnknownTenant,
-                    format!("tenant `{tenant}` is not in the tenant registry"),
-                    raw,
-                    rec.offset,
-                );
-                continue;
-            }
             if !self.dedup.insert(hash) {
                 out.counts[2] += 1;
                 continue;
