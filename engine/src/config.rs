@@ -364,12 +364,10 @@ impl Config {
     /// The list of problems.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if let Err(e) = self.input.limits() {
-            problems.push(e);
-        } else if let Ok(l) = self.input.limits()
-            && l.ts_min >= l.ts_max
-        {
-            problems.push("input.min_ts must be earlier than input.max_ts".into());
+        match self.input.limits() {
+            Err(e) => problems.push(e),
+            Ok(l) if l.ts_min >= l.ts_max => problems.push("input.min_ts must be earlier than input.max_ts".into()),
+            Ok(_) => {}
         }
         if self.input.max_record_bytes == 0 {
             problems.push("input.max_record_bytes must be at least 1".into());

@@ -48,6 +48,11 @@ fn assert_exactly_once(got: &Path) {
 
 const STATIC: &[(&str, &str)] = &[("CARAVAN_KAFKA__STATIC_MEMBERSHIP", "true")];
 
+/// Caches far smaller than the 400 accounts of the test, so that accounts and index entries are dropped and
+/// read back from RocksDB all the time.
+const SMALL_CACHES: &[(&str, &str)] =
+    &[("CARAVAN_STATE__CACHE_ACCOUNTS", "64"), ("CARAVAN_STATE__CACHE_PERSONS", "64")];
+
 fn run_log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
@@ -165,12 +170,12 @@ fn instances_join_and_leave_and_a_lost_state_folder_restores_from_the_changelog(
     let t = Instant::now();
 
     // Two instances share the partitions.
-    let a = cluster.start(0, &state(0), &log(0, "a"));
-    let b = cluster.start(1, &state(1), &log(1, "a"));
+    let a = cluster.start_with(0, &state(0), &log(0, "a"), SMALL_CACHES);
+    let b = cluster.start_with(1, &state(1), &log(1, "a"), SMALL_CACHES);
     produce_slice(&cluster, &parts[0]);
     cluster.wait_caught_up(Duration::from_secs(120));
     // A third joins.
-    let c = cluster.start(2, &state(2), &log(2, "a"));
+    let c = cluster.start_with(2, &state(2), &log(2, "a"), SMALL_CACHES);
     produce_slice(&cluster, &parts[1]);
     cluster.wait_caught_up(Duration::from_secs(120));
     // One leaves: its partitions move to the others through the changelog.
@@ -182,7 +187,7 @@ fn instances_join_and_leave_and_a_lost_state_folder_restores_from_the_changelog(
     assert!(terminate(a).success());
     assert!(terminate(c).success());
     std::fs::remove_dir_all(state(0)).expect("remove state");
-    let a = cluster.start(0, &state(0), &log(0, "b"));
+    let a = cluster.start_with(0, &state(0), &log(0, "b"), SMALL_CACHES);
     produce_slice(&cluster, &parts[3]);
     produce_slice(&cluster, &parts[4]);
     cluster.wait_caught_up(Duration::from_secs(180));

@@ -84,6 +84,8 @@ pub(crate) struct TaskConfig {
     pub(crate) allowed_disorder_ns: i64,
     pub(crate) dedup_window: usize,
     pub(crate) cache_accounts: usize,
+    /// Person and opportunity index entries kept in memory.
+    pub(crate) cache_persons: usize,
     pub(crate) store: StoreOptions,
     /// Processing time: the wall clock, not the watermark, drives timers and stamps causes.
     pub(crate) processing_time: bool,
@@ -110,6 +112,18 @@ pub(crate) struct PartitionTask {
     effects: Effects,
     /// The last record applied (the cause named by timers that a processing-time tick fires).
     last_event_id: Id,
+}
+
+/// Drops entries of a cache grown past `capacity`, down to three quarters of it.
+fn trim<K, V>(map: &mut FxHashMap<K, V>, capacity: usize) {
+    if map.len() > capacity {
+        let mut excess = map.len() - capacity / 4 * 3;
+        map.retain(|_, _| {
+            let keep = excess == 0;
+            excess = excess.saturating_sub(1);
+            keep
+        });
+    }
 }
 
 /// The store folder of a partition.
@@ -405,18 +419,9 @@ impl PartitionTask {
     /// A store write failure (the task must then be dropped).
     pub(crate) fn apply(&mut self, delta: &Delta, changelog_next: u64) -> Result<(), EngineError> {
         self.store.apply_changelog(delta, changelog_next)?;
-        if self.accounts.len() > self.cfg.cache_accounts {
-            // Everything is committed between batches: any entry may go.
-            let mut excess = self.accounts.len() - self.cfg.cache_accounts / 4 * 3;
-            self.accounts.retain(|_, _| {
-                let keep = excess == 0;
-                excess = excess.saturating_sub(1);
-                keep
-            });
-        }
-        if self.index.len() > self.cfg.cache_accounts * 4 {
-            self.index.clear();
-        }
+        // Everything is committed between batches: any entry may go, it only costs a read later.
+        trim(&mut self.accounts, self.cfg.cache_accounts);
+        trim(&mut self.index, self.cfg.cache_persons);
         Ok(())
     }
 
