@@ -281,3 +281,42 @@ fn processing_time_fires_a_quiet_partitions_timer_by_the_clock_exactly_once() {
     let ts = actions[0]["ts"].as_str().expect("ts");
     assert!(ts.starts_with("20") && !ts.starts_with("2020"), "{ts}");
 }
+
+#[test]
+fn a_stop_on_the_definitions_topic_ends_a_running_journey_on_every_partition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("w.ndjson");
+    generate(&input, 200, 3, 20_000, 20, 17);
+    let cluster = Cluster::new(dir.path(), 2);
+    cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
+    let parts = slices(&input, 2);
+    let child = cluster.start(0, &dir.path().join("state"), &dir.path().join("run.log"));
+    produce_slice(&cluster, &parts[0]);
+    cluster.wait_caught_up(Duration::from_secs(120));
+    let before = cluster.read_committed("actions").len();
+    assert!(before > 0, "the journey ran");
+    let changes_before = cluster.read_committed("changes").len();
+    let out = cluster.caravan(&["stop", "--tenant", "bench", "b2b-journey-v1"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to version 1"), "{out:?}");
+    // The instance applies the stop within its definitions poll (1 s), before the next input arrives here.
+    std::thread::sleep(Duration::from_secs(3));
+    produce_slice(&cluster, &parts[1]);
+    cluster.wait_caught_up(Duration::from_secs(120));
+    assert!(terminate(child).success(), "{}", run_log(dir.path(), "run.log"));
+    let after = cluster.read_committed("actions");
+    assert_eq!(after.len(), before, "a stopped journey neither runs nor admits anyone: {:?}", &after[before..]);
+    // Without the stop, the second half would have caused actions.
+    let reference = dir.path().join("reference");
+    replay(&reference_definitions(), &input, &reference, None, &[]);
+    assert!(read_ndjson(&reference.join("actions.ndjson")).len() > before, "the check above could not fail");
+    // Changes keep flowing: the stop ends journeys, not the accounts' life.
+    let changes = cluster.read_committed("changes");
+    assert!(changes.len() > changes_before, "entity changes continue after the stop");
+    // Stopping a journey the topic never published is refused.
+    let unknown = std::process::Command::new(caravan_bin())
+        .args(["stop", "--tenant", "bench", "nope", "--config"])
+        .arg(&cluster.config)
+        .output()
+        .expect("caravan runs");
+    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("no journey `nope`"));
+}
