@@ -320,3 +320,53 @@ fn a_stop_on_the_definitions_topic_ends_a_running_journey_on_every_partition() {
         .expect("caravan runs");
     assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("no journey `nope`"));
 }
+
+#[test]
+fn a_version_published_while_running_enters_the_accounts_already_in_its_audience_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::new(dir.path(), 2);
+    let state = dir.path().join("state");
+    let child = cluster.start(0, &state, &dir.path().join("run.log"));
+    let mut lines = Vec::new();
+    for a in ["a1", "a2", "a3"] {
+        lines.push(format!(
+            r#"{{"tenant":"t","type":"account.upserted","event_id":"u-{a}","ts":"2026-01-01T00:00:00Z","account_id":"{a}","attributes":{{}}}}"#
+        ));
+    }
+    for a in ["a1", "a2"] {
+        lines.push(format!(
+            r#"{{"tenant":"t","type":"account.audience","event_id":"e-{a}","ts":"2026-01-01T00:00:01Z","account_id":"{a}","audience_id":"target","status":"entered"}}"#
+        ));
+    }
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    cluster.produce(&refs);
+    cluster.wait_caught_up(Duration::from_secs(120));
+    assert!(cluster.read_committed("actions").is_empty(), "no journey yet");
+
+    let journey = dir.path().join("hello.yaml");
+    std::fs::write(
+        &journey,
+        "kind: journey\ntenant: t\nid: hello\nversion: 1\naudience: target\nstart: alert\nnodes:\n  \
+         alert:\n    action: {send_alert: {to: sales, template: hello}}\n",
+    )
+    .expect("journey");
+    cluster.caravan(&["publish", &journey.display().to_string()]);
+    let t = Instant::now();
+    let actions = loop {
+        let a = cluster.read_committed("actions");
+        if a.len() >= 2 || t.elapsed() > Duration::from_secs(30) {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(terminate(child).success(), "{}", run_log(dir.path(), "run.log"));
+    let mut accounts: Vec<&str> = actions.iter().map(|a| a["account_id"].as_str().expect("account")).collect();
+    accounts.sort_unstable();
+    assert_eq!(accounts, ["a1", "a2"], "the audience's accounts entered at publication: {actions:?}");
+    assert!(actions.iter().all(|a| a["cause_event_id"] == "publish:hello:1"));
+    // A restart does not apply the publication again.
+    let child = cluster.start(0, &state, &dir.path().join("run-2.log"));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(terminate(child).success(), "{}", run_log(dir.path(), "run-2.log"));
+    assert_eq!(cluster.read_committed("actions").len(), 2, "entered once");
+}
