@@ -57,17 +57,30 @@ fn run_log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
 
+/// The reference workload, a replay of it (the outputs to compare with), and a cluster with `partitions` input
+/// partitions on which the reference journey is published.
+struct Scenario {
+    input: std::path::PathBuf,
+    expect: BTreeMap<String, u64>,
+    reference: std::path::PathBuf,
+    cluster: Cluster,
+}
+
+fn scenario(dir: &Path, accounts: u32, events: u32, seed: u32, partitions: usize) -> Scenario {
+    let input = dir.join("w.ndjson");
+    let expect = generate(&input, accounts, 4, events, 20, seed);
+    let reference = dir.join("reference");
+    replay(&reference_definitions(), &input, &reference, None, &[]);
+    let cluster = Cluster::new(dir, partitions);
+    let out = cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("published journey/"), "{out:?}");
+    Scenario { input, expect, reference, cluster }
+}
+
 #[test]
 fn run_gives_the_expected_counts_and_the_same_records_as_replay_account_by_account() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("w.ndjson");
-    let expect = generate(&input, 300, 4, 30_000, 20, 5);
-    let reference = dir.path().join("reference");
-    replay(&reference_definitions(), &input, &reference, None, &[]);
-
-    let cluster = Cluster::new(dir.path(), 3);
-    let out = cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("published journey/"), "{out:?}");
+    let Scenario { input, expect, reference, cluster } = scenario(dir.path(), 300, 30_000, 5, 3);
     let again = cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing new"), "publishing twice is a no-op");
     cluster.produce_file(&input);
@@ -100,13 +113,7 @@ fn produce_slice(cluster: &Cluster, slice: &[String]) {
 #[test]
 fn sigkill_at_random_points_while_input_flows_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-
-    let input = dir.path().join("w.ndjson");
-    let expect = generate(&input, 300, 4, 40_000, 20, 9);
-    let reference = dir.path().join("reference");
-    replay(&reference_definitions(), &input, &reference, None, &[]);
-    let cluster = Cluster::new(dir.path(), 3);
-    cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
+    let Scenario { input, expect, reference, cluster } = scenario(dir.path(), 300, 40_000, 9, 3);
 
     let seed: u64 = std::env::var("CARAVAN_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("kafka crash test seed {seed} (set CARAVAN_CRASH_SEED to replay it)");
@@ -158,12 +165,7 @@ fn sigkill_at_random_points_while_input_flows_loses_and_doubles_nothing() {
 #[test]
 fn instances_join_and_leave_and_a_lost_state_folder_restores_from_the_changelog() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("w.ndjson");
-    let expect = generate(&input, 400, 4, 40_000, 20, 13);
-    let reference = dir.path().join("reference");
-    replay(&reference_definitions(), &input, &reference, None, &[]);
-    let cluster = Cluster::new(dir.path(), 4);
-    cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
+    let Scenario { input, expect, reference, cluster } = scenario(dir.path(), 400, 40_000, 13, 4);
     let parts = slices(&input, 5);
     let state = |n: usize| dir.path().join(format!("state-{n}"));
     let log = |n: usize, round: &str| dir.path().join(format!("run-{n}-{round}.log"));

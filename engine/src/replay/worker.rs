@@ -56,18 +56,48 @@ pub(crate) fn take_timers(
     }
 }
 
-/// A timer in the queue. Ordered by due time, then arming order.
+/// A timer in a worker's or partition task's queue. Ordered by due time, then arming order.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Queued {
-    due: i64,
-    arm: Vec<u64>,
-    tenant: Id,
-    account_id: Id,
-    journey_id: Id,
-    instance: u32,
-    slot: u32,
+pub(crate) struct Queued {
+    pub(crate) due: i64,
+    pub(crate) arm: Vec<u64>,
+    pub(crate) tenant: Id,
+    pub(crate) account_id: Id,
+    pub(crate) journey_id: Id,
+    pub(crate) instance: u32,
+    pub(crate) slot: u32,
     /// [`keys::account_key`] of the account (last: it takes no part in the order).
-    account_key: u64,
+    pub(crate) account_key: u64,
+}
+
+impl Queued {
+    /// A timer as the store holds it.
+    pub(crate) fn stored(t: caravan_state::StoredTimer) -> Queued {
+        Queued {
+            account_key: keys::account_key(&t.tenant, &t.account_id),
+            due: t.timer.due,
+            arm: t.timer.arm,
+            tenant: Id::from(t.tenant),
+            account_id: Id::from(t.account_id),
+            journey_id: Id::from(t.journey_id),
+            instance: t.instance,
+            slot: t.slot,
+        }
+    }
+
+    /// A timer a step armed on an account (`key`: its [`keys::account_key`]).
+    pub(crate) fn armed(h: TimerHandle, tenant: &str, account: &str, key: u64) -> Queued {
+        Queued {
+            due: h.timer.due,
+            arm: h.timer.arm,
+            tenant: Id::from(tenant),
+            account_id: Id::from(account),
+            journey_id: h.journey_id,
+            instance: h.instance,
+            slot: h.slot,
+            account_key: key,
+        }
+    }
 }
 
 struct Cached {
@@ -171,21 +201,7 @@ impl<'s> Worker<'s> {
         commit: Sender<CommitMsg>,
         committed: Arc<AtomicU64>,
     ) -> Worker<'s> {
-        let timers = timers
-            .into_iter()
-            .map(|t| {
-                Reverse(Queued {
-                    account_key: keys::account_key(&t.tenant, &t.account_id),
-                    due: t.timer.due,
-                    arm: t.timer.arm,
-                    tenant: Id::from(t.tenant),
-                    account_id: Id::from(t.account_id),
-                    journey_id: Id::from(t.journey_id),
-                    instance: t.instance,
-                    slot: t.slot,
-                })
-            })
-            .collect();
+        let timers = timers.into_iter().map(|t| Reverse(Queued::stored(t))).collect();
         Worker {
             cfg,
             defs,
@@ -239,16 +255,7 @@ impl<'s> Worker<'s> {
     fn note_timers(&mut self, key: u64, tenant: &str, account: &str) {
         let timers = &mut self.timers;
         take_timers(&mut self.effects, &mut self.pending, tenant, account, |h| {
-            timers.push(Reverse(Queued {
-                due: h.timer.due,
-                arm: h.timer.arm,
-                tenant: Id::from(tenant),
-                account_id: Id::from(account),
-                journey_id: h.journey_id,
-                instance: h.instance,
-                slot: h.slot,
-                account_key: key,
-            }));
+            timers.push(Reverse(Queued::armed(h, tenant, account, key)));
         });
     }
 

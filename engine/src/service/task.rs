@@ -13,6 +13,7 @@
 use crate::EngineError;
 use crate::dedup::{DedupWindow, EpochLog};
 use crate::outputs::{self, OutKind, OutRecord};
+use crate::replay::Queued;
 use crate::replay::keys;
 use crate::replay::reader::{Decoded, EdgeRules, Parsed, decode_record};
 use crate::routing;
@@ -62,18 +63,6 @@ pub(crate) struct Processed {
     pub(crate) input_next: i64,
     /// Counts: applied, rejected, duplicates, actions, changes, late.
     pub(crate) counts: [u64; 6],
-}
-
-/// A timer in the queue, ordered by due time then arming order.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Queued {
-    due: i64,
-    arm: Vec<u64>,
-    tenant: Id,
-    account_id: Id,
-    journey_id: Id,
-    instance: u32,
-    slot: u32,
 }
 
 /// Settings of a task.
@@ -143,21 +132,7 @@ impl PartitionTask {
             None => Progress::default(),
         };
         let (dedup, dedup_log) = crate::dedup::restore(&store, cfg.dedup_window)?;
-        let timers = store
-            .timers()?
-            .into_iter()
-            .map(|t| {
-                Reverse(Queued {
-                    due: t.timer.due,
-                    arm: t.timer.arm,
-                    tenant: Id::from(t.tenant),
-                    account_id: Id::from(t.account_id),
-                    journey_id: Id::from(t.journey_id),
-                    instance: t.instance,
-                    slot: t.slot,
-                })
-            })
-            .collect();
+        let timers = store.timers()?.into_iter().map(|t| Reverse(Queued::stored(t))).collect();
         Ok(PartitionTask {
             partition,
             cfg,
@@ -217,15 +192,7 @@ impl PartitionTask {
     fn take_effects(&mut self, tenant: &str, account: &str, out: &mut Processed, dirty: &mut Vec<(Id, Id)>) {
         let timers = &mut self.timers;
         crate::replay::take_timers(&mut self.effects, &mut out.delta, tenant, account, |h| {
-            timers.push(Reverse(Queued {
-                due: h.timer.due,
-                arm: h.timer.arm,
-                tenant: Id::from(tenant),
-                account_id: Id::from(account),
-                journey_id: h.journey_id,
-                instance: h.instance,
-                slot: h.slot,
-            }));
+            timers.push(Reverse(Queued::armed(h, tenant, account, keys::account_key(tenant, account))));
         });
         let (actions, changes) = outputs::take(&mut self.effects, &mut out.outputs);
         out.counts[3] += actions;
