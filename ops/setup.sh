@@ -11,6 +11,14 @@ if ((${#need[@]})); then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# promtool (checks and unit-tests ops/prometheus/alerts.yml) comes with Debian's prometheus package; its
+# recommends (node exporter) are not needed. Nothing is started: the package's service needs systemd.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "ops/setup.sh: installing prometheus (for promtool)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "ops/setup.sh: cargo is missing: install Rust 1.88 or newer (https://rustup.rs), then rerun" >&2
   exit 1

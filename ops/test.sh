@@ -17,6 +17,9 @@ if grep -q '^caravan-operators' <<<"$state_deps"; then
   echo "state depends on operators" >&2; exit 1
 fi
 grep -q '^caravan-schemas' <<<"$operators_deps" || { echo "cargo tree listed no dependencies of operators" >&2; exit 1; }
+# The alert rules parse, and fire (or stay quiet) as their unit tests say.
+promtool check rules ops/prometheus/alerts.yml
+(cd ops/prometheus && promtool test rules alerts.test.yml)
 # The Kafka tests need a broker: the one named by KAFKA_BOOTSTRAP (a real cluster works), else a local one.
 if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
   KAFKA_BOOTSTRAP=$(bash ops/kafka-broker.sh start --fresh | sed -n 's/^BOOTSTRAP=//p')

@@ -178,6 +178,10 @@ pub struct AdminConfig {
     /// Address of `/metrics` (and the admin endpoints). `caravan run` defaults to 127.0.0.1:9464; a replay
     /// serves nothing unless it is set.
     pub listen: Option<SocketAddr>,
+    /// Bearer token of operators: every `/v1` endpoint, every tenant. With any token configured (this or a
+    /// tenant's `admin_token`), `/v1` requires one; `/healthz`, `/readyz` and `/metrics` never do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// The admin address of `caravan run` when none is configured.
@@ -309,6 +313,9 @@ pub struct TenantConfig {
     pub sandbox: String,
     /// The execution subscription.
     pub subscription: String,
+    /// Bearer token that reaches this tenant's admin endpoints, and no other tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
 }
 
 /// Durations as humantime strings ("5s", "250ms") in TOML and environment variables.
@@ -404,6 +411,7 @@ impl Config {
             }
         }
         problems.extend(registry_problems(&self.tenants));
+        problems.extend(token_problems(self.admin.token.as_deref(), &self.tenants));
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 
@@ -419,9 +427,19 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9464))))
     }
 
-    /// The configuration as TOML, for `caravan config check`.
+    /// The configuration as TOML, for `caravan config check`; admin tokens show as `<redacted>`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+        let mut shown = self.clone();
+        let redact = |t: &mut Option<String>| {
+            if t.is_some() {
+                *t = Some("<redacted>".into());
+            }
+        };
+        redact(&mut shown.admin.token);
+        for t in &mut shown.tenants {
+            redact(&mut t.admin_token);
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
     }
 }
 
@@ -496,6 +514,27 @@ fn describe(e: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Admin tokens: none empty, none shared (a token names exactly one scope).
+fn token_problems(operator: Option<&str>, tenants: &[TenantConfig]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen: Vec<(&str, String)> = Vec::new();
+    let all = operator.map(|t| (t, "admin.token".to_string())).into_iter().chain(
+        tenants
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.admin_token.as_deref().map(|x| (x, format!("tenants[{i}].admin_token")))),
+    );
+    for (token, key) in all {
+        if token.trim().is_empty() {
+            problems.push(format!("{key} must not be empty"));
+        } else if let Some((_, first)) = seen.iter().find(|(t, _)| *t == token) {
+            problems.push(format!("{key} repeats {first}: every admin token must be different"));
+        }
+        seen.push((token, key));
+    }
+    problems
 }
 
 /// The one-to-one rule of the tenant registry: no two tenants share an id, a sandbox or a subscription.

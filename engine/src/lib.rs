@@ -6,7 +6,9 @@
 //!
 //! - [`replay`]: the embedded mode, NDJSON in and out, exactly once across crashes.
 //! - [`definitions`]: loading and validating definition files.
-//! - [`telemetry`]: metric names and the Prometheus exporter.
+//! - [`service`]: Kafka mode, exactly once through transactions.
+//! - [`admin`]: the admin HTTP server (`/metrics`, health, journeys, accounts).
+//! - [`telemetry`]: metric names, labels and the Prometheus recorder.
 //!
 //! ```no_run
 //! use caravan_engine::{definitions, replay};
@@ -21,6 +23,7 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
 pub mod config;
 mod dedup;
 pub mod definitions;
@@ -32,3 +35,10 @@ pub mod service;
 pub mod telemetry;
 
 pub use error::{Domain, EngineError, Result};
+
+/// The wall clock in nanoseconds since the epoch (processing time, and lags measured against it).
+pub(crate) fn wall_clock_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}

@@ -1,7 +1,7 @@
 //! The `caravan` command line.
 
 use anyhow::{Context, bail};
-use caravan_engine::{definitions, replay, telemetry};
+use caravan_engine::{admin, definitions, replay, telemetry};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -151,9 +151,10 @@ struct ReplayArgs {
     /// fsync outputs and state at every commit (survives power loss, not only crashes).
     #[arg(long)]
     sync: bool,
-    /// Serve Prometheus metrics at this address while the replay runs (e.g. 127.0.0.1:9464).
-    #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
+    /// Serve the admin endpoints (/metrics, /healthz, /readyz, /v1/...) at this address while the replay
+    /// runs, e.g. 127.0.0.1:9464 [default: the configuration's admin.listen, else none].
+    #[arg(long, alias = "metrics-listen")]
+    admin_listen: Option<SocketAddr>,
     /// Never show a progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -232,10 +233,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let cfg = caravan_engine::config::Config::load(config.as_deref())?;
             init_logging(&cfg.log.level, cfg.log.format == caravan_engine::config::LogFormat::Json);
-            let admin = cfg.run_admin_listen();
-            telemetry::serve_metrics(admin).map_err(anyhow::Error::msg)?;
+            let admin = start_admin(&cfg, cfg.run_admin_listen())?;
             let stop = shutdown_flag()?;
-            caravan_engine::service::run(&cfg, stop)?;
+            caravan_engine::service::run(&cfg, stop, &admin)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish { config, files } => {
@@ -281,6 +281,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Installs the metrics recorder and serves the admin endpoints on `addr`; says where on standard error.
+fn start_admin(cfg: &caravan_engine::config::Config, addr: SocketAddr) -> anyhow::Result<admin::Admin> {
+    let metrics = telemetry::install_recorder().map_err(anyhow::Error::msg)?;
+    let admin = admin::Admin::new(Some(metrics), admin::Access::from_config(cfg));
+    let bound = admin.serve(addr)?;
+    eprintln!("caravan: admin endpoints on http://{bound} (/metrics, /healthz, /readyz, /v1/journeys)");
+    Ok(admin)
+}
+
 /// SIGTERM/SIGINT: stop reading, commit what was read, exit 0. A second signal exits at once (130); that is
 /// safe too, the next run resumes from the last commit.
 fn shutdown_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
@@ -302,14 +311,18 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    if let Some(addr) = args.metrics_listen {
-        telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
-    }
     let stop = shutdown_flag()?;
     // Without --config, the environment is not read: a replay is configured by its flags alone.
     let cfg = match &args.config {
         Some(file) => caravan_engine::config::Config::load(Some(file))?,
         None => caravan_engine::config::Config::default(),
+    };
+    let admin = match args.admin_listen.or(cfg.admin.listen) {
+        Some(addr) => {
+            let admin = start_admin(&cfg, addr)?;
+            Some(admin)
+        }
+        None => None,
     };
     if cfg.time.mode != caravan_engine::config::TimeMode::Event {
         bail!("a replay runs in event time: time.mode = \"processing\" is for `caravan run`");
@@ -346,6 +359,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         sync: args.sync,
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         stop: Some(stop),
+        admin,
         ..defaults
     };
     let s = replay::replay(&opts, defs)?;
@@ -374,62 +388,14 @@ fn inspect(state: &std::path::Path, tenant: Option<&str>, account: Option<&str>)
     let store = caravan_state::Store::open(state, &caravan_state::StoreOptions::default())?;
     let out = match (tenant, account) {
         (Some(t), Some(a)) => {
-            let Some(caravan_state::StoredAccount { record, persons, opportunities }) = store.load_account(t, a)?
-            else {
-                eprintln!("caravan: no account `{a}` in tenant `{t}`");
-                return Ok(ExitCode::FAILURE);
-            };
-            // Buying groups are internal (never on the change stream): this is where they can be read.
             let defs = caravan_engine::replay::stored_definitions(&store)?;
-            let now = caravan_schemas::time::Timestamp(store.checkpoint()?.and_then(|c| c.max_ts).unwrap_or(0));
-            let state = caravan_operators::account::AccountState::from_records(
-                t,
-                a,
-                record.clone(),
-                persons.clone(),
-                opportunities.clone(),
-            );
-            let buying_groups: serde_json::Map<String, serde_json::Value> = record
-                .groups
-                .iter()
-                .map(|g| {
-                    let value = caravan_operators::buying_group::group_value(&defs, &state, &g.solution, now);
-                    (g.solution.to_string(), value)
-                })
-                .collect();
-            let timers: Vec<_> = store
-                .timers()?
-                .into_iter()
-                .filter(|x| x.tenant == t && x.account_id == a)
-                .map(|x| {
-                    serde_json::json!({"journey_id": x.journey_id, "instance": x.instance, "slot": x.slot,
-                    "due": caravan_schemas::time::Timestamp(x.timer.due).to_rfc3339()})
-                })
-                .collect();
-            serde_json::json!({
-                "tenant": t,
-                "account_id": a,
-                "exists": record.exists,
-                "attributes": record.attributes.to_map(),
-                "version": record.version,
-                "audiences": record.audiences,
-                "lists": record.lists,
-                "journeys": record.instances.iter().map(|i| serde_json::json!({
-                    "journey_id": i.journey_id, "journey_version": i.journey_version,
-                    "instance": i.instance, "node": i.node,
-                    "branches": i.branches.iter().map(|b| serde_json::json!({
-                        "path": b.path, "node": b.node, "people": b.people})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
-                "entries": record.entries,
-                "persons": persons.iter().filter(|p| p.present).map(|p| serde_json::json!({
-                    "person_id": p.person_id, "attributes": p.attributes.to_map(), "version": p.version,
-                    "lists": p.lists(),
-                    "activity": p.activity().iter().map(|h| (h.kind.to_string(), h.times.iter().map(|(_, n)| u64::from(*n)).sum::<u64>()))
-                        .collect::<std::collections::BTreeMap<_, _>>()})).collect::<Vec<_>>(),
-                "opportunities": opportunities.iter().filter(|o| o.present).map(|o| serde_json::json!({
-                    "opportunity_id": o.opportunity_id, "attributes": o.attributes.to_map(), "version": o.version})).collect::<Vec<_>>(),
-                "timers": timers,
-                "buying_groups": buying_groups,
-            })
+            match admin::account_view(&store, &defs, t, a)? {
+                Some(view) => view,
+                None => {
+                    eprintln!("caravan: no account `{a}` in tenant `{t}`");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
         }
         _ => {
             let cp = store.checkpoint()?;

@@ -3,6 +3,7 @@
 //! Replay appends them to NDJSON files, Kafka mode produces them to topics keyed by account; both get them in
 //! this one form, so the two modes emit the same bytes. It never decides where a record goes beyond its kind.
 
+use crate::telemetry::Tally;
 use caravan_operators::account::Effects;
 use caravan_schemas::Id;
 
@@ -22,22 +23,19 @@ pub(crate) struct OutRecord {
     pub(crate) json: Vec<u8>,
 }
 
-/// Serializes a step's actions and change events (drained from `effects`) onto `out`; returns how many of
-/// each.
-pub(crate) fn take(effects: &mut Effects, out: &mut Vec<OutRecord>) -> (u64, u64) {
-    let (mut actions, mut changes) = (0, 0);
+/// Serializes a step's actions and change events (drained from `effects`) onto `out`, counting them.
+pub(crate) fn take(effects: &mut Effects, out: &mut Vec<OutRecord>, tally: &mut Tally) {
     for a in effects.actions.drain(..) {
         // Output records hold only strings, numbers and JSON values: serialization cannot fail.
         if let Ok(json) = serde_json::to_vec(&a) {
+            tally.action(&a);
             out.push(OutRecord { kind: OutKind::Action, key: Some(a.account_id.clone()), json });
-            actions += 1;
         }
     }
     for c in effects.changes.drain(..) {
         if let Ok(json) = serde_json::to_vec(&c) {
+            tally.change(&c);
             out.push(OutRecord { kind: OutKind::Change, key: Some(c.account_id.clone()), json });
-            changes += 1;
         }
     }
-    (actions, changes)
 }

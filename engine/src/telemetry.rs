@@ -1,29 +1,52 @@
 //! Every metric Caravan emits, declared once, with its help text; emitted per batch or epoch, never per event.
 //!
-//! It owns metric names (`caravan_<subsystem>_<noun>_<unit|verb>[_total]`) and the Prometheus exporter's
-//! start. It is not a logger: logs go through `tracing`.
+//! It owns metric names (`caravan_<subsystem>_<noun>_<unit|verb>[_total]`, Prometheus conventions), their
+//! labels, the per-batch [`Tally`] that counts by label, and the Prometheus recorder (served by
+//! [`crate::admin`]). It is not a logger: logs go through `tracing`.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use caravan_schemas::Id;
+use caravan_schemas::input::RejectReason;
+use caravan_schemas::output::{ActionRecord, ChangeEvent, Entity};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use rustc_hash::FxHashMap;
+use std::time::{Duration, Instant};
 
-/// Input records applied to state.
-pub const EVENTS_APPLIED: &str = "caravan_events_applied_total";
-/// Input records rejected (all reasons).
+/// Input records applied to state, by tenant and event type.
+pub const EVENTS_INGESTED: &str = "caravan_events_ingested_total";
+/// Input records rejected, by reason.
 pub const EVENTS_REJECTED: &str = "caravan_events_rejected_total";
-/// Duplicate input records dropped.
+/// Duplicate input records dropped, by tenant.
 pub const EVENTS_DUPLICATE: &str = "caravan_events_duplicate_total";
-/// Applied input records that were behind the watermark.
+/// Applied input records that were behind the watermark, by tenant.
 pub const EVENTS_LATE: &str = "caravan_events_late_total";
-/// Action records emitted.
+/// Action records emitted, by tenant, journey and action type.
 pub const ACTIONS_EMITTED: &str = "caravan_actions_emitted_total";
-/// Change events emitted.
+/// Change events emitted, by tenant and entity.
 pub const CHANGES_EMITTED: &str = "caravan_changes_emitted_total";
-/// Epochs committed.
+/// Epochs (replay) or transactions (Kafka) committed.
 pub const COMMITS: &str = "caravan_commits_total";
 /// State writes per commit.
 pub const COMMIT_WRITES: &str = "caravan_commit_writes";
-/// Time to write one epoch's outputs and state.
+/// Time to write one commit's outputs and state.
 pub const COMMIT_DURATION: &str = "caravan_commit_duration_seconds";
+/// Input records per commit.
+pub const BATCH_RECORDS: &str = "caravan_batch_records";
+/// Time from a batch's first record read to its commit.
+pub const BATCH_DURATION: &str = "caravan_batch_duration_seconds";
+/// Time from reading a record to the commit of its outputs.
+pub const END_TO_END_LATENCY: &str = "caravan_end_to_end_latency_seconds";
+/// Wall clock minus the watermark (the slowest partition's, in Kafka mode).
+pub const WATERMARK_LAG: &str = "caravan_watermark_lag_seconds";
+/// Accounts with an instance at a journey node, by tenant, journey, version and node.
+pub const JOURNEY_ACCOUNTS: &str = "caravan_journey_accounts";
+/// RocksDB's estimate of the live state's size on disk.
+pub const STATE_SIZE: &str = "caravan_state_size_bytes";
+/// Bytes held by RocksDB's block caches.
+pub const BLOCK_CACHE_USAGE: &str = "caravan_state_block_cache_usage_bytes";
+/// Timers pending.
+pub const TIMERS_PENDING: &str = "caravan_timers_pending";
+/// 1 when the state is restored and the engine consumes (`/readyz`), else 0.
+pub const READY: &str = "caravan_ready";
 
 /// Kafka transactions committed.
 pub const TRANSACTIONS_COMMITTED: &str = "caravan_kafka_transactions_committed_total";
@@ -33,57 +56,238 @@ pub const TRANSACTIONS_ABORTED: &str = "caravan_kafka_transactions_aborted_total
 pub const REBALANCES: &str = "caravan_kafka_rebalances_total";
 /// Input partitions this instance owns.
 pub const PARTITIONS_OWNED: &str = "caravan_kafka_partitions_owned";
+/// Input records not yet processed, by partition: the partition's last stable offset minus the position.
+pub const CONSUMER_LAG: &str = "caravan_kafka_consumer_lag_records";
 /// Changelog records read while restoring partitions.
 pub const RESTORED_RECORDS: &str = "caravan_restore_records_total";
 /// Time to restore one partition.
 pub const RESTORE_DURATION: &str = "caravan_restore_duration_seconds";
-/// Timers pending.
-pub const TIMERS_PENDING: &str = "caravan_timers_pending";
+
+/// Buckets of the duration histograms, in seconds: 1 ms to 60 s.
+const DURATION_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Buckets of the size histograms: 1 to a million.
+const SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0];
 
 /// Registers the help texts of every metric.
-pub fn describe() {
-    metrics::describe_counter!(EVENTS_APPLIED, "Input records applied to state.");
-    metrics::describe_counter!(EVENTS_REJECTED, "Input records rejected, all reasons.");
-    metrics::describe_counter!(EVENTS_DUPLICATE, "Duplicate input records dropped.");
-    metrics::describe_counter!(EVENTS_LATE, "Applied input records that were behind the watermark.");
-    metrics::describe_counter!(ACTIONS_EMITTED, "Action records emitted.");
-    metrics::describe_counter!(CHANGES_EMITTED, "Change events emitted.");
-    metrics::describe_counter!(COMMITS, "Epochs committed (outputs, state and input position together).");
+fn describe() {
+    use metrics::Unit;
+    metrics::describe_counter!(EVENTS_INGESTED, "Input records applied to state, by tenant and event type.");
+    metrics::describe_counter!(EVENTS_REJECTED, "Input records rejected, by reason.");
+    metrics::describe_counter!(EVENTS_DUPLICATE, "Duplicate input records dropped, by tenant.");
+    metrics::describe_counter!(EVENTS_LATE, "Applied input records that were behind the watermark, by tenant.");
+    metrics::describe_counter!(ACTIONS_EMITTED, "Action records emitted, by tenant, journey and action type.");
+    metrics::describe_counter!(CHANGES_EMITTED, "Change events emitted, by tenant and entity.");
+    metrics::describe_counter!(COMMITS, "Commits (outputs, state and input position together).");
     metrics::describe_histogram!(COMMIT_WRITES, "State writes per commit.");
+    metrics::describe_histogram!(COMMIT_DURATION, Unit::Seconds, "Time to write one commit's outputs and state.");
+    metrics::describe_histogram!(BATCH_RECORDS, "Input records per commit.");
+    metrics::describe_histogram!(BATCH_DURATION, Unit::Seconds, "Time from a batch's first record read to its commit.");
+    metrics::describe_histogram!(
+        END_TO_END_LATENCY,
+        Unit::Seconds,
+        "Time from reading an input record to the commit of its outputs."
+    );
+    metrics::describe_gauge!(WATERMARK_LAG, Unit::Seconds, "Wall clock minus the watermark (the slowest partition's).");
+    metrics::describe_gauge!(
+        JOURNEY_ACCOUNTS,
+        "Accounts with an instance at a journey node (counted from committed state when scraped)."
+    );
+    metrics::describe_gauge!(STATE_SIZE, Unit::Bytes, "RocksDB's estimate of the live state's size on disk.");
+    metrics::describe_gauge!(BLOCK_CACHE_USAGE, Unit::Bytes, "Bytes held by RocksDB's block caches.");
+    metrics::describe_gauge!(TIMERS_PENDING, "Timers pending on this instance.");
+    metrics::describe_gauge!(READY, "1 when the state is restored and the engine consumes (/readyz), else 0.");
     metrics::describe_counter!(TRANSACTIONS_COMMITTED, "Kafka transactions committed.");
     metrics::describe_counter!(TRANSACTIONS_ABORTED, "Kafka transactions aborted (the batch is processed again).");
     metrics::describe_counter!(REBALANCES, "Consumer group rebalance events (revocations and assignments).");
     metrics::describe_gauge!(PARTITIONS_OWNED, "Input partitions this instance owns.");
+    metrics::describe_gauge!(CONSUMER_LAG, "Input records not yet processed, by partition.");
     metrics::describe_counter!(RESTORED_RECORDS, "Changelog records read while restoring partitions.");
-    metrics::describe_histogram!(RESTORE_DURATION, metrics::Unit::Seconds, "Time to restore one partition.");
-    metrics::describe_gauge!(TIMERS_PENDING, "Timers pending on this instance.");
-    metrics::describe_histogram!(
-        COMMIT_DURATION,
-        metrics::Unit::Seconds,
-        "Time to write one epoch's outputs and state."
-    );
+    metrics::describe_histogram!(RESTORE_DURATION, Unit::Seconds, "Time to restore one partition.");
 }
 
-/// Records one committed epoch: applied, rejected, duplicates, actions, changes, late.
-pub fn record_epoch(counts: &[u64; 6], writes: usize, took: Duration) {
-    let names = [EVENTS_APPLIED, EVENTS_REJECTED, EVENTS_DUPLICATE, ACTIONS_EMITTED, CHANGES_EMITTED, EVENTS_LATE];
-    for (name, n) in names.into_iter().zip(counts) {
-        metrics::counter!(name).increment(*n);
+/// Installs the Prometheus recorder (histograms with fixed buckets) and returns the handle that renders it.
+///
+/// # Errors
+/// When a recorder is already installed in this process.
+pub fn install_recorder() -> Result<PrometheusHandle, String> {
+    let durations = [COMMIT_DURATION, BATCH_DURATION, END_TO_END_LATENCY, RESTORE_DURATION];
+    let mut builder = PrometheusBuilder::new();
+    for name in durations {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_string()), DURATION_BUCKETS)
+            .map_err(|e| e.to_string())?;
     }
+    for name in [COMMIT_WRITES, BATCH_RECORDS] {
+        builder =
+            builder.set_buckets_for_metric(Matcher::Full(name.to_string()), SIZE_BUCKETS).map_err(|e| e.to_string())?;
+    }
+    let handle = builder.install_recorder().map_err(|e| format!("installing the metrics recorder: {e}"))?;
+    describe();
+    Ok(handle)
+}
+
+/// Which labeled counter a [`Tally`] entry adds to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Series {
+    Ingested,
+    Rejected,
+    Duplicate,
+    Late,
+    Action,
+    Change,
+}
+
+impl Series {
+    /// The metric and the names of its labels (as many as it uses of the entry's three values).
+    fn metric(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Series::Ingested => (EVENTS_INGESTED, &["tenant", "type"]),
+            Series::Rejected => (EVENTS_REJECTED, &["reason"]),
+            Series::Duplicate => (EVENTS_DUPLICATE, &["tenant"]),
+            Series::Late => (EVENTS_LATE, &["tenant"]),
+            Series::Action => (ACTIONS_EMITTED, &["tenant", "journey", "type"]),
+            Series::Change => (CHANGES_EMITTED, &["tenant", "entity"]),
+        }
+    }
+}
+
+/// Index of each count in [`Tally::totals`] (the order of a replay checkpoint's totals).
+pub(crate) mod total {
+    pub(crate) const APPLIED: usize = 0;
+    pub(crate) const REJECTED: usize = 1;
+    pub(crate) const DUPLICATES: usize = 2;
+    pub(crate) const ACTIONS: usize = 3;
+    pub(crate) const CHANGES: usize = 4;
+    pub(crate) const LATE: usize = 5;
+}
+
+/// What a batch or an epoch counted: the totals, and the same by label for the metrics.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tally {
+    /// Applied, rejected, duplicates, actions, changes, late (indexes in [`total`]).
+    pub(crate) totals: [u64; 6],
+    series: FxHashMap<(Series, [Id; 3]), u64>,
+}
+
+impl Tally {
+    fn add(&mut self, series: Series, labels: [Id; 3]) {
+        *self.series.entry((series, labels)).or_default() += 1;
+    }
+
+    /// An input record applied.
+    pub(crate) fn applied(&mut self, tenant: &str, event_type: &'static str) {
+        self.totals[total::APPLIED] += 1;
+        self.add(Series::Ingested, [Id::from(tenant), Id::from(event_type), Id::default()]);
+    }
+
+    /// An applied record that was behind the watermark (counted as applied too).
+    pub(crate) fn late(&mut self, tenant: &str) {
+        self.totals[total::LATE] += 1;
+        self.add(Series::Late, [Id::from(tenant), Id::default(), Id::default()]);
+    }
+
+    /// An input record rejected.
+    pub(crate) fn rejected(&mut self, reason: RejectReason) {
+        self.totals[total::REJECTED] += 1;
+        self.add(Series::Rejected, [Id::from(reason.as_str()), Id::default(), Id::default()]);
+    }
+
+    /// A duplicate dropped.
+    pub(crate) fn duplicate(&mut self, tenant: &str) {
+        self.totals[total::DUPLICATES] += 1;
+        self.add(Series::Duplicate, [Id::from(tenant), Id::default(), Id::default()]);
+    }
+
+    /// An action emitted.
+    pub(crate) fn action(&mut self, a: &ActionRecord) {
+        self.totals[total::ACTIONS] += 1;
+        self.add(Series::Action, [a.tenant.clone(), a.journey_id.clone(), a.kind.clone()]);
+    }
+
+    /// A change event emitted.
+    pub(crate) fn change(&mut self, c: &ChangeEvent) {
+        self.totals[total::CHANGES] += 1;
+        let entity = match c.entity {
+            Entity::Account => "account",
+            Entity::Person => "person",
+            Entity::Opportunity => "opportunity",
+        };
+        self.add(Series::Change, [c.tenant.clone(), Id::from(entity), Id::default()]);
+    }
+
+    /// Adds another tally's counts.
+    pub(crate) fn merge(&mut self, other: Tally) {
+        for (t, n) in self.totals.iter_mut().zip(other.totals) {
+            *t += n;
+        }
+        for (key, n) in other.series {
+            *self.series.entry(key).or_default() += n;
+        }
+    }
+
+    /// Input records counted (applied, rejected or duplicates).
+    pub(crate) fn records(&self) -> u64 {
+        self.totals[total::APPLIED] + self.totals[total::REJECTED] + self.totals[total::DUPLICATES]
+    }
+
+    /// Adds the counts to the metrics.
+    fn record(&self) {
+        for ((series, values), n) in &self.series {
+            let (name, label_names) = series.metric();
+            let labels: Vec<metrics::Label> =
+                label_names.iter().zip(values).map(|(k, v)| metrics::Label::new(*k, v.to_string())).collect();
+            metrics::counter!(name, labels).increment(*n);
+        }
+    }
+}
+
+/// Records one commit: its counts, state writes, duration, and the batch it carried (records and age: the
+/// time since its first record was read).
+pub(crate) fn record_commit(tally: &Tally, writes: usize, took: Duration, first_read: Option<Instant>) {
+    tally.record();
     metrics::counter!(COMMITS).increment(1);
     metrics::histogram!(COMMIT_WRITES).record(writes as f64);
     metrics::histogram!(COMMIT_DURATION).record(took.as_secs_f64());
+    metrics::histogram!(BATCH_RECORDS).record(tally.records() as f64);
+    if let Some(first) = first_read {
+        metrics::histogram!(BATCH_DURATION).record(first.elapsed().as_secs_f64());
+    }
 }
 
-/// Starts the Prometheus exporter on `addr` (`/metrics`).
-///
-/// # Errors
-/// When the address cannot be bound or a recorder is already installed.
-pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|e| format!("starting the metrics exporter on {addr}: {e}"))?;
-    describe();
-    Ok(())
+/// Records the end-to-end latency of `count` records read at `read`, now committed.
+pub(crate) fn record_latency(read: Instant, count: usize) {
+    if count > 0 {
+        metrics::histogram!(END_TO_END_LATENCY).record_many(read.elapsed().as_secs_f64(), count);
+    }
+}
+
+/// Sets the watermark lag gauge from the watermark (event-time nanoseconds).
+pub(crate) fn record_watermark(watermark_ns: i64) {
+    let now = crate::wall_clock_ns();
+    metrics::gauge!(WATERMARK_LAG).set(now.saturating_sub(watermark_ns) as f64 / 1e9);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_tallies_add_totals_and_series() {
+        let mut a = Tally::default();
+        a.applied("t1", "person.activity");
+        a.applied("t1", "person.activity");
+        a.rejected(RejectReason::TooLarge);
+        let mut b = Tally::default();
+        b.applied("t1", "person.activity");
+        b.applied("t2", "account.upserted");
+        b.duplicate("t2");
+        b.late("t2");
+        a.merge(b);
+        assert_eq!(a.totals, [4, 1, 1, 0, 0, 1]);
+        assert_eq!(a.records(), 6);
+        let key = (Series::Ingested, [Id::from("t1"), Id::from("person.activity"), Id::default()]);
+        assert_eq!(a.series.get(&key), Some(&3));
+        assert_eq!(a.series.len(), 5);
+    }
 }

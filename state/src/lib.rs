@@ -401,6 +401,7 @@ pub struct StoredTimer {
 /// The RocksDB state store.
 pub struct Store {
     db: DB,
+    cache: Cache,
     write_opts: WriteOptions,
     poisoned: AtomicBool,
 }
@@ -443,7 +444,7 @@ impl Store {
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(options.sync_commits);
-        Ok(Store { db, write_opts, poisoned: AtomicBool::new(false) })
+        Ok(Store { db, cache, write_opts, poisoned: AtomicBool::new(false) })
     }
 
     fn check(&self) -> Result<()> {
@@ -584,6 +585,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Calls `f` with every account record (tenant, account id, record), in key order.
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn each_account(&self, mut f: impl FnMut(&str, &str, AccountRecord)) -> Result<()> {
+        self.check()?;
+        for item in self.db.iterator_cf(self.cf(ACCOUNTS), IteratorMode::Start) {
+            let (k, v) = item?;
+            let corrupt =
+                || StateError::Codec { key: escape(&k), source: CodecError::Corrupt("bad account key".into()) };
+            let split = k.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
+            let tenant = std::str::from_utf8(&k[..split]).map_err(|_| corrupt())?;
+            let account = std::str::from_utf8(&k[split + 1..]).map_err(|_| corrupt())?;
+            f(tenant, account, decode_at::<AccountRecord>(&k, &v)?);
+        }
+        Ok(())
+    }
+
     /// The accounts of a tenant that hold person records (present or tombstones), in key order.
     ///
     /// # Errors
@@ -674,10 +693,28 @@ impl Store {
     /// # Errors
     /// On a read failure or a corrupt value.
     pub fn timers(&self) -> Result<Vec<StoredTimer>> {
+        self.timers_from(&[])
+    }
+
+    /// The pending timers of one account.
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn timers_of(&self, tenant: &str, account: &str) -> Result<Vec<StoredTimer>> {
+        let mut prefix = key2(tenant, account);
+        prefix.push(0);
+        self.timers_from(&prefix)
+    }
+
+    /// The timers whose keys start with `prefix`, in key order.
+    fn timers_from(&self, prefix: &[u8]) -> Result<Vec<StoredTimer>> {
         self.check()?;
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(TIMERS), IteratorMode::Start) {
+        for item in self.db.iterator_cf(self.cf(TIMERS), IteratorMode::From(prefix, Direction::Forward)) {
             let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
             let timer: TimerRecord = decode_at(&k, &v)?;
             let corrupt = || StateError::Codec { key: escape(&k), source: CodecError::Corrupt("bad timer key".into()) };
             let (head, tail) = k.split_at(k.len().checked_sub(8).ok_or_else(corrupt)?);
@@ -720,6 +757,11 @@ impl Store {
             out.push((epoch, hashes));
         }
         Ok(out)
+    }
+
+    /// Bytes held by the store's block cache.
+    pub fn block_cache_usage_bytes(&self) -> u64 {
+        self.cache.get_usage() as u64
     }
 
     /// Approximate live data size in bytes, summed over column families.

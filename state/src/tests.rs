@@ -61,6 +61,31 @@ fn prefix_scans_never_leak_across_accounts_or_tenants() {
 }
 
 #[test]
+fn account_timers_and_the_account_scan_stay_within_their_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let mut d = Delta::default();
+    let timer = |due| TimerRecord { due, arm: vec![1] };
+    d.put_timer("t", "a", ("j", 1, 0), &timer(1));
+    d.put_timer("t", "a", ("k", 2, 1), &timer(2));
+    d.put_timer("t", "ab", ("j", 1, 0), &timer(3));
+    d.put_timer("t2", "a", ("j", 1, 0), &timer(4));
+    for (tenant, account) in [("t", "a"), ("t", "ab"), ("t2", "a")] {
+        let rec = AccountRecord { exists: true, version: 1, ..AccountRecord::default() };
+        d.put_account(tenant, account, &rec);
+    }
+    store.commit(&d, &Checkpoint::default()).expect("commits");
+    let dues: Vec<i64> = store.timers_of("t", "a").expect("reads").iter().map(|t| t.timer.due).collect();
+    assert_eq!(dues, [1, 2]);
+    assert!(store.timers_of("t", "").expect("reads").is_empty());
+    assert_eq!(store.timers_of("t2", "a").expect("reads").len(), 1);
+    let mut seen = Vec::new();
+    store.each_account(|t, a, rec| seen.push((t.to_string(), a.to_string(), rec.version))).expect("scans");
+    let want = [("t", "a", 1), ("t", "ab", 1), ("t2", "a", 1)].map(|(t, a, v)| (t.to_string(), a.to_string(), v));
+    assert_eq!(seen, want);
+}
+
+#[test]
 fn deletes_and_timers_and_dedup_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());

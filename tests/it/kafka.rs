@@ -86,6 +86,8 @@ fn run_gives_the_expected_counts_and_the_same_records_as_replay_account_by_accou
     cluster.produce_file(&input);
     let child = cluster.start(0, &dir.path().join("state"), &dir.path().join("run.log"));
     cluster.wait_caught_up(Duration::from_secs(180));
+    let admin = admin_port(&dir.path().join("run.log"));
+    assert_admin_after_catching_up(admin, &input, &reference);
     let status = terminate(child);
     assert!(status.success(), "SIGTERM exits 0: {status:?}\n{}", run_log(dir.path(), "run.log"));
 
@@ -95,6 +97,43 @@ fn run_gives_the_expected_counts_and_the_same_records_as_replay_account_by_accou
     assert_same_as_replay(&reference, &got);
     assert_exactly_once(&got);
     assert_outputs_match_schemas(&got);
+}
+
+/// An instance that owns every partition and has processed the whole input: ready, no lag, every record
+/// counted, and its accounts readable through the admin endpoint.
+fn assert_admin_after_catching_up(port: u16, input: &Path, reference: &Path) {
+    let (status, body) = http_get(port, "/readyz", None);
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(ready["partitions"], serde_json::json!([0, 1, 2]));
+    let records = std::fs::read_to_string(input).expect("input").lines().filter(|l| !l.trim().is_empty()).count();
+    // The lag comes from the consumer's statistics (every 5 s): wait for one taken after the last commit.
+    let started = std::time::Instant::now();
+    let m = loop {
+        let (_, body) = http_get(port, "/metrics", None);
+        let m = series(&body);
+        let lags: Vec<f64> =
+            m.iter().filter(|(k, _)| k.starts_with("caravan_kafka_consumer_lag_records{")).map(|(_, v)| *v).collect();
+        if lags.len() == 3 && lags.iter().all(|v| *v == 0.0) {
+            break m;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "consumer lag never reached 0: {lags:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(total(&m, "caravan_events_ingested_total"), records as f64);
+    assert_eq!(m.get("caravan_kafka_partitions_owned"), Some(&3.0));
+    assert_eq!(m.get("caravan_ready"), Some(&1.0));
+    assert!(total(&m, "caravan_kafka_transactions_committed_total") >= 1.0);
+    assert!(m.get("caravan_end_to_end_latency_seconds_count").is_some_and(|n| *n >= records as f64));
+    // An account from the replay's outputs is found on the partition that holds it.
+    let actions = read_ndjson(&reference.join("actions.ndjson"));
+    let account = actions[0]["account_id"].as_str().expect("account_id");
+    let (status, body) = http_get(port, &format!("/v1/tenants/bench/accounts/{account}"), None);
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(view["account_id"], account);
+    assert!(view["partition"].as_i64().is_some_and(|p| (0..3).contains(&p)), "{body}");
+    assert_eq!(http_get(port, "/v1/tenants/bench/accounts/no-such-account", None).0, 404);
 }
 
 /// The input split in `parts` slices of whole lines.

@@ -253,6 +253,25 @@ level = "info"
     }
 }
 
+/// The admin port an instance chose (it says where on standard error, in its log).
+pub fn admin_port(log: &Path) -> u16 {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let port = text
+            .lines()
+            .find_map(|l| l.split("admin endpoints on http://").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok());
+        if let Some(p) = port {
+            return p;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no admin address in {}:\n{text}", log.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Sends SIGTERM and waits for the exit status.
 pub fn terminate(mut child: Child) -> std::process::ExitStatus {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();

@@ -5,12 +5,12 @@
 
 mod support;
 
+mod admin;
 mod bad_input;
 mod buying_groups;
 mod crash;
 mod kafka;
 mod kafka_support;
-mod metrics;
 mod publish;
 mod replay;
 mod validate;

@@ -4,6 +4,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -247,4 +248,40 @@ nodes:
     )
     .expect("write");
     defs
+}
+
+/// GET on the local admin server: status and body (status 0 when nothing answers).
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut req = agent.get(format!("http://127.0.0.1:{port}{path}"));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    match req.call() {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.body_mut().read_to_string().unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Prometheus text as `name{labels}` -> value.
+pub fn series(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of every series of a metric.
+pub fn total(m: &BTreeMap<String, f64>, name: &str) -> f64 {
+    m.iter().filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{"))).map(|(_, v)| v).sum()
 }

@@ -156,3 +156,34 @@ fn the_example_configuration_is_valid_and_shows_the_defaults() {
     defaults.kafka.brokers = "127.0.0.1:19092".into();
     assert_eq!(c, defaults, "ops/caravan.toml documents the defaults");
 }
+
+#[test]
+fn admin_tokens_are_distinct_come_from_the_environment_and_never_print() {
+    let registry = r#"
+[admin]
+token = "op"
+
+[[tenants]]
+id = "a"
+sandbox = "sa"
+subscription = "ua"
+admin_token = "ta"
+
+[[tenants]]
+id = "b"
+sandbox = "sb"
+subscription = "ub"
+admin_token = "op"
+"#;
+    let (_dir, path) = write(registry);
+    let e = error_of(Some(&path), &[]);
+    assert!(e.contains("tenants[1].admin_token repeats admin.token"), "{e}");
+    // The operator token from the environment (where secrets belong) resolves the clash.
+    let c = Config::load_from(Some(&path), env(&[("CARAVAN_ADMIN__TOKEN", "from-env")])).expect("valid");
+    assert_eq!(c.admin.token.as_deref(), Some("from-env"));
+    let e = error_of(Some(&path), &[("CARAVAN_ADMIN__TOKEN", " ")]);
+    assert!(e.contains("admin.token must not be empty"), "{e}");
+    let printed = c.to_toml();
+    assert!(!printed.contains("from-env") && !printed.contains("\"ta\""), "tokens are redacted: {printed}");
+    assert_eq!(printed.matches("<redacted>").count(), 3, "{printed}");
+}

@@ -16,9 +16,9 @@
 use super::messages::{CommitMsg, RouterPart, WorkerPart};
 use crate::EngineError;
 use crate::dedup::EpochLog;
-use crate::telemetry;
+use crate::telemetry::{self, Tally};
 use caravan_state::{Checkpoint, Delta, Store};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -65,6 +65,8 @@ pub(crate) struct CommitterConfig {
     pub(crate) commit_interval: Duration,
     pub(crate) commit_records: u64,
     pub(crate) sync_outputs: bool,
+    /// The watermark trails the largest event time by this much.
+    pub(crate) allowed_disorder_ns: i64,
 }
 
 #[derive(Default)]
@@ -90,7 +92,9 @@ pub(crate) struct Committer<'s> {
     last_batch: u64,
     epoch_records: u64,
     epoch_started: Instant,
-    counts: [u64; 6],
+    tally: Tally,
+    /// The epoch's batches: when each one's chunk was read, and its records.
+    reads: Vec<(Instant, u64)>,
 }
 
 impl<'s> Committer<'s> {
@@ -117,7 +121,8 @@ impl<'s> Committer<'s> {
             last_batch: 0,
             epoch_records: 0,
             epoch_started: Instant::now(),
-            counts: [0; 6],
+            tally: Tally::default(),
+            reads: Vec::new(),
         }
     }
 
@@ -126,7 +131,22 @@ impl<'s> Committer<'s> {
     /// # Errors
     /// A failed write of the outputs or the state; the run must stop (a restart recovers).
     pub(crate) fn run(mut self, input: &Receiver<CommitMsg>) -> Result<Checkpoint, EngineError> {
-        for msg in input {
+        loop {
+            // A quiet input (a pipe with nothing new) must not hold back what is gathered: commit when the
+            // interval is up even with no new batch.
+            let wait = self.cfg.commit_interval.saturating_sub(self.epoch_started.elapsed());
+            let msg = match input.recv_timeout(wait) {
+                Ok(msg) => msg,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.last_batch > self.committed.load(Ordering::Acquire) {
+                        self.commit()?;
+                    } else {
+                        self.epoch_started = Instant::now();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let batch = match &msg {
                 CommitMsg::Router(p) => p.batch,
                 CommitMsg::Worker(p) => p.batch,
@@ -180,16 +200,14 @@ impl<'s> Committer<'s> {
         self.checkpoint.records = router.records_end;
         self.checkpoint.input_bytes = router.bytes_end;
         self.checkpoint.max_ts = router.max_ts;
-        let actions: u64 = p.workers.iter().map(|w| w.action_count).sum();
-        let changes: u64 = p.workers.iter().map(|w| w.change_count).sum();
-        for (i, n) in [router.applied, router.rejected_count, router.duplicates, actions, changes, router.late]
-            .into_iter()
-            .enumerate()
-        {
-            self.counts[i] += n;
+        let records = router.tally.records();
+        if records > 0 {
+            self.reads.push((router.read_at, records));
         }
+        self.tally.merge(router.tally);
         self.delta.extend(router.delta);
         for w in p.workers {
+            self.tally.merge(w.tally);
             self.delta.extend(w.delta);
         }
         self.dedup.extend_from_slice(&router.dedup);
@@ -212,13 +230,19 @@ impl<'s> Committer<'s> {
         self.dedup_log.record(&mut delta, epoch, &self.dedup);
         self.dedup.clear();
         self.checkpoint.epoch = epoch;
-        for (total, n) in self.checkpoint.totals.iter_mut().zip(self.counts) {
+        for (total, n) in self.checkpoint.totals.iter_mut().zip(self.tally.totals) {
             *total += n;
         }
         self.store.commit(&delta, &self.checkpoint)?;
         self.committed.store(self.last_batch, Ordering::Release);
-        telemetry::record_epoch(&self.counts, delta.len(), started.elapsed());
-        self.counts = [0; 6];
+        let tally = std::mem::take(&mut self.tally);
+        telemetry::record_commit(&tally, delta.len(), started.elapsed(), self.reads.first().map(|r| r.0));
+        for (read, n) in self.reads.drain(..) {
+            telemetry::record_latency(read, n as usize);
+        }
+        if let Some(max_ts) = self.checkpoint.max_ts {
+            telemetry::record_watermark(max_ts.saturating_sub(self.cfg.allowed_disorder_ns));
+        }
         self.epoch_records = 0;
         self.epoch_started = Instant::now();
         Ok(())

@@ -4,12 +4,14 @@
 //! router and one from every worker for each batch number before the batch can commit.
 
 use super::reader::{Parsed, ParsedLine};
+use crate::telemetry::Tally;
 use caravan_operators::account::Moved;
 use caravan_schemas::Id;
 use caravan_schemas::input::InputEvent;
 use caravan_schemas::output::Entity;
 use caravan_state::Delta;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// One applied record, routed: what every worker reads of it, in a dense array, while the event itself stays
 /// where the decoder put it (in the chunk's lines, shared by the batch), so no stage copies events.
@@ -122,8 +124,8 @@ pub(crate) struct WorkerPart {
     pub(crate) actions: Vec<u8>,
     pub(crate) changes: Vec<u8>,
     pub(crate) delta: Delta,
-    pub(crate) action_count: u64,
-    pub(crate) change_count: u64,
+    /// Actions and changes emitted.
+    pub(crate) tally: Tally,
 }
 
 /// The router's part of a batch.
@@ -141,10 +143,9 @@ pub(crate) struct RouterPart {
     /// Largest applied event time after this batch.
     pub(crate) max_ts: Option<i64>,
     /// Counts in this batch: applied (of which late), rejected, duplicates.
-    pub(crate) applied: u64,
-    pub(crate) rejected_count: u64,
-    pub(crate) duplicates: u64,
-    pub(crate) late: u64,
+    pub(crate) tally: Tally,
+    /// When the chunk the batch comes from was read.
+    pub(crate) read_at: Instant,
 }
 
 /// Messages to the committer.

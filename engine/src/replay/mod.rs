@@ -71,6 +71,9 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// Set (e.g. by SIGTERM) to stop reading: the records read so far are processed and committed.
     pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The admin server's view, when one serves: it gets the store and the definitions once they are
+    /// reconciled, and readiness while the input is read.
+    pub admin: Option<crate::admin::Admin>,
 }
 
 impl Default for ReplayOptions {
@@ -95,6 +98,7 @@ impl Default for ReplayOptions {
             sync: false,
             progress: false,
             stop: None,
+            admin: None,
         }
     }
 }
@@ -180,7 +184,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
             temp_state.path().to_path_buf()
         }
     };
-    let store = Store::open(&state_dir, &opts.store)?;
+    let store = Arc::new(Store::open(&state_dir, &opts.store)?);
     let checkpoint = store.checkpoint()?;
     let fresh = checkpoint.is_none();
     let checkpoint = checkpoint.unwrap_or_default();
@@ -247,6 +251,11 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     };
 
     let defs = Arc::new(defs);
+    if let Some(admin) = &opts.admin {
+        admin.set_definitions(Arc::clone(&defs));
+        admin.add_store(0, Arc::clone(&store));
+        admin.set_ready(true);
+    }
     let committed = Arc::new(AtomicU64::new(0));
     let start_record = checkpoint.records;
     let start_bytes = checkpoint.input_bytes;
@@ -263,7 +272,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     }
 
     let result = std::thread::scope(|scope| {
-        let store = &store;
+        let store: &Store = &store;
         let reader = {
             let bar = progress.clone();
             let chunk_bytes = opts.chunk_bytes;
@@ -315,6 +324,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
                 commit_interval: opts.commit_interval,
                 commit_records: opts.commit_records,
                 sync_outputs: opts.sync,
+                allowed_disorder_ns: opts.allowed_disorder_ns,
             };
             let c = committer::Committer::new(cfg, store, files, checkpoint.clone(), dedup_log, Arc::clone(&committed));
             std::thread::Builder::new()

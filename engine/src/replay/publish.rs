@@ -17,6 +17,7 @@
 use super::committer::OUTPUT_FILES;
 use crate::EngineError;
 use crate::outputs::{self, OutKind, OutRecord};
+use crate::telemetry::{self, Tally};
 use caravan_operators::account::{
     AccountState, Cause, Definitions, Effects, enter_on_publish, reassess_groups, stop_journey,
 };
@@ -103,23 +104,22 @@ pub fn stored_definitions(store: &Store) -> Result<Definitions, EngineError> {
 pub(crate) struct Pass {
     pub(crate) delta: Delta,
     pub(crate) outputs: Vec<OutRecord>,
-    /// Actions, changes.
-    pub(crate) counts: [u64; 2],
+    /// Actions and changes emitted.
+    pub(crate) tally: Tally,
 }
 
 impl Pass {
     /// Takes one account's effects: outputs serialized, timers and changed records into the delta.
     fn take(&mut self, acct: &mut AccountState, out: &mut Effects) {
         let (tenant, account) = (acct.tenant.to_string(), acct.account_id.to_string());
-        let (actions, changes) = outputs::take(out, &mut self.outputs);
-        self.counts[0] += actions;
-        self.counts[1] += changes;
+        outputs::take(out, &mut self.outputs, &mut self.tally);
         super::worker::take_timers(out, &mut self.delta, &tenant, &account, |_| {});
         super::worker::write_dirty(&mut self.delta, &tenant, &account, acct);
     }
 
     /// Appends the outputs to the files and commits the delta with the checkpoint that counts them.
     fn commit(self, store: &Store, files: &mut [File; 3], checkpoint: &Checkpoint) -> Result<Checkpoint, EngineError> {
+        let started = std::time::Instant::now();
         let mut next = checkpoint.clone();
         next.epoch += 1;
         for (i, kind) in [(0, OutKind::Action), (1, OutKind::Change)] {
@@ -136,9 +136,11 @@ impl Pass {
             files[i].sync_data().map_err(|e| EngineError::io(format!("syncing {name}"), e))?;
             next.output_lengths[i] += bytes.len() as u64;
         }
-        next.totals[3] += self.counts[0];
-        next.totals[4] += self.counts[1];
+        for (total, n) in next.totals.iter_mut().zip(self.tally.totals) {
+            *total += n;
+        }
         store.commit(&self.delta, &next)?;
+        telemetry::record_commit(&self.tally, self.delta.len(), started.elapsed(), None);
         Ok(next)
     }
 }

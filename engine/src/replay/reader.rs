@@ -18,6 +18,8 @@ pub(crate) struct Chunk {
     pub(crate) start_byte: u64,
     /// The bytes: whole lines, the last one possibly without its newline at the end of the input.
     pub(crate) data: Vec<u8>,
+    /// When it was read (the start of its records' end-to-end latency).
+    pub(crate) read_at: std::time::Instant,
 }
 
 /// One decoded line.
@@ -55,6 +57,8 @@ pub(crate) struct ParsedLine {
 pub(crate) struct ParsedChunk {
     pub(crate) id: u64,
     pub(crate) lines: Vec<ParsedLine>,
+    /// When its bytes were read.
+    pub(crate) read_at: std::time::Instant,
 }
 
 /// Reads `input` from its current position in chunks of about `chunk_bytes`, cut after a newline, and sends
@@ -119,7 +123,10 @@ pub(crate) fn read_chunks(
         }
         let lines = memchr::memchr_iter(b'\n', &buf).count() as u64 + u64::from(buf.last() != Some(&b'\n'));
         let len = buf.len() as u64;
-        if out.send(Chunk { id, first_record: record, start_byte: offset, data: buf }).is_err() {
+        if out
+            .send(Chunk { id, first_record: record, start_byte: offset, data: buf, read_at: std::time::Instant::now() })
+            .is_err()
+        {
             break;
         }
         id += 1;
@@ -181,7 +188,7 @@ pub(crate) fn decode_chunks(input: &Receiver<Chunk>, out: &Sender<ParsedChunk>, 
             lines.push(ParsedLine { line, end_byte: chunk.start_byte + next as u64, parsed });
             pos = end + 1;
         }
-        if out.send(ParsedChunk { id: chunk.id, lines }).is_err() {
+        if out.send(ParsedChunk { id: chunk.id, lines, read_at: chunk.read_at }).is_err() {
             return;
         }
     }

@@ -12,6 +12,7 @@ use super::messages::{Batch, CommitMsg, Extra, RouterPart, Step, WorkerMsg};
 use super::reader::{Decoded, Parsed, ParsedChunk, ParsedLine};
 use crate::EngineError;
 use crate::dedup::DedupWindow;
+use crate::telemetry::Tally;
 use caravan_schemas::Id;
 use caravan_schemas::input::RejectReason;
 use caravan_schemas::output::{Entity, RejectedRecord, SourcePosition};
@@ -22,6 +23,7 @@ use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 struct IndexSlot {
     rec: Option<IndexRecord>,
@@ -59,7 +61,7 @@ pub(crate) struct Router<'s> {
     part: RouterPart,
 }
 
-fn empty_part(batch: u64, records_end: u64, bytes_end: u64, max_ts: Option<i64>) -> RouterPart {
+fn empty_part(batch: u64, records_end: u64, bytes_end: u64, max_ts: Option<i64>, read_at: Instant) -> RouterPart {
     RouterPart {
         batch,
         rejected: Vec::new(),
@@ -68,10 +70,8 @@ fn empty_part(batch: u64, records_end: u64, bytes_end: u64, max_ts: Option<i64>)
         records_end,
         bytes_end,
         max_ts,
-        applied: 0,
-        rejected_count: 0,
-        duplicates: 0,
-        late: 0,
+        tally: Tally::default(),
+        read_at,
     }
 }
 
@@ -103,7 +103,7 @@ impl<'s> Router<'s> {
             lines: Arc::new(Vec::new()),
             steps: Vec::new(),
             extras: Vec::new(),
-            part: empty_part(1, start.0, start.1, max_ts),
+            part: empty_part(1, start.0, start.1, max_ts, Instant::now()),
         }
     }
 
@@ -118,6 +118,7 @@ impl<'s> Router<'s> {
             pending.insert(chunk.id, chunk);
             while let Some(chunk) = pending.remove(&next) {
                 let lines = Arc::new(chunk.lines);
+                self.part.read_at = chunk.read_at;
                 self.lines = Arc::clone(&lines);
                 self.steps.reserve(lines.len());
                 for (ix, line) in lines.iter().enumerate() {
@@ -140,7 +141,7 @@ impl<'s> Router<'s> {
         if serde_json::to_writer(&mut self.part.rejected, &rec).is_ok() {
             self.part.rejected.push(b'\n');
         }
-        self.part.rejected_count += 1;
+        self.part.tally.rejected(reason);
     }
 
     fn route_line(&mut self, line: &ParsedLine, ix: u32) -> Result<(), EngineError> {
@@ -194,7 +195,7 @@ impl<'s> Router<'s> {
         let (hash, named_account) = (*hash, *named_account);
         // Remembered now (one lookup); forgotten again below if the event turns out not to be applied.
         if !self.dedup.insert(hash) {
-            self.part.duplicates += 1;
+            self.part.tally.duplicate(&event.tenant);
             return Ok(());
         }
         let tenant = event.tenant.as_str();
@@ -250,11 +251,11 @@ impl<'s> Router<'s> {
         }
         self.dedup.settle();
         self.part.dedup.push(hash);
-        self.part.applied += 1;
+        self.part.tally.applied(tenant, event.body.type_name());
         let ts = event.ts.0;
         // Late: strictly behind the watermark. Still applied; it only never moves time.
         if self.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns)) {
-            self.part.late += 1;
+            self.part.tally.late(tenant);
         }
         let max_ts = self.max_ts.map_or(ts, |m| m.max(ts));
         self.max_ts = Some(max_ts);
@@ -300,7 +301,8 @@ impl<'s> Router<'s> {
                 }
             }
         }
-        let next_part = empty_part(batch + 1, self.part.records_end, self.part.bytes_end, self.max_ts);
+        let next_part =
+            empty_part(batch + 1, self.part.records_end, self.part.bytes_end, self.max_ts, self.part.read_at);
         let mut part = std::mem::replace(&mut self.part, next_part);
         part.delta = delta;
         let shared = Arc::new(Batch {

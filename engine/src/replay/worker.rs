@@ -9,6 +9,7 @@
 use super::keys;
 use super::messages::{Batch, CommitMsg, Group, WorkerMsg, WorkerPart};
 use crate::EngineError;
+use crate::telemetry::Tally;
 use caravan_operators::account::Moved;
 use caravan_operators::account::{AccountState, Cause, Definitions, Effects, TimerHandle, apply_event, fire_timer};
 use caravan_schemas::Id;
@@ -268,13 +269,13 @@ impl<'s> Worker<'s> {
             // Output records hold only strings, numbers and JSON values: serialization cannot fail.
             if serde_json::to_writer(&mut part.actions, &a).is_ok() {
                 part.actions.push(b'\n');
-                part.action_count += 1;
+                part.tally.action(&a);
             }
         }
         for c in self.effects.changes.drain(..) {
             if serde_json::to_writer(&mut part.changes, &c).is_ok() {
                 part.changes.push(b'\n');
-                part.change_count += 1;
+                part.tally.change(&c);
             }
         }
         part.groups.push(Group { seq, timer, actions: a0..part.actions.len(), changes: c0..part.changes.len() });
@@ -287,8 +288,7 @@ impl<'s> Worker<'s> {
             actions: Vec::new(),
             changes: Vec::new(),
             delta: Delta::default(),
-            action_count: 0,
-            change_count: 0,
+            tally: Tally::default(),
         };
         let defs = Arc::clone(&self.defs);
         let me = me as u32;

@@ -118,13 +118,30 @@ fn consumer_config(cfg: &Config) -> ClientConfig {
     c
 }
 
-/// The input consumer's context: records rebalances (they run inside `poll`, between batches).
+/// The input consumer's context: records rebalances (they run inside `poll`, between batches) and, from
+/// librdkafka's statistics, where each input partition ends.
 #[derive(Default)]
 pub(crate) struct InputContext {
     pub(crate) events: Mutex<Vec<Assignment>>,
+    /// The input topic.
+    topic: String,
+    /// The last stable offset (read_committed's end) of each partition fetched, by partition.
+    pub(crate) ends: Mutex<HashMap<i32, i64>>,
 }
 
-impl ClientContext for InputContext {}
+impl ClientContext for InputContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let mut ends = self.ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (p, part) in &topic.partitions {
+            // -1 stands for "not known yet" (and partition -1 for the topic's internal UA partition).
+            let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
+            if *p >= 0 && end >= 0 {
+                ends.insert(*p, end);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for InputContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -163,7 +180,12 @@ pub(crate) fn input_consumer(cfg: &Config) -> Result<BaseConsumer<InputContext>,
     if !cfg.kafka.options.contains_key("session.timeout.ms") {
         c.set("session.timeout.ms", "10000");
     }
-    c.create_with_context(InputContext::default()).map_err(|e| kafka_error("creating the input consumer", e))
+    // Statistics carry each partition's end offset: the consumer lag metric.
+    if !cfg.kafka.options.contains_key("statistics.interval.ms") {
+        c.set("statistics.interval.ms", "5000");
+    }
+    let context = InputContext { topic: cfg.topics.input.clone(), ..InputContext::default() };
+    c.create_with_context(context).map_err(|e| kafka_error("creating the input consumer", e))
 }
 
 /// The reader's context: the end of a partition is what a reader waits for, not an error to log.

@@ -17,9 +17,10 @@ mod kafka;
 mod task;
 
 use crate::EngineError;
+use crate::admin::Admin;
 use crate::config::{Config, TimeMode};
 use crate::outputs::OutKind;
-use crate::telemetry;
+use crate::telemetry::{self, Tally};
 use caravan_schemas::time::Timestamp;
 use caravan_state::{Delta, Store};
 use definitions::{Feed, Published};
@@ -67,6 +68,15 @@ struct Service<'c> {
     changelog: String,
     feed: Feed,
     tasks: BTreeMap<i32, PartitionTask>,
+    admin: Admin,
+}
+
+/// The largest event time a partition's store has committed (none before its first event).
+///
+/// # Errors
+/// A store read failure or a corrupt progress record.
+pub(crate) fn committed_max_ts(store: &Store) -> Result<Option<i64>, EngineError> {
+    Ok(task::Progress::read(store)?.max_ts)
 }
 
 impl Service<'_> {
@@ -75,7 +85,7 @@ impl Service<'_> {
         let started = Instant::now();
         let dir = task::partition_dir(&self.cfg.state.dir, &self.cfg.topics.input, partition);
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
-        let store = Store::open(&dir, &self.task_cfg.store)?;
+        let store = Arc::new(Store::open(&dir, &self.task_cfg.store)?);
         let from = i64::try_from(store.changelog_next()?).unwrap_or(i64::MAX);
         let mut delta = Delta::default();
         let mut records = 0u64;
@@ -91,6 +101,7 @@ impl Service<'_> {
         metrics::counter!(telemetry::RESTORED_RECORDS).increment(records);
         metrics::histogram!(telemetry::RESTORE_DURATION).record(started.elapsed().as_secs_f64());
         tracing::info!(partition, from, records, took = ?started.elapsed(), "Restored a partition from its changelog.");
+        self.admin.add_store(partition, Arc::clone(&store));
         PartitionTask::open(store, partition, self.task_cfg.clone())
     }
 
@@ -108,16 +119,20 @@ impl Service<'_> {
                     collected.retain(|(p, _)| !parts.contains(p));
                     for p in parts {
                         self.tasks.remove(&p);
+                        self.admin.remove_store(p);
+                        metrics::gauge!(telemetry::CONSUMER_LAG, "partition" => p.to_string()).set(0.0);
                     }
                     tracing::info!(tasks = self.tasks.len(), "Partitions revoked.");
                 }
                 Assignment::Assigned(parts) => {
+                    self.admin.set_ready(false);
                     for p in parts {
                         if !self.tasks.contains_key(&p) {
                             let t = self.restore(p)?;
                             self.tasks.insert(p, t);
                         }
                     }
+                    self.admin.set_ready(true);
                     tracing::info!(partitions = ?self.tasks.keys().collect::<Vec<_>>(), "Partitions assigned.");
                 }
             }
@@ -159,7 +174,8 @@ impl Service<'_> {
                 outputs: pass.outputs,
                 delta,
                 input_next: task.progress.input_next,
-                counts: [0, 0, 0, pass.counts[0], pass.counts[1], 0],
+                tally: pass.tally,
+                read: Vec::new(),
             };
             let mut done = BTreeMap::new();
             done.insert(p, processed);
@@ -175,6 +191,7 @@ impl Service<'_> {
     /// One transaction: outputs, changelog records, and (with `offsets`) the consumed positions; then the
     /// local stores. On failure the transaction aborts and the tasks restart from their stores.
     fn commit(&mut self, done: BTreeMap<i32, Processed>, offsets: bool) -> Result<(), EngineError> {
+        let first_read = done.values().filter_map(|p| p.read.iter().min()).min().copied();
         let started = Instant::now();
         self.producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         match self.transaction(&done, offsets) {
@@ -192,7 +209,7 @@ impl Service<'_> {
         metrics::counter!(telemetry::TRANSACTIONS_COMMITTED).increment(1);
         let delivered =
             self.producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let mut counts = [0u64; 6];
+        let mut tally = Tally::default();
         let mut writes = 0usize;
         for (p, processed) in done {
             let Some(task) = self.tasks.get_mut(&p) else { continue };
@@ -200,12 +217,31 @@ impl Service<'_> {
             let next = next.max(task.store().changelog_next()?);
             task.apply(&processed.delta, next)?;
             writes += processed.delta.len();
-            for (c, n) in counts.iter_mut().zip(processed.counts) {
-                *c += n;
+            tally.merge(processed.tally);
+            for read in processed.read {
+                telemetry::record_latency(read, 1);
             }
         }
-        telemetry::record_epoch(&counts, writes, started.elapsed());
+        telemetry::record_commit(&tally, writes, started.elapsed(), first_read);
         Ok(())
+    }
+
+    /// Sets the gauges that follow the tasks: timers, consumer lag per partition, watermark lag.
+    fn record_gauges(&self) {
+        metrics::gauge!(telemetry::TIMERS_PENDING)
+            .set(self.tasks.values().map(PartitionTask::timers_pending).sum::<usize>() as f64);
+        let ends = self.consumer.context().ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        for (p, task) in &self.tasks {
+            if let Some(end) = ends.get(p) {
+                let lag = (end - task.progress.input_next).max(0);
+                metrics::gauge!(telemetry::CONSUMER_LAG, "partition" => p.to_string()).set(lag as f64);
+            }
+        }
+        if !self.task_cfg.processing_time
+            && let Some(slowest) = self.tasks.values().filter_map(|t| t.progress.max_ts).min()
+        {
+            telemetry::record_watermark(slowest.saturating_sub(self.task_cfg.allowed_disorder_ns));
+        }
     }
 
     fn transaction(&self, done: &BTreeMap<i32, Processed>, offsets: bool) -> Result<(), EngineError> {
@@ -278,7 +314,7 @@ impl Service<'_> {
 
     /// Processing time: fires the due timers of every partition (quiet ones included) in one transaction.
     fn tick(&mut self) -> Result<(), EngineError> {
-        let now = task::wall_clock_ns();
+        let now = crate::wall_clock_ns();
         let defs = Arc::clone(&self.feed.defs);
         let mut done = BTreeMap::new();
         for (p, t) in &mut self.tasks {
@@ -341,7 +377,7 @@ impl Service<'_> {
 /// # Errors
 /// A broker or state failure that a restart must recover from (the process should exit non-zero), or a
 /// fenced instance (another one took this `kafka.instance_id`).
-pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), EngineError> {
+pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), EngineError> {
     let consumer = kafka::input_consumer(cfg)?;
     if kafka::partitions_of(&consumer, &cfg.topics.input)?.is_none() {
         kafka::ensure_topics(cfg, &[(cfg.topics.input.clone(), cfg.topics.partitions, false)])?;
@@ -385,6 +421,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), EngineError> {
         templates = feed.defs.all_templates().count(),
         "Definitions read from the definitions topic."
     );
+    admin.set_definitions(Arc::clone(&feed.defs));
     consumer.subscribe(&[&cfg.topics.input]).map_err(|e| kafka_error("subscribing", e))?;
     let mut svc = Service {
         cfg,
@@ -395,6 +432,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), EngineError> {
         changelog,
         feed,
         tasks: BTreeMap::new(),
+        admin: admin.clone(),
     };
     let mut last_definitions = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -406,7 +444,10 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), EngineError> {
                 break;
             }
             let polled = svc.consumer.poll((deadline - now).min(Duration::from_millis(100))).map(|r| {
-                r.map(|m| (m.partition(), InRecord { offset: m.offset(), payload: m.payload().map(<[u8]>::to_vec) }))
+                r.map(|m| {
+                    let payload = m.payload().map(<[u8]>::to_vec);
+                    (m.partition(), InRecord { offset: m.offset(), payload, read_at: Instant::now() })
+                })
             });
             // Rebalances ran inside that poll, before the record it returned.
             svc.rebalance(&mut collected)?;
@@ -417,7 +458,11 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), EngineError> {
             }
         }
         if last_definitions.elapsed() >= DEFINITIONS_POLL {
+            let before = Arc::clone(&svc.feed.defs);
             svc.feed.catch_up()?;
+            if !Arc::ptr_eq(&before, &svc.feed.defs) {
+                svc.admin.set_definitions(Arc::clone(&svc.feed.defs));
+            }
             last_definitions = Instant::now();
         }
         svc.publish_pending()?;
@@ -428,10 +473,10 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), EngineError> {
         if svc.task_cfg.processing_time {
             svc.tick()?;
         }
-        metrics::gauge!(telemetry::TIMERS_PENDING)
-            .set(svc.tasks.values().map(PartitionTask::timers_pending).sum::<usize>() as f64);
+        svc.record_gauges();
     }
     tracing::info!("Stopping: every batch is committed.");
+    admin.set_ready(false);
     svc.consumer.unsubscribe();
     Ok(())
 }

@@ -17,6 +17,7 @@ use crate::replay::Queued;
 use crate::replay::keys;
 use crate::replay::reader::{Decoded, EdgeRules, Parsed, decode_record};
 use crate::routing;
+use crate::telemetry::Tally;
 use caravan_operators::account::{
     AccountState, Cause, Definitions, Effects, Moved, TimerHandle, apply_event, fire_timer,
 };
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// `meta` name of a partition's progress in its store (and so on its changelog).
 const PROGRESS: &str = "partition";
@@ -48,10 +50,22 @@ pub(crate) struct Progress {
     pub(crate) definitions_next: i64,
 }
 
+impl Progress {
+    /// The progress a store has committed (the default for a new one).
+    pub(crate) fn read(store: &Store) -> Result<Progress, EngineError> {
+        match store.meta(PROGRESS)? {
+            Some(bytes) => caravan_schemas::state::decode(&bytes).map_err(|e| EngineError::Internal(e.to_string())),
+            None => Ok(Progress::default()),
+        }
+    }
+}
+
 /// One input record of the partition.
 pub(crate) struct InRecord {
     pub(crate) offset: i64,
     pub(crate) payload: Option<Vec<u8>>,
+    /// When it was polled (the start of its end-to-end latency).
+    pub(crate) read_at: std::time::Instant,
 }
 
 /// What processing a batch produced, before it commits.
@@ -61,8 +75,10 @@ pub(crate) struct Processed {
     pub(crate) delta: Delta,
     /// The next input offset after the batch.
     pub(crate) input_next: i64,
-    /// Counts: applied, rejected, duplicates, actions, changes, late.
-    pub(crate) counts: [u64; 6],
+    /// What the batch counted.
+    pub(crate) tally: Tally,
+    /// When each of its input records was read.
+    pub(crate) read: Vec<std::time::Instant>,
 }
 
 /// Settings of a task.
@@ -80,17 +96,10 @@ pub(crate) struct TaskConfig {
     pub(crate) processing_time: bool,
 }
 
-/// The wall clock in nanoseconds since the epoch.
-pub(crate) fn wall_clock_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
 pub(crate) struct PartitionTask {
     pub(crate) partition: i32,
     cfg: TaskConfig,
-    store: Store,
+    store: Arc<Store>,
     pub(crate) progress: Progress,
     accounts: FxHashMap<(Id, Id), AccountState>,
     /// Index entries read or written since the cache was last cleared, by [`keys::index_key`].
@@ -125,12 +134,9 @@ impl PartitionTask {
     ///
     /// # Errors
     /// A store that cannot be opened or read.
-    pub(crate) fn open(store: Store, partition: i32, cfg: TaskConfig) -> Result<PartitionTask, EngineError> {
-        let progress = match store.meta(PROGRESS)? {
-            Some(bytes) => caravan_schemas::state::decode(&bytes)
-                .map_err(|e| EngineError::Internal(format!("partition {partition}: stored progress: {e}")))?,
-            None => Progress::default(),
-        };
+    pub(crate) fn open(store: Arc<Store>, partition: i32, cfg: TaskConfig) -> Result<PartitionTask, EngineError> {
+        let progress = Progress::read(&store)
+            .map_err(|e| EngineError::Internal(format!("partition {partition}: stored progress: {e}")))?;
         let (dedup, dedup_log) = crate::dedup::restore(&store, cfg.dedup_window)?;
         let timers = store.timers()?.into_iter().map(|t| Reverse(Queued::stored(t))).collect();
         Ok(PartitionTask {
@@ -149,7 +155,7 @@ impl PartitionTask {
     }
 
     /// The task's store (for publication passes and queries).
-    pub(crate) fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
     }
 
@@ -185,7 +191,7 @@ impl PartitionTask {
         if let Ok(json) = serde_json::to_vec(&rec) {
             out.outputs.push(OutRecord { kind: OutKind::Rejected, key: None, json });
         }
-        out.counts[1] += 1;
+        out.tally.rejected(reason);
     }
 
     /// Moves the step's effects into the outputs and the timer queue; notes the changed records.
@@ -194,9 +200,7 @@ impl PartitionTask {
         crate::replay::take_timers(&mut self.effects, &mut out.delta, tenant, account, |h| {
             timers.push(Reverse(Queued::armed(h, tenant, account, keys::account_key(tenant, account))));
         });
-        let (actions, changes) = outputs::take(&mut self.effects, &mut out.outputs);
-        out.counts[3] += actions;
-        out.counts[4] += changes;
+        outputs::take(&mut self.effects, &mut out.outputs, &mut out.tally);
         dirty.push((Id::from(tenant), Id::from(account)));
     }
 
@@ -235,13 +239,14 @@ impl PartitionTask {
     /// A state read failure.
     pub(crate) fn process(&mut self, defs: &Definitions, records: &[InRecord]) -> Result<Processed, EngineError> {
         // In processing time, the clock read once for the batch: waits and timeouts count from it.
-        let clock = self.cfg.processing_time.then(wall_clock_ns);
+        let clock = self.cfg.processing_time.then(crate::wall_clock_ns);
         let mut out = Processed { input_next: self.progress.input_next, ..Processed::default() };
         let mut dirty: Vec<(Id, Id)> = Vec::new();
         let mut index_dirty: Vec<(u128, Entity, Id, Id)> = Vec::new();
         let mut applied_ids: Vec<u128> = Vec::new();
         for rec in records {
             out.input_next = rec.offset + 1;
+            out.read.push(rec.read_at);
             let raw = rec.payload.as_deref().unwrap_or_default();
             let decoded = match decode_record(raw, &self.cfg.rules) {
                 Parsed::Blank => continue,
@@ -254,7 +259,7 @@ impl PartitionTask {
             let Decoded { event, dedup: hash, .. } = decoded;
             let tenant = event.tenant.as_str();
             if !self.dedup.insert(hash) {
-                out.counts[2] += 1;
+                out.tally.duplicate(tenant);
                 continue;
             }
             let indexed = routing::indexed(&event);
@@ -303,12 +308,12 @@ impl PartitionTask {
             }
             self.dedup.settle();
             applied_ids.push(hash);
-            out.counts[0] += 1;
+            out.tally.applied(tenant, event.body.type_name());
             let ts = event.ts.0;
             if clock.is_none()
                 && self.progress.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns))
             {
-                out.counts[5] += 1;
+                out.tally.late(tenant);
             }
             let max_ts = self.progress.max_ts.map_or(ts, |m| m.max(ts));
             self.progress.max_ts = Some(max_ts);
