@@ -199,13 +199,15 @@ impl Tally {
         self.add(Series::Duplicate, [Id::from(tenant), Id::default(), Id::default()]);
     }
 
-    /// An action emitted.
+    /// An action emitted (traced at `trace` level with its tenant, account, journey and node).
     pub(crate) fn action(&mut self, a: &ActionRecord) {
+        tracing::trace!(tenant = %a.tenant, account = %a.account_id, journey = %a.journey_id, node = %a.node_id,
+            action = %a.kind, person = a.person_id.as_deref(), "Action emitted.");
         self.totals[total::ACTIONS] += 1;
         self.add(Series::Action, [a.tenant.clone(), a.journey_id.clone(), a.kind.clone()]);
     }
 
-    /// A change event emitted.
+    /// A change event emitted (traced at `trace` level).
     pub(crate) fn change(&mut self, c: &ChangeEvent) {
         self.totals[total::CHANGES] += 1;
         let entity = match c.entity {
@@ -213,6 +215,8 @@ impl Tally {
             Entity::Person => "person",
             Entity::Opportunity => "opportunity",
         };
+        tracing::trace!(tenant = %c.tenant, account = %c.account_id, entity, id = %c.entity_id, version = c.version,
+            journey = c.journey_id.as_deref(), "Change emitted.");
         self.add(Series::Change, [c.tenant.clone(), Id::from(entity), Id::default()]);
     }
 

@@ -11,6 +11,7 @@ mod buying_groups;
 mod crash;
 mod kafka;
 mod kafka_support;
+mod ops;
 mod publish;
 mod replay;
 mod validate;

@@ -135,6 +135,7 @@ impl<'s> Router<'s> {
     }
 
     fn reject(&mut self, reason: RejectReason, detail: String, raw: &[u8], line: u64) {
+        tracing::debug!(reason = reason.as_str(), %detail, line, "Record rejected.");
         let rec =
             RejectedRecord::new(reason, detail, raw, SourcePosition::File { file: self.cfg.source_name.clone(), line });
         // A rejected record always serializes: it holds only strings and numbers.

@@ -282,6 +282,7 @@ impl<'s> Worker<'s> {
     }
 
     fn batch(&mut self, me: usize, batch: &Batch) -> Result<(), EngineError> {
+        let _span = tracing::trace_span!("batch", worker = me, batch = batch.id, steps = batch.steps.len()).entered();
         let mut part = WorkerPart {
             batch: batch.id,
             groups: Vec::new(),

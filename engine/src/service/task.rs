@@ -185,6 +185,7 @@ impl PartitionTask {
     }
 
     fn reject(&self, out: &mut Processed, reason: RejectReason, detail: String, raw: &[u8], offset: i64) {
+        tracing::debug!(reason = reason.as_str(), %detail, partition = self.partition, offset, "Record rejected.");
         let source = SourcePosition::Kafka { topic: self.cfg.input_topic.clone(), partition: self.partition, offset };
         let rec = RejectedRecord::new(reason, detail, raw, source);
         // A rejected record holds only strings and numbers: it always serializes.
@@ -238,6 +239,7 @@ impl PartitionTask {
     /// # Errors
     /// A state read failure.
     pub(crate) fn process(&mut self, defs: &Definitions, records: &[InRecord]) -> Result<Processed, EngineError> {
+        let _span = tracing::debug_span!("batch", partition = self.partition, records = records.len()).entered();
         // In processing time, the clock read once for the batch: waits and timeouts count from it.
         let clock = self.cfg.processing_time.then(crate::wall_clock_ns);
         let mut out = Processed { input_next: self.progress.input_next, ..Processed::default() };
