@@ -5,10 +5,9 @@
 //! [`crate::admin`]). It is not a logger: logs go through `tracing`.
 
 use caravan_schemas::Id;
-use caravan_schemas::input::RejectReason;
+use caravan_schemas::input::{EventBody, RejectReason};
 use caravan_schemas::output::{ActionRecord, ChangeEvent, Entity};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
 /// Input records applied to state, by tenant and event type.
@@ -127,31 +126,6 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-/// Which labeled counter a [`Tally`] entry adds to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Series {
-    Ingested,
-    Rejected,
-    Duplicate,
-    Late,
-    Action,
-    Change,
-}
-
-impl Series {
-    /// The metric and the names of its labels (as many as it uses of the entry's three values).
-    fn metric(self) -> (&'static str, &'static [&'static str]) {
-        match self {
-            Series::Ingested => (EVENTS_INGESTED, &["tenant", "type"]),
-            Series::Rejected => (EVENTS_REJECTED, &["reason"]),
-            Series::Duplicate => (EVENTS_DUPLICATE, &["tenant"]),
-            Series::Late => (EVENTS_LATE, &["tenant"]),
-            Series::Action => (ACTIONS_EMITTED, &["tenant", "journey", "type"]),
-            Series::Change => (CHANGES_EMITTED, &["tenant", "entity"]),
-        }
-    }
-}
-
 /// Index of each count in [`Tally::totals`] (the order of a replay checkpoint's totals).
 pub(crate) mod total {
     pub(crate) const APPLIED: usize = 0;
@@ -162,41 +136,104 @@ pub(crate) mod total {
     pub(crate) const LATE: usize = 5;
 }
 
+/// Every reject reason, by [`reason_index`].
+const REASONS: [RejectReason; 7] = [
+    RejectReason::MalformedJson,
+    RejectReason::UnknownType,
+    RejectReason::MissingField,
+    RejectReason::InvalidField,
+    RejectReason::UnknownTenant,
+    RejectReason::UnknownPersonAccount,
+    RejectReason::TooLarge,
+];
+
+/// The position of a reason in [`REASONS`] (a new reason does not compile until it has one).
+fn reason_index(r: RejectReason) -> usize {
+    match r {
+        RejectReason::MalformedJson => 0,
+        RejectReason::UnknownType => 1,
+        RejectReason::MissingField => 2,
+        RejectReason::InvalidField => 3,
+        RejectReason::UnknownTenant => 4,
+        RejectReason::UnknownPersonAccount => 5,
+        RejectReason::TooLarge => 6,
+    }
+}
+
+/// Entities of change events, by [`entity_index`].
+const ENTITIES: [&str; 3] = ["account", "person", "opportunity"];
+
+fn entity_index(e: Entity) -> usize {
+    match e {
+        Entity::Account => 0,
+        Entity::Person => 1,
+        Entity::Opportunity => 2,
+    }
+}
+
+/// One labeled count: metric, labels, count.
+type Series = (&'static str, Vec<(&'static str, String)>, u64);
+
+/// One tenant's counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct TenantTally {
+    tenant: Id,
+    /// By [`EventBody::type_index`](caravan_schemas::input::EventBody::type_index).
+    ingested: [u64; 8],
+    duplicates: u64,
+    late: u64,
+    /// By [`entity_index`].
+    changes: [u64; 3],
+}
+
 /// What a batch or an epoch counted: the totals, and the same by label for the metrics.
+///
+/// Counted on the hot path, so kept dense: tenants are few (a list scanned by id), event types, reasons and
+/// entities are array positions, and the (tenant, journey, action type) triples a batch emits are few too.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Tally {
     /// Applied, rejected, duplicates, actions, changes, late (indexes in [`total`]).
     pub(crate) totals: [u64; 6],
-    series: FxHashMap<(Series, [Id; 3]), u64>,
+    tenants: Vec<TenantTally>,
+    rejected: [u64; 7],
+    /// ((tenant, journey, action type), actions).
+    actions: Vec<((Id, Id, Id), u64)>,
 }
 
 impl Tally {
-    fn add(&mut self, series: Series, labels: [Id; 3]) {
-        *self.series.entry((series, labels)).or_default() += 1;
+    fn tenant(&mut self, tenant: &str) -> &mut TenantTally {
+        let ix = match self.tenants.iter().position(|t| t.tenant == tenant) {
+            Some(ix) => ix,
+            None => {
+                self.tenants.push(TenantTally { tenant: Id::from(tenant), ..TenantTally::default() });
+                self.tenants.len() - 1
+            }
+        };
+        &mut self.tenants[ix]
     }
 
     /// An input record applied.
-    pub(crate) fn applied(&mut self, tenant: &str, event_type: &'static str) {
+    pub(crate) fn applied(&mut self, tenant: &str, event: &EventBody) {
         self.totals[total::APPLIED] += 1;
-        self.add(Series::Ingested, [Id::from(tenant), Id::from(event_type), Id::default()]);
+        self.tenant(tenant).ingested[event.type_index()] += 1;
     }
 
     /// An applied record that was behind the watermark (counted as applied too).
     pub(crate) fn late(&mut self, tenant: &str) {
         self.totals[total::LATE] += 1;
-        self.add(Series::Late, [Id::from(tenant), Id::default(), Id::default()]);
+        self.tenant(tenant).late += 1;
     }
 
     /// An input record rejected.
     pub(crate) fn rejected(&mut self, reason: RejectReason) {
         self.totals[total::REJECTED] += 1;
-        self.add(Series::Rejected, [Id::from(reason.as_str()), Id::default(), Id::default()]);
+        self.rejected[reason_index(reason)] += 1;
     }
 
     /// A duplicate dropped.
     pub(crate) fn duplicate(&mut self, tenant: &str) {
         self.totals[total::DUPLICATES] += 1;
-        self.add(Series::Duplicate, [Id::from(tenant), Id::default(), Id::default()]);
+        self.tenant(tenant).duplicates += 1;
     }
 
     /// An action emitted (traced at `trace` level with its tenant, account, journey and node).
@@ -204,20 +241,19 @@ impl Tally {
         tracing::trace!(tenant = %a.tenant, account = %a.account_id, journey = %a.journey_id, node = %a.node_id,
             action = %a.kind, person = a.person_id.as_deref(), "Action emitted.");
         self.totals[total::ACTIONS] += 1;
-        self.add(Series::Action, [a.tenant.clone(), a.journey_id.clone(), a.kind.clone()]);
+        let known = self.actions.iter_mut().find(|((t, j, k), _)| *j == a.journey_id && *k == a.kind && *t == a.tenant);
+        match known {
+            Some((_, n)) => *n += 1,
+            None => self.actions.push(((a.tenant.clone(), a.journey_id.clone(), a.kind.clone()), 1)),
+        }
     }
 
     /// A change event emitted (traced at `trace` level).
     pub(crate) fn change(&mut self, c: &ChangeEvent) {
+        tracing::trace!(tenant = %c.tenant, account = %c.account_id, entity = ENTITIES[entity_index(c.entity)],
+            id = %c.entity_id, version = c.version, journey = c.journey_id.as_deref(), "Change emitted.");
         self.totals[total::CHANGES] += 1;
-        let entity = match c.entity {
-            Entity::Account => "account",
-            Entity::Person => "person",
-            Entity::Opportunity => "opportunity",
-        };
-        tracing::trace!(tenant = %c.tenant, account = %c.account_id, entity, id = %c.entity_id, version = c.version,
-            journey = c.journey_id.as_deref(), "Change emitted.");
-        self.add(Series::Change, [c.tenant.clone(), Id::from(entity), Id::default()]);
+        self.tenant(&c.tenant).changes[entity_index(c.entity)] += 1;
     }
 
     /// Adds another tally's counts.
@@ -225,8 +261,25 @@ impl Tally {
         for (t, n) in self.totals.iter_mut().zip(other.totals) {
             *t += n;
         }
-        for (key, n) in other.series {
-            *self.series.entry(key).or_default() += n;
+        for (t, n) in self.rejected.iter_mut().zip(other.rejected) {
+            *t += n;
+        }
+        for o in other.tenants {
+            let t = self.tenant(&o.tenant);
+            for (a, b) in t.ingested.iter_mut().zip(o.ingested) {
+                *a += b;
+            }
+            for (a, b) in t.changes.iter_mut().zip(o.changes) {
+                *a += b;
+            }
+            t.duplicates += o.duplicates;
+            t.late += o.late;
+        }
+        for (key, n) in other.actions {
+            match self.actions.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, m)) => *m += n,
+                None => self.actions.push((key, n)),
+            }
         }
     }
 
@@ -235,13 +288,39 @@ impl Tally {
         self.totals[total::APPLIED] + self.totals[total::REJECTED] + self.totals[total::DUPLICATES]
     }
 
+    /// The non-zero counts as (metric, labels, count).
+    fn series(&self) -> Vec<Series> {
+        let mut out = Vec::new();
+        for t in &self.tenants {
+            let tenant = || ("tenant", t.tenant.to_string());
+            for (ix, n) in t.ingested.iter().enumerate().filter(|(_, n)| **n > 0) {
+                out.push((EVENTS_INGESTED, vec![tenant(), ("type", EventBody::TYPE_NAMES[ix].to_string())], *n));
+            }
+            for (ix, n) in t.changes.iter().enumerate().filter(|(_, n)| **n > 0) {
+                out.push((CHANGES_EMITTED, vec![tenant(), ("entity", ENTITIES[ix].to_string())], *n));
+            }
+            if t.duplicates > 0 {
+                out.push((EVENTS_DUPLICATE, vec![tenant()], t.duplicates));
+            }
+            if t.late > 0 {
+                out.push((EVENTS_LATE, vec![tenant()], t.late));
+            }
+        }
+        for (ix, n) in self.rejected.iter().enumerate().filter(|(_, n)| **n > 0) {
+            out.push((EVENTS_REJECTED, vec![("reason", REASONS[ix].as_str().to_string())], *n));
+        }
+        for ((tenant, journey, kind), n) in &self.actions {
+            let labels =
+                vec![("tenant", tenant.to_string()), ("journey", journey.to_string()), ("type", kind.to_string())];
+            out.push((ACTIONS_EMITTED, labels, *n));
+        }
+        out
+    }
+
     /// Adds the counts to the metrics.
     fn record(&self) {
-        for ((series, values), n) in &self.series {
-            let (name, label_names) = series.metric();
-            let labels: Vec<metrics::Label> =
-                label_names.iter().zip(values).map(|(k, v)| metrics::Label::new(*k, v.to_string())).collect();
-            metrics::counter!(name, labels).increment(*n);
+        for (name, labels, n) in self.series() {
+            metrics::counter!(name, &labels).increment(n);
         }
     }
 }
@@ -276,22 +355,51 @@ pub(crate) fn record_watermark(watermark_ns: i64) {
 mod tests {
     use super::*;
 
+    fn activity() -> EventBody {
+        EventBody::PersonActivity {
+            person_id: Id::from("p"),
+            account_id: None,
+            activity: Id::from("email.clicked"),
+            properties: caravan_schemas::attrs::Attrs::default(),
+        }
+    }
+
     #[test]
     fn merged_tallies_add_totals_and_series() {
         let mut a = Tally::default();
-        a.applied("t1", "person.activity");
-        a.applied("t1", "person.activity");
+        a.applied("t1", &activity());
+        a.applied("t1", &activity());
         a.rejected(RejectReason::TooLarge);
         let mut b = Tally::default();
-        b.applied("t1", "person.activity");
-        b.applied("t2", "account.upserted");
+        b.applied("t1", &activity());
+        b.applied("t2", &EventBody::AccountDeleted { account_id: Id::from("a") });
         b.duplicate("t2");
         b.late("t2");
+        b.rejected(RejectReason::TooLarge);
         a.merge(b);
-        assert_eq!(a.totals, [4, 1, 1, 0, 0, 1]);
-        assert_eq!(a.records(), 6);
-        let key = (Series::Ingested, [Id::from("t1"), Id::from("person.activity"), Id::default()]);
-        assert_eq!(a.series.get(&key), Some(&3));
-        assert_eq!(a.series.len(), 5);
+        assert_eq!(a.totals, [4, 2, 1, 0, 0, 1]);
+        assert_eq!(a.records(), 7);
+        let series = a.series();
+        let find = |name: &str, labels: &[(&str, &str)]| {
+            series
+                .iter()
+                .find(|(n, l, _)| {
+                    *n == name && l.len() == labels.len() && l.iter().zip(labels).all(|(x, y)| x.0 == y.0 && x.1 == y.1)
+                })
+                .map(|(_, _, c)| *c)
+        };
+        assert_eq!(find(EVENTS_INGESTED, &[("tenant", "t1"), ("type", "person.activity")]), Some(3));
+        assert_eq!(find(EVENTS_INGESTED, &[("tenant", "t2"), ("type", "account.deleted")]), Some(1));
+        assert_eq!(find(EVENTS_REJECTED, &[("reason", "too_large")]), Some(2));
+        assert_eq!(find(EVENTS_DUPLICATE, &[("tenant", "t2")]), Some(1));
+        assert_eq!(find(EVENTS_LATE, &[("tenant", "t2")]), Some(1));
+        assert_eq!(series.len(), 5, "{series:?}");
+    }
+
+    #[test]
+    fn every_reject_reason_has_its_place() {
+        for (ix, r) in REASONS.iter().enumerate() {
+            assert_eq!(reason_index(*r), ix, "{r:?}");
+        }
     }
 }

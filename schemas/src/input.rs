@@ -156,18 +156,35 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// Every event type, by [`EventBody::type_index`].
+    pub const TYPE_NAMES: [&'static str; 8] = [
+        "account.upserted",
+        "account.deleted",
+        "person.upserted",
+        "person.deleted",
+        "opportunity.upserted",
+        "opportunity.deleted",
+        "account.audience",
+        "person.activity",
+    ];
+
+    /// The index of this event's type in [`EventBody::TYPE_NAMES`].
+    pub fn type_index(&self) -> usize {
+        match self {
+            EventBody::AccountUpserted { .. } => 0,
+            EventBody::AccountDeleted { .. } => 1,
+            EventBody::PersonUpserted { .. } => 2,
+            EventBody::PersonDeleted { .. } => 3,
+            EventBody::OpportunityUpserted { .. } => 4,
+            EventBody::OpportunityDeleted { .. } => 5,
+            EventBody::AccountAudience { .. } => 6,
+            EventBody::PersonActivity { .. } => 7,
+        }
+    }
+
     /// The `type` string of this event.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            EventBody::AccountUpserted { .. } => "account.upserted",
-            EventBody::AccountDeleted { .. } => "account.deleted",
-            EventBody::PersonUpserted { .. } => "person.upserted",
-            EventBody::PersonDeleted { .. } => "person.deleted",
-            EventBody::OpportunityUpserted { .. } => "opportunity.upserted",
-            EventBody::OpportunityDeleted { .. } => "opportunity.deleted",
-            EventBody::AccountAudience { .. } => "account.audience",
-            EventBody::PersonActivity { .. } => "person.activity",
-        }
+        Self::TYPE_NAMES[self.type_index()]
     }
 
     /// The account named by the event itself, if any (person events may omit it).
@@ -195,16 +212,7 @@ impl EventBody {
     }
 }
 
-const TYPES: [&str; 8] = [
-    "account.upserted",
-    "account.deleted",
-    "person.upserted",
-    "person.deleted",
-    "opportunity.upserted",
-    "opportunity.deleted",
-    "account.audience",
-    "person.activity",
-];
+const TYPES: [&str; 8] = EventBody::TYPE_NAMES;
 
 /// A top-level field's value: a string (borrowed from the record where it has no escapes), or any other
 /// JSON value.

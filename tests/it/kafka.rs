@@ -99,6 +99,36 @@ fn run_gives_the_expected_counts_and_the_same_records_as_replay_account_by_accou
     assert_outputs_match_schemas(&got);
 }
 
+#[test]
+fn sigterm_while_input_flows_commits_the_batch_in_flight_and_a_restart_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Scenario { input, expect, reference, cluster } = scenario(dir.path(), 200, 30_000, 17, 2);
+    let end = cluster.produce_file(&input) as i64;
+    let child = cluster.start(0, &dir.path().join("state"), &dir.path().join("run-a.log"));
+    // Stop it part way: once something is committed and before everything is.
+    let started = Instant::now();
+    loop {
+        let done = cluster.committed();
+        if done > 0 {
+            assert!(done < end, "the instance finished before the signal: make the input larger");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "nothing committed within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = terminate(child);
+    assert!(status.success(), "SIGTERM mid-run exits 0: {status:?}\n{}", run_log(dir.path(), "run-a.log"));
+    assert!(run_log(dir.path(), "run-a.log").contains("every batch is committed"), "it says it stopped cleanly");
+    let child = cluster.start(0, &dir.path().join("state"), &dir.path().join("run-b.log"));
+    cluster.wait_caught_up(Duration::from_secs(180));
+    assert!(terminate(child).success());
+    let got = dir.path().join("kafka");
+    cluster.outputs_to(&got);
+    assert_counts_match(&got, &expect);
+    assert_same_as_replay(&reference, &got);
+    assert_exactly_once(&got);
+}
+
 /// An instance that owns every partition and has processed the whole input: ready, no lag, every record
 /// counted, and its accounts readable through the admin endpoint.
 fn assert_admin_after_catching_up(port: u16, input: &Path, reference: &Path) {

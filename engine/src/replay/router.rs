@@ -252,7 +252,7 @@ impl<'s> Router<'s> {
         }
         self.dedup.settle();
         self.part.dedup.push(hash);
-        self.part.tally.applied(tenant, event.body.type_name());
+        self.part.tally.applied(tenant, &event.body);
         let ts = event.ts.0;
         // Late: strictly behind the watermark. Still applied; it only never moves time.
         if self.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns)) {

@@ -310,7 +310,7 @@ impl PartitionTask {
             }
             self.dedup.settle();
             applied_ids.push(hash);
-            out.tally.applied(tenant, event.body.type_name());
+            out.tally.applied(tenant, &event.body);
             let ts = event.ts.0;
             if clock.is_none()
                 && self.progress.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns))
