@@ -234,6 +234,22 @@ pub struct InputConfig {
     pub max_ts: String,
     /// Event ids remembered for de-duplication, per run (replay) or per partition (Kafka); 0 turns it off.
     pub dedup_window: usize,
+    /// The records' format: Caravan's native events, or XDM B2B records (`schemas/XDM.md`).
+    pub format: InputFormat,
+    /// The tenant of every record of an XDM source (XDM records carry none); only with `format = "xdm"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// The format of an input source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// Caravan's events (SPEC §2), each naming its tenant.
+    #[default]
+    Native,
+    /// XDM B2B records in the platform's form, of one tenant named by the source.
+    Xdm,
 }
 
 impl Default for InputConfig {
@@ -243,6 +259,8 @@ impl Default for InputConfig {
             min_ts: "2000-01-01T00:00:00Z".into(),
             max_ts: "2100-01-01T00:00:00Z".into(),
             dedup_window: 1_000_000,
+            format: InputFormat::Native,
+            tenant: None,
         }
     }
 }
@@ -411,6 +429,9 @@ impl Config {
             }
         }
         problems.extend(registry_problems(&self.tenants));
+        if let Err(e) = source_tenant(self.input.format, self.input.tenant.as_deref(), &self.tenants) {
+            problems.push(e);
+        }
         problems.extend(token_problems(self.admin.token.as_deref(), &self.tenants));
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
@@ -514,6 +535,31 @@ fn describe(e: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The tenant of an XDM source, checked: set for XDM (and registered, with a registry), unset for native.
+///
+/// # Errors
+/// The rule broken, naming the keys.
+pub fn source_tenant(
+    format: InputFormat,
+    tenant: Option<&str>,
+    registry: &[TenantConfig],
+) -> Result<Option<String>, String> {
+    match (format, tenant) {
+        (InputFormat::Native, None) => Ok(None),
+        (InputFormat::Native, Some(_)) => {
+            Err("input.tenant is only for input.format = \"xdm\": native records name their own tenant".into())
+        }
+        (InputFormat::Xdm, None) => {
+            Err("input.tenant must be set when input.format = \"xdm\": XDM records carry no tenant".into())
+        }
+        (InputFormat::Xdm, Some(t)) if t.trim().is_empty() => Err("input.tenant must not be empty".into()),
+        (InputFormat::Xdm, Some(t)) if !registry.is_empty() && !registry.iter().any(|r| r.id == t) => {
+            Err(format!("input.tenant `{t}` is not in the tenant registry"))
+        }
+        (InputFormat::Xdm, Some(t)) => Ok(Some(t.to_owned())),
+    }
 }
 
 /// Admin tokens: none empty, none shared (a token names exactly one scope).

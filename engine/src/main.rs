@@ -42,7 +42,7 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Run journeys over an NDJSON input with no broker: the embedded mode.
-    Replay(ReplayArgs),
+    Replay(Box<ReplayArgs>),
     /// Run the service on Kafka: exactly once, scaled out by the consumer group.
     Run {
         /// The configuration file (TOML); every key can be overridden by CARAVAN_SECTION__KEY variables.
@@ -121,9 +121,15 @@ struct ReplayArgs {
     #[arg(long)]
     decoders: Option<usize>,
     /// A configuration file (TOML, as for `caravan run`): its tenant registry, `[input]` limits and
-    /// `[time]` apply; the flags below win over it.
+    /// format, and `[time]` apply; the flags below win over it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The input's format: native events, or XDM B2B records (which need --tenant) [default: native].
+    #[arg(long, value_enum)]
+    format: Option<caravan_engine::config::InputFormat>,
+    /// The tenant of every record of an XDM input (XDM records carry none).
+    #[arg(long)]
+    tenant: Option<String>,
     /// Watermark lag behind the largest event time read [default: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     allowed_disorder: Option<Duration>,
@@ -222,7 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Replay(args) => replay_command(args),
+        Command::Replay(args) => replay_command(*args),
         Command::Inspect { state, tenant, account } => inspect(&state, tenant.as_deref(), account.as_deref()),
         Command::Stop { state: None, config, tenant, journey } => {
             let cfg = caravan_engine::config::Config::load(config.as_deref())?;
@@ -334,6 +340,11 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.max_record_bytes {
         limits.max_record_bytes = n;
     }
+    let format = args.format.unwrap_or(cfg.input.format);
+    let tenant = args.tenant.clone().or_else(|| cfg.input.tenant.clone());
+    let xdm_tenant = caravan_engine::config::source_tenant(format, tenant.as_deref(), &cfg.tenants).map_err(|e| {
+        anyhow::anyhow!("{}", e.replace("input.format", "--format").replace("input.tenant", "--tenant"))
+    })?;
     let defaults = replay::ReplayOptions::default();
     let workers = args.workers.unwrap_or(defaults.workers);
     if workers == 0 {
@@ -349,6 +360,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             .context("--allowed-disorder is too large")?,
         dedup_window: args.dedup_window.unwrap_or(cfg.input.dedup_window),
         tenants: cfg.tenants.iter().map(|t| t.id.clone()).collect(),
+        xdm_tenant,
         commit_interval: args.commit_interval,
         commit_records: args.commit_records.max(1),
         cache_accounts: args.cache_accounts,

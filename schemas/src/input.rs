@@ -475,39 +475,71 @@ impl<'de> Visitor<'de> for WireVisitor {
 /// `unknown_tenant`, de-duplication and routing are decided later, by the caller that knows the registry and
 /// the state.
 pub fn decode(raw: &[u8], limits: &DecodeLimits) -> Result<InputEvent, Rejection> {
-    if raw.len() > limits.max_record_bytes {
-        return Err(Rejection::new(
-            RejectReason::TooLarge,
-            format!("record of {} bytes is over the limit of {} bytes", raw.len(), limits.max_record_bytes),
-        ));
-    }
-    let text = std::str::from_utf8(raw)
-        .map_err(|e| Rejection::new(RejectReason::MalformedJson, format!("invalid UTF-8: {e}")))?;
+    let text = record_text(raw, limits)?;
     match fast::read(text) {
         Some(wire) => decode_wire(wire, limits),
         None => decode_text(text, limits),
     }
 }
 
+/// The checks every input format makes first: the size limit, then UTF-8.
+pub(crate) fn record_text<'a>(raw: &'a [u8], limits: &DecodeLimits) -> Result<&'a str, Rejection> {
+    if raw.len() > limits.max_record_bytes {
+        return Err(Rejection::new(
+            RejectReason::TooLarge,
+            format!("record of {} bytes is over the limit of {} bytes", raw.len(), limits.max_record_bytes),
+        ));
+    }
+    std::str::from_utf8(raw).map_err(|e| Rejection::new(RejectReason::MalformedJson, format!("invalid UTF-8: {e}")))
+}
+
+/// A JSON parse error as a rejection: a number too large for a double is an invalid field, anything else
+/// (syntax, duplicate keys, nesting deeper than 128) malformed JSON.
+pub(crate) fn json_rejection(e: &serde_json::Error) -> Rejection {
+    let msg = e.to_string();
+    if msg.starts_with("number out of range") {
+        Rejection::new(RejectReason::InvalidField, msg)
+    } else {
+        Rejection::new(RejectReason::MalformedJson, msg)
+    }
+}
+
 /// The full reader: any JSON, every rule, every rejection explained.
 fn decode_text(text: &str, limits: &DecodeLimits) -> Result<InputEvent, Rejection> {
-    let wire: WireRecord<'_> = serde_json::from_str(text).map_err(|e| {
-        let msg = e.to_string();
-        if msg.starts_with("number out of range") {
-            Rejection::new(RejectReason::InvalidField, msg)
-        } else {
-            Rejection::new(RejectReason::MalformedJson, msg)
-        }
-    })?;
+    let wire: WireRecord<'_> = serde_json::from_str(text).map_err(|e| json_rejection(&e))?;
     decode_wire(wire, limits)
 }
 
-fn missing(name: &str) -> Rejection {
+pub(crate) fn missing(name: &str) -> Rejection {
     Rejection::new(RejectReason::MissingField, format!("missing field `{name}`"))
 }
 
-fn invalid(name: &str, why: &str) -> Rejection {
+pub(crate) fn invalid(name: &str, why: &str) -> Rejection {
     Rejection::new(RejectReason::InvalidField, format!("field `{name}` {why}"))
+}
+
+/// Checks the text of an id named `name`: non-empty, without control characters.
+pub(crate) fn checked_id(name: &str, s: &str) -> Result<Id, Rejection> {
+    let control = if s.is_ascii() { s.bytes().any(|b| b < 0x20 || b == 0x7f) } else { s.chars().any(char::is_control) };
+    if s.is_empty() {
+        Err(invalid(name, "is empty"))
+    } else if control {
+        Err(invalid(name, "contains a control character"))
+    } else {
+        Ok(Id::from(s))
+    }
+}
+
+/// Reads an RFC 3339 time named `name` and checks it against the accepted range.
+pub(crate) fn checked_ts(name: &str, text: &str, limits: &DecodeLimits) -> Result<Timestamp, Rejection> {
+    let ts = Timestamp::parse_rfc3339(text).map_err(|e| invalid(name, &format!("is invalid: {e}")))?;
+    if ts < limits.ts_min || ts >= limits.ts_max {
+        return Err(invalid(
+            name,
+            &format!("is outside the accepted range {} to {}", limits.ts_min.to_rfc3339(), limits.ts_max.to_rfc3339()),
+        ));
+    }
+    Ok(ts)
 }
 
 fn absent(f: Option<&Field<'_>>) -> bool {
@@ -519,19 +551,7 @@ fn id(key: Key, v: Option<Field<'_>>) -> Result<Id, Rejection> {
     let name = KEYS[key as usize].0;
     match v {
         None | Some(Field::Other(Value::Null)) => Err(missing(name)),
-        Some(Field::Str(s)) => {
-            if s.is_empty() {
-                Err(invalid(name, "is empty"))
-            } else if if s.is_ascii() {
-                s.bytes().any(|b| b < 0x20 || b == 0x7f)
-            } else {
-                s.chars().any(char::is_control)
-            } {
-                Err(invalid(name, "contains a control character"))
-            } else {
-                Ok(Id::from(s.as_ref()))
-            }
-        }
+        Some(Field::Str(s)) => checked_id(name, &s),
         Some(Field::Other(_)) => Err(invalid(name, "is not a string")),
     }
 }
@@ -567,13 +587,7 @@ fn decode_wire(rec: WireRecord<'_>, limits: &DecodeLimits) -> Result<InputEvent,
         return Err(Rejection::new(RejectReason::UnknownType, format!("unknown event type `{kind}`")));
     }
     // 4. (unknown tenant: decided by the caller.) 5. ts.
-    let ts = Timestamp::parse_rfc3339(&ts_text).map_err(|e| invalid("ts", &format!("is invalid: {e}")))?;
-    if ts < limits.ts_min || ts >= limits.ts_max {
-        return Err(invalid(
-            "ts",
-            &format!("is outside the accepted range {} to {}", limits.ts_min.to_rfc3339(), limits.ts_max.to_rfc3339()),
-        ));
-    }
+    let ts = checked_ts("ts", &ts_text, limits)?;
     // 6 and 7. type fields: all presence checks first, then validity.
     let need = |keys: &[Key], wire: &Wire<'_>| -> Result<(), Rejection> {
         for &k in keys {

@@ -27,6 +27,7 @@ pub mod json;
 pub mod output;
 pub mod state;
 pub mod time;
+pub mod xdm;
 
 /// Asserts that `schemas/json/<name>.schema.json` holds exactly the schema the types generate; with
 /// `CARAVAN_UPDATE_SCHEMAS` set, writes it first (`CARAVAN_UPDATE_SCHEMAS=1 cargo test --release -p caravan-schemas`).

@@ -15,3 +15,4 @@ mod ops;
 mod publish;
 mod replay;
 mod validate;
+mod xdm;

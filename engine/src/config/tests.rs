@@ -187,3 +187,21 @@ admin_token = "op"
     assert!(!printed.contains("from-env") && !printed.contains("\"ta\""), "tokens are redacted: {printed}");
     assert_eq!(printed.matches("<redacted>").count(), 3, "{printed}");
 }
+
+#[test]
+fn an_xdm_source_names_its_tenant_and_a_native_one_does_not() {
+    let (_dir, path) = write("[input]\nformat = \"xdm\"\n");
+    let e = error_of(Some(&path), &[]);
+    assert!(e.contains("input.tenant must be set when input.format = \"xdm\""), "{e}");
+    let c = Config::load_from(Some(&path), env(&[("CARAVAN_INPUT__TENANT", "acme")])).expect("valid");
+    assert_eq!((c.input.format, c.input.tenant.as_deref()), (InputFormat::Xdm, Some("acme")));
+    let e = error_of(None, &[("CARAVAN_INPUT__TENANT", "acme")]);
+    assert!(e.contains("input.tenant is only for input.format = \"xdm\""), "{e}");
+    let e = error_of(None, &[("CARAVAN_INPUT__FORMAT", "avro")]);
+    assert!(e.contains("CARAVAN_INPUT__FORMAT") || e.contains("input.format"), "{e}");
+    let (_dir, path) = write(
+        "[input]\nformat = \"xdm\"\ntenant = \"other\"\n\n[[tenants]]\nid = \"acme\"\nsandbox = \"s\"\nsubscription = \"u\"\n",
+    );
+    let e = error_of(Some(&path), &[]);
+    assert!(e.contains("input.tenant `other` is not in the tenant registry"), "{e}");
+}

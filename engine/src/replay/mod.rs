@@ -63,6 +63,8 @@ pub struct ReplayOptions {
     pub limits: DecodeLimits,
     /// The tenant registry's tenant ids; empty accepts every tenant.
     pub tenants: Vec<String>,
+    /// XDM B2B input, every record of this tenant; `None` reads native events.
+    pub xdm_tenant: Option<String>,
     /// RocksDB tuning.
     pub store: StoreOptions,
     /// fsync outputs before each commit (for power loss; process crashes are covered without it).
@@ -94,6 +96,7 @@ impl Default for ReplayOptions {
             cache_persons: 2_000_000,
             limits: DecodeLimits::default(),
             tenants: Vec::new(),
+            xdm_tenant: None,
             store: StoreOptions::default(),
             sync: false,
             progress: false,
@@ -288,7 +291,11 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
                 .map_err(|e| EngineError::io("starting a thread".into(), e))?
         };
         let mut decoder_handles = Vec::new();
-        let rules = reader::EdgeRules { limits: opts.limits.clone(), tenants: Arc::new(opts.tenants.clone()) };
+        let rules = reader::EdgeRules {
+            limits: opts.limits.clone(),
+            tenants: Arc::new(opts.tenants.clone()),
+            xdm_tenant: opts.xdm_tenant.as_deref().map(caravan_schemas::Id::from),
+        };
         for i in 0..decoders {
             let (rx, tx, rules) = (chunk_rx.clone(), parsed_tx.clone(), rules.clone());
             decoder_handles.push(

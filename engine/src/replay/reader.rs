@@ -143,6 +143,8 @@ pub(crate) struct EdgeRules {
     pub(crate) limits: DecodeLimits,
     /// Registered tenants; empty accepts every tenant.
     pub(crate) tenants: std::sync::Arc<Vec<String>>,
+    /// XDM input, all of this tenant; none: native events.
+    pub(crate) xdm_tenant: Option<caravan_schemas::Id>,
 }
 
 /// Decodes one record: a line without its newline, or a Kafka record's value.
@@ -150,7 +152,11 @@ pub(crate) fn decode_record(raw: &[u8], rules: &EdgeRules) -> Parsed {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Parsed::Blank;
     }
-    match decode(raw, &rules.limits) {
+    let decoded = match &rules.xdm_tenant {
+        Some(tenant) => caravan_schemas::xdm::decode(raw, tenant, &rules.limits),
+        None => decode(raw, &rules.limits),
+    };
+    match decoded {
         Ok(event) if !rules.tenants.is_empty() && !rules.tenants.iter().any(|t| t == event.tenant.as_str()) => {
             let detail = format!("tenant `{}` is not in the tenant registry", event.tenant);
             Parsed::Rejected(Rejection { reason: RejectReason::UnknownTenant, detail }, raw.to_vec())

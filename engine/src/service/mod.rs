@@ -18,9 +18,10 @@ mod task;
 
 use crate::EngineError;
 use crate::admin::Admin;
-use crate::config::{Config, TimeMode};
+use crate::config::{Config, InputFormat, TimeMode};
 use crate::outputs::OutKind;
 use crate::telemetry::{self, Tally};
+use caravan_schemas::Id;
 use caravan_schemas::time::Timestamp;
 use caravan_state::{Delta, Store};
 use definitions::{Feed, Published};
@@ -48,6 +49,7 @@ fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineErro
         rules: crate::replay::reader::EdgeRules {
             limits: cfg.input.limits().map_err(EngineError::Invalid)?,
             tenants: Arc::new(cfg.tenants.iter().map(|t| t.id.clone()).collect()),
+            xdm_tenant: cfg.input.tenant.as_deref().filter(|_| cfg.input.format == InputFormat::Xdm).map(Id::from),
         },
         allowed_disorder_ns: cfg.time.allowed_disorder_ns(),
         dedup_window: cfg.input.dedup_window,
