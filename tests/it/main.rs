@@ -14,5 +14,6 @@ mod kafka_support;
 mod ops;
 mod publish;
 mod replay;
+mod tenants;
 mod validate;
 mod xdm;

@@ -30,7 +30,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 pub use publish::{stop, stored_definitions};
-pub(crate) use worker::{Queued, take_timers, write_dirty};
+pub(crate) use worker::{Queued, take_timers, timer_cause_id, write_dirty};
 
 /// Everything a replay needs to know.
 #[derive(Clone, Debug)]

@@ -39,6 +39,12 @@ pub(crate) fn write_dirty(delta: &mut Delta, tenant: &str, account: &str, state:
     }
 }
 
+/// The `cause_event_id` of a timer of `timer_tenant` firing in the pass after a record: the record's event
+/// id when it is of the same tenant, else none (empty): an output never names another tenant's event.
+pub(crate) fn timer_cause_id<'a>(record_tenant: &str, record_event_id: &'a str, timer_tenant: &str) -> &'a str {
+    if record_tenant == timer_tenant { record_event_id } else { "" }
+}
+
 /// Writes the timers a step cancelled and armed (drained from `effects`) into a delta; hands each armed one
 /// to `armed` (a worker's or task's queue).
 pub(crate) fn take_timers(
@@ -312,7 +318,7 @@ impl<'s> Worker<'s> {
                 let Some(Reverse(q)) = self.timers.pop() else { break };
                 let timer = TimerRecord { due: q.due, arm: q.arm };
                 let handle = TimerHandle { journey_id: q.journey_id, instance: q.instance, slot: q.slot, timer };
-                let cause_id = batch.event(step).map_or("", |e| e.event_id.as_str());
+                let cause_id = batch.event(step).map_or("", |e| timer_cause_id(&e.tenant, &e.event_id, &q.tenant));
                 let cause = Cause::timer(step.seq, &handle.timer, cause_id);
                 self.effects.clear();
                 let cached = self.cache.get(self.store, q.account_key, &q.tenant, &q.account_id, batch.id)?;

@@ -108,8 +108,8 @@ pub(crate) struct PartitionTask {
     dedup_log: EpochLog,
     timers: BinaryHeap<Reverse<Queued>>,
     effects: Effects,
-    /// The last record applied (the cause named by timers that a processing-time tick fires).
-    last_event_id: Id,
+    /// The last record applied, its tenant and event id (the cause a processing-time tick names).
+    last_event: (Id, Id),
 }
 
 /// Drops entries of a cache grown past `capacity`, down to three quarters of it.
@@ -150,7 +150,7 @@ impl PartitionTask {
             dedup_log,
             timers,
             effects: Effects::default(),
-            last_event_id: Id::default(),
+            last_event: (Id::default(), Id::default()),
         })
     }
 
@@ -211,7 +211,7 @@ impl PartitionTask {
         defs: &Definitions,
         watermark: i64,
         seq: u64,
-        cause_id: &str,
+        cause: (&str, &str),
         out: &mut Processed,
         dirty: &mut Vec<(Id, Id)>,
     ) -> Result<(), EngineError> {
@@ -219,6 +219,7 @@ impl PartitionTask {
             let Some(Reverse(q)) = self.timers.pop() else { break };
             let timer = TimerRecord { due: q.due, arm: q.arm };
             let handle = TimerHandle { journey_id: q.journey_id, instance: q.instance, slot: q.slot, timer };
+            let cause_id = crate::replay::timer_cause_id(cause.0, cause.1, &q.tenant);
             let cause = Cause::timer(seq, &handle.timer, cause_id);
             self.effects.clear();
             let mut effects = std::mem::take(&mut self.effects);
@@ -330,8 +331,8 @@ impl PartitionTask {
                 self.take_effects(tenant, account, &mut out, &mut dirty);
             }
             let watermark = clock.unwrap_or_else(|| max_ts.saturating_sub(self.cfg.allowed_disorder_ns));
-            self.timer_pass(defs, watermark, seq, &event.event_id, &mut out, &mut dirty)?;
-            self.last_event_id = Id::from(event.event_id.as_str());
+            self.timer_pass(defs, watermark, seq, (tenant, &event.event_id), &mut out, &mut dirty)?;
+            self.last_event = (Id::from(tenant), Id::from(event.event_id.as_str()));
         }
         Ok(self.finish(out, dirty, index_dirty, &applied_ids))
     }
@@ -348,8 +349,8 @@ impl PartitionTask {
         let mut out = Processed { input_next: self.progress.input_next, ..Processed::default() };
         let mut dirty = Vec::new();
         let seq = self.progress.input_next.max(0) as u64;
-        let cause_id = self.last_event_id.clone();
-        self.timer_pass(defs, now, seq, &cause_id, &mut out, &mut dirty)?;
+        let (tenant, event_id) = self.last_event.clone();
+        self.timer_pass(defs, now, seq, (&tenant, &event_id), &mut out, &mut dirty)?;
         Ok(Some(self.finish(out, dirty, Vec::new(), &[])))
     }
 
