@@ -234,6 +234,10 @@ pub struct InputConfig {
     pub max_ts: String,
     /// Event ids remembered for de-duplication, per run (replay) or per partition (Kafka); 0 turns it off.
     pub dedup_window: usize,
+    /// Event ids are also forgotten once their event time is this far behind the largest one applied
+    /// ("7d"); "0s": no age bound, the window is bounded by count alone.
+    #[serde(with = "humantime_serde")]
+    pub dedup_max_age: Duration,
     /// The records' format: Caravan's native events, or XDM B2B records (`schemas/XDM.md`).
     pub format: InputFormat,
     /// The tenant of every record of an XDM source (XDM records carry none); only with `format = "xdm"`.
@@ -259,6 +263,7 @@ impl Default for InputConfig {
             min_ts: "2000-01-01T00:00:00Z".into(),
             max_ts: "2100-01-01T00:00:00Z".into(),
             dedup_window: 1_000_000,
+            dedup_max_age: Duration::ZERO,
             format: InputFormat::Native,
             tenant: None,
         }
@@ -266,6 +271,11 @@ impl Default for InputConfig {
 }
 
 impl InputConfig {
+    /// The de-duplication age bound in nanoseconds (0: none).
+    pub fn dedup_max_age_ns(&self) -> i64 {
+        i64::try_from(self.dedup_max_age.as_nanos()).unwrap_or(i64::MAX)
+    }
+
     /// The decoder's limits.
     ///
     /// # Errors

@@ -27,27 +27,34 @@ impl Hasher for IdentityHasher {
     }
 }
 
-/// The last `capacity` applied event ids. After a restart it is rebuilt from the stored epochs, inserted in
-/// the same order, so it answers exactly as an uninterrupted run's window would.
+/// The window of applied event ids: the last `capacity` of them and, with a maximum age, only those whose
+/// event time is within `max_age` of the largest event time applied so far. After a restart it is rebuilt from
+/// the stored epochs, inserted in the same order, so it answers exactly as an uninterrupted run's would.
 ///
-/// Each id maps to its number in the sequence of applied ids; an id whose number is `capacity` or more
-/// behind the latest has left the window. Expired entries are purged in bulk once the map holds half a
-/// window more than `capacity`: that costs a sequential scan now and then instead of a second random
-/// memory access (the removal of the oldest id) for every record.
+/// Each id maps to its number in the sequence of applied ids and its event time; an id whose number is
+/// `capacity` or more behind the latest, or whose time is too old, has left the window. Expired entries are
+/// purged in bulk once the map holds half a window more than `capacity`: that costs a sequential scan now and
+/// then instead of a second random memory access (the removal of the oldest id) for every record.
 pub(crate) struct DedupWindow {
-    seen: HashMap<u128, u64, BuildHasherDefault<IdentityHasher>>,
+    seen: HashMap<u128, (u64, i64), BuildHasherDefault<IdentityHasher>>,
     /// Ids inserted so far: the number of the latest one.
     count: u64,
     capacity: usize,
+    /// Maximum age in event-time nanoseconds; 0: no age bound.
+    max_age: i64,
+    /// Largest event time applied (settled) so far.
+    max_ts: i64,
+    /// Event time of the id inserted last (settled, or forgotten, next).
+    last_ts: i64,
     /// Purge expired entries once the map holds this many.
     purge_at: usize,
 }
 
 impl DedupWindow {
-    pub(crate) fn new(capacity: usize) -> DedupWindow {
+    pub(crate) fn new(capacity: usize, max_age: i64) -> DedupWindow {
         let purge_at = capacity.saturating_add((capacity / 2).max(1024));
         let seen = HashMap::with_capacity_and_hasher(purge_at.min(1 << 25), BuildHasherDefault::default());
-        DedupWindow { seen, count: 0, capacity, purge_at }
+        DedupWindow { seen, count: 0, capacity, max_age, max_ts: i64::MIN, last_ts: i64::MIN, purge_at }
     }
 
     /// Ids numbered at or below this have left the window.
@@ -55,71 +62,104 @@ impl DedupWindow {
         self.count.saturating_sub(self.capacity as u64)
     }
 
-    /// Remembers an id; false when it is in the window already (a duplicate). One hash lookup for both.
-    pub(crate) fn insert(&mut self, h: u128) -> bool {
+    /// Ids with an event time before this have left the window.
+    fn oldest_ts(&self) -> i64 {
+        if self.max_age > 0 { self.max_ts.saturating_sub(self.max_age) } else { i64::MIN }
+    }
+
+    /// Remembers an id applied at event time `ts`; false when it is in the window already (a duplicate). One
+    /// hash lookup for both.
+    pub(crate) fn insert(&mut self, h: u128, ts: i64) -> bool {
         if self.capacity == 0 {
             return true;
         }
-        let window_start = self.window_start();
+        let (window_start, oldest) = (self.window_start(), self.oldest_ts());
         match self.seen.entry(h) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
-                if *e.get() > window_start {
+                let (n, t) = *e.get();
+                if n > window_start && t >= oldest {
                     return false;
                 }
                 self.count += 1;
-                e.insert(self.count);
+                e.insert((self.count, ts));
             }
             std::collections::hash_map::Entry::Vacant(e) => {
                 self.count += 1;
-                e.insert(self.count);
+                e.insert((self.count, ts));
             }
         }
+        self.last_ts = ts;
         true
     }
 
-    /// Purges expired ids when there are enough of them; called once the last inserted id is known to be
-    /// applied.
+    /// The id inserted last is applied: its time counts, and expired ids are purged when there are enough.
     pub(crate) fn settle(&mut self) {
+        self.max_ts = self.max_ts.max(self.last_ts);
         if self.seen.len() >= self.purge_at {
-            let window_start = self.window_start();
-            self.seen.retain(|_, n| *n > window_start);
+            let (window_start, oldest) = (self.window_start(), self.oldest_ts());
+            self.seen.retain(|_, (n, t)| *n > window_start && *t >= oldest);
+        }
+    }
+
+    /// Re-inserts a stored id: it was applied, so it takes the next number whatever the window says now.
+    fn reapply(&mut self, h: u128, ts: i64) {
+        if self.capacity > 0 {
+            self.count += 1;
+            self.seen.insert(h, (self.count, ts));
+            self.last_ts = ts;
+            self.settle();
         }
     }
 
     /// Forgets the id remembered last (an event that turned out not to be applied).
     pub(crate) fn forget_last(&mut self, h: u128) {
-        if self.capacity > 0 && self.seen.get(&h) == Some(&self.count) {
+        if self.capacity > 0 && self.seen.get(&h).is_some_and(|(n, _)| *n == self.count) {
             self.seen.remove(&h);
             self.count -= 1;
         }
     }
 
+    /// Largest event time applied so far (none before the first).
+    fn max_ts(&self) -> Option<i64> {
+        (self.max_ts > i64::MIN).then_some(self.max_ts)
+    }
+
     #[cfg(test)]
     pub(crate) fn contains(&self, h: u128) -> bool {
-        self.seen.get(&h).is_some_and(|n| *n > self.window_start())
+        self.seen.get(&h).is_some_and(|(n, t)| *n > self.window_start() && *t >= self.oldest_ts())
     }
 }
 
 /// The stored epochs of a window: which ones still hold part of it.
 #[derive(Default)]
 pub(crate) struct EpochLog {
-    epochs: VecDeque<(u64, usize)>,
+    /// (epoch, entries, largest event time among them).
+    epochs: VecDeque<(u64, usize, i64)>,
     total: usize,
     capacity: usize,
+    max_age: i64,
 }
 
 impl EpochLog {
-    /// Stores the ids applied in `epoch` and deletes the oldest epochs that the rest make unnecessary.
-    pub(crate) fn record(&mut self, delta: &mut Delta, epoch: u64, hashes: &[u128]) {
-        if hashes.is_empty() || self.capacity == 0 {
+    /// Stores the ids applied in `epoch` (with their event times) and deletes the oldest epochs that the
+    /// rest make unnecessary (by count) or that are all too old (by age, against `max_ts`, the largest event
+    /// time applied so far).
+    pub(crate) fn record(&mut self, delta: &mut Delta, epoch: u64, entries: &[(u128, i64)], max_ts: Option<i64>) {
+        if self.capacity == 0 {
             return;
         }
-        delta.put_dedup_epoch(epoch, hashes);
-        self.epochs.push_back((epoch, hashes.len()));
-        self.total += hashes.len();
-        // Drop the oldest epochs while the rest still hold the whole window.
-        while let Some(&(old, n)) = self.epochs.front() {
-            if self.total - n < self.capacity {
+        if !entries.is_empty() {
+            delta.put_dedup_epoch(epoch, entries);
+            let newest = entries.iter().map(|(_, t)| *t).max().unwrap_or(i64::MIN);
+            self.epochs.push_back((epoch, entries.len(), newest));
+            self.total += entries.len();
+        }
+        let oldest = match max_ts {
+            Some(m) if self.max_age > 0 => m.saturating_sub(self.max_age),
+            _ => i64::MIN,
+        };
+        while let Some(&(old, n, newest)) = self.epochs.front() {
+            if self.total - n < self.capacity && newest >= oldest {
                 break;
             }
             delta.delete_dedup_epoch(old);
@@ -129,22 +169,34 @@ impl EpochLog {
     }
 }
 
-/// The window and its epoch log as a store committed them.
+/// The window and its epoch log as a store committed them; `max_ts` is the largest event time the store
+/// has applied (the age bound counts back from it).
 ///
 /// # Errors
 /// A state read failure.
-pub(crate) fn restore(store: &Store, capacity: usize) -> Result<(DedupWindow, EpochLog), caravan_state::StateError> {
+pub(crate) fn restore(
+    store: &Store,
+    capacity: usize,
+    max_age: i64,
+    max_ts: Option<i64>,
+) -> Result<(DedupWindow, EpochLog), caravan_state::StateError> {
     let stored = store.dedup_epochs()?;
-    let mut window = DedupWindow::new(capacity);
-    let mut log = EpochLog { capacity, ..EpochLog::default() };
-    for (epoch, hashes) in &stored {
-        for h in hashes {
-            let _ = window.insert(*h);
-            window.settle();
+    let mut window = DedupWindow::new(capacity, max_age);
+    let mut log = EpochLog { capacity, max_age, ..EpochLog::default() };
+    for (epoch, entries) in &stored {
+        for (h, ts) in entries {
+            window.reapply(*h, *ts);
         }
-        log.epochs.push_back((*epoch, hashes.len()));
-        log.total += hashes.len();
+        let newest = entries.iter().map(|(_, t)| *t).max().unwrap_or(i64::MIN);
+        log.epochs.push_back((*epoch, entries.len(), newest));
+        log.total += entries.len();
     }
+    // Epochs stored by builds that kept no times read as i64::MAX: the committed time is the true latest.
+    window.max_ts = match (max_ts, window.max_ts()) {
+        (Some(m), _) => m,
+        (None, Some(w)) if w < i64::MAX => w,
+        _ => i64::MIN,
+    };
     Ok((window, log))
 }
 
@@ -154,22 +206,75 @@ mod tests {
 
     #[test]
     fn dedup_window_keeps_the_last_n() {
-        let mut w = DedupWindow::new(3);
+        let mut w = DedupWindow::new(3, 0);
         for h in 1..=5u128 {
-            assert!(w.insert(h));
+            assert!(w.insert(h, 0));
             w.settle();
         }
-        assert!(!w.insert(5), "a duplicate");
+        assert!(!w.insert(5, 0), "a duplicate");
         // An id that was not applied after all is forgotten without evicting anything.
-        assert!(w.insert(9));
+        assert!(w.insert(9, 0));
         w.forget_last(9);
         w.settle();
         assert!(!w.contains(9) && w.contains(3));
         assert!(!w.contains(1) && !w.contains(2));
         assert!(w.contains(3) && w.contains(4) && w.contains(5));
-        let mut off = DedupWindow::new(0);
-        assert!(off.insert(1));
+        let mut off = DedupWindow::new(0, 0);
+        assert!(off.insert(1, 0));
         assert!(!off.contains(1));
+    }
+
+    #[test]
+    fn an_age_bound_forgets_ids_whose_time_is_too_far_behind() {
+        let day = 86_400_000_000_000i64;
+        let mut w = DedupWindow::new(1000, 7 * day);
+        assert!(w.insert(1, 0));
+        w.settle();
+        assert!(w.insert(2, 3 * day));
+        w.settle();
+        assert!(!w.insert(1, 3 * day), "3 days later, a duplicate");
+        assert!(w.insert(3, 8 * day));
+        w.settle();
+        // Time is now day 8: id 1 (day 0) has aged out, id 2 (day 3) has not.
+        assert!(!w.contains(1) && w.contains(2));
+        assert!(w.insert(1, 8 * day), "applied again once older than the bound");
+        w.settle();
+        assert!(!w.insert(2, 9 * day), "still a duplicate");
+        // The count bound still applies with an age bound.
+        let mut small = DedupWindow::new(1, 7 * day);
+        assert!(small.insert(1, 0));
+        small.settle();
+        assert!(small.insert(2, 0));
+        small.settle();
+        assert!(small.insert(1, 0), "pushed out by count");
+    }
+
+    #[test]
+    fn the_epoch_log_drops_epochs_that_are_all_too_old_and_a_restore_answers_the_same() {
+        let day = 86_400_000_000_000i64;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &caravan_state::StoreOptions::default()).expect("store");
+        let (mut w, mut log) = restore(&store, 1000, 2 * day, None).expect("restore");
+        let mut max_ts = None;
+        for (epoch, entries) in [(1u64, vec![(10u128, 0i64), (11, day / 2)]), (2, vec![(12, day)]), (3, vec![(13, 3 * day)])] {
+            let mut delta = Delta::default();
+            for (h, ts) in &entries {
+                assert!(w.insert(*h, *ts));
+                w.settle();
+                max_ts = Some(max_ts.map_or(*ts, |m: i64| m.max(*ts)));
+            }
+            log.record(&mut delta, epoch, &entries, max_ts);
+            store.commit(&delta, &caravan_state::Checkpoint::default()).expect("commit");
+        }
+        // Day 3 with a two-day bound (ids from day 1 on stay): epoch 1 (days 0 and 0.5) is gone, epoch 2
+        // (day 1) stays.
+        let epochs: Vec<u64> = store.dedup_epochs().expect("read").iter().map(|(e, _)| *e).collect();
+        assert_eq!(epochs, [2, 3]);
+        let (again, _) = restore(&store, 1000, 2 * day, max_ts).expect("restore");
+        for h in [10u128, 11, 12, 13] {
+            assert_eq!(again.contains(h), w.contains(h), "id {h} after a restart");
+        }
+        assert!(again.contains(13) && again.contains(12) && !again.contains(11) && !again.contains(10));
     }
 
     proptest::proptest! {
@@ -180,12 +285,12 @@ mod tests {
             capacity in 0usize..40,
             ops in proptest::collection::vec((0u128..60, proptest::bool::weighted(0.1)), 0..4000),
         ) {
-            let mut w = DedupWindow::new(capacity);
+            let mut w = DedupWindow::new(capacity, 0);
             w.purge_at = capacity + 3;
             let mut model: std::collections::VecDeque<u128> = std::collections::VecDeque::new();
             for (h, not_applied) in ops {
                 let dup = capacity > 0 && model.contains(&h);
-                proptest::prop_assert_eq!(w.insert(h), !dup);
+                proptest::prop_assert_eq!(w.insert(h, 0), !dup);
                 if dup {
                     continue;
                 }

@@ -136,6 +136,10 @@ struct ReplayArgs {
     /// Event ids remembered for de-duplication, 0: off [default: 1000000].
     #[arg(long)]
     dedup_window: Option<usize>,
+    /// Also forget event ids whose event time is this far behind the largest applied ("7d"; 0s: no age
+    /// bound) [default: the configuration's input.dedup_max_age, 0s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    dedup_max_age: Option<Duration>,
     /// Commit at least this often.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     commit_interval: Duration,
@@ -359,6 +363,8 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         allowed_disorder_ns: i64::try_from(args.allowed_disorder.unwrap_or(cfg.time.allowed_disorder).as_nanos())
             .context("--allowed-disorder is too large")?,
         dedup_window: args.dedup_window.unwrap_or(cfg.input.dedup_window),
+        dedup_max_age_ns: i64::try_from(args.dedup_max_age.unwrap_or(cfg.input.dedup_max_age).as_nanos())
+            .context("--dedup-max-age is too large")?,
         tenants: cfg.tenants.iter().map(|t| t.id.clone()).collect(),
         xdm_tenant,
         commit_interval: args.commit_interval,

@@ -144,6 +144,12 @@ pub struct Delta {
     ops: Vec<Op>,
 }
 
+/// One stored de-duplication epoch: its number, and its event-id hashes with their event times.
+pub type DedupEpoch = (u64, Vec<(u128, i64)>);
+
+/// Second byte of a de-duplication epoch whose entries carry their event time.
+const DEDUP_TIMED: u8 = 1;
+
 fn key2(a: &str, b: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + b.len() + 1);
     k.extend_from_slice(a.as_bytes());
@@ -296,11 +302,12 @@ impl Delta {
     }
 
     /// Records the event-id hashes applied in an epoch.
-    pub fn put_dedup_epoch(&mut self, epoch: u64, hashes: &[u128]) {
-        let mut v = Vec::with_capacity(1 + hashes.len() * 16);
-        v.push(codec::FORMAT_VERSION);
-        for h in hashes {
+    pub fn put_dedup_epoch(&mut self, epoch: u64, entries: &[(u128, i64)]) {
+        let mut v = Vec::with_capacity(2 + entries.len() * 24);
+        v.extend_from_slice(&[codec::FORMAT_VERSION, DEDUP_TIMED]);
+        for (h, ts) in entries {
             v.extend_from_slice(&h.to_le_bytes());
+            v.extend_from_slice(&ts.to_le_bytes());
         }
         self.put(DEDUP, epoch.to_be_bytes().to_vec(), v);
     }
@@ -735,26 +742,31 @@ impl Store {
         Ok(out)
     }
 
-    /// The de-duplication window: every stored epoch with its event-id hashes, oldest first.
+    /// The de-duplication window: every stored epoch with its event-id hashes and event times, oldest
+    /// first. Epochs stored before event times were kept read with the time `i64::MAX` (never too old).
     ///
     /// # Errors
     /// On a read failure or a corrupt value.
-    pub fn dedup_epochs(&self) -> Result<Vec<(u64, Vec<u128>)>> {
+    pub fn dedup_epochs(&self) -> Result<Vec<DedupEpoch>> {
         self.check()?;
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(DEDUP), IteratorMode::Start) {
             let (k, v) = item?;
             let corrupt = |why: &str| StateError::Codec { key: escape(&k), source: CodecError::Corrupt(why.into()) };
             let epoch = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| corrupt("bad epoch key"))?);
-            let body = match v.split_first() {
-                Some((&codec::FORMAT_VERSION, body)) if body.len() % 16 == 0 => body,
+            let hash = |c: &[u8]| u128::from_le_bytes(c[..16].try_into().expect("16 bytes"));
+            // Timed values are 2 + 24n bytes, the older hash-only ones 1 + 16n: never the same length mod 8.
+            let entries = match v.split_first() {
+                Some((&codec::FORMAT_VERSION, [DEDUP_TIMED, body @ ..])) if body.len() % 24 == 0 => body
+                    .chunks_exact(24)
+                    .map(|c| (hash(c), i64::from_le_bytes(c[16..].try_into().expect("8 bytes"))))
+                    .collect(),
+                Some((&codec::FORMAT_VERSION, body)) if body.len() % 16 == 0 => {
+                    body.chunks_exact(16).map(|c| (hash(c), i64::MAX)).collect()
+                }
                 _ => return Err(corrupt("bad dedup value")),
             };
-            let hashes = body
-                .chunks_exact(16)
-                .map(|c| u128::from_le_bytes(c.try_into().expect("chunks_exact yields 16 bytes")))
-                .collect();
-            out.push((epoch, hashes));
+            out.push((epoch, entries));
         }
         Ok(out)
     }

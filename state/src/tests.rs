@@ -94,8 +94,8 @@ fn deletes_and_timers_and_dedup_round_trip() {
     let timer = TimerRecord { due: -5, arm: vec![1, 0, 0] };
     d.put_timer("t", "a", ("j", 2, 1), &timer);
     d.put_timer("t", "b", ("j", 1, 0), &timer);
-    d.put_dedup_epoch(1, &[1, u128::MAX]);
-    d.put_dedup_epoch(2, &[3]);
+    d.put_dedup_epoch(1, &[(1, 10), (u128::MAX, -5)]);
+    d.put_dedup_epoch(2, &[(3, i64::MIN)]);
     store.commit(&d, &Checkpoint::default()).expect("commits");
     let mut d = Delta::default();
     d.delete_person("t", "a", "p1");
@@ -115,7 +115,7 @@ fn deletes_and_timers_and_dedup_round_trip() {
             timer
         }]
     );
-    assert_eq!(store.dedup_epochs().expect("reads"), vec![(2, vec![3])]);
+    assert_eq!(store.dedup_epochs().expect("reads"), vec![(2, vec![(3, i64::MIN)])]);
 }
 
 #[test]
@@ -233,7 +233,7 @@ fn changelog_records_rebuild_the_same_state_and_reapply_idempotently() {
     first.put_person("t", "acct", &person("p2", 2));
     first.put_person_index("t", "p1", &IndexRecord { account_id: "acct".into(), present: true });
     first.put_timer("t", "acct", ("j", 1, 0), &TimerRecord { due: 5, arm: vec![1] });
-    first.put_dedup_epoch(1, &[7, 8]);
+    first.put_dedup_epoch(1, &[(7, 1), (8, 2)]);
     first.put_meta("partition", vec![1, 2, 3]);
     let mut second = Delta::default();
     second.delete_person("t", "acct", "p2");
@@ -260,4 +260,20 @@ fn changelog_records_rebuild_the_same_state_and_reapply_idempotently() {
     let mut bad = Delta::default();
     assert!(bad.push_changelog_record(&[200, 1], None).is_err(), "unknown column family");
     assert!(bad.push_changelog_record(&[], Some(b"x")).is_err(), "empty key");
+}
+
+#[test]
+fn dedup_epochs_stored_without_times_still_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let mut d = Delta::default();
+    // The layout of earlier builds: the format byte, then 16-byte hashes.
+    let mut old = vec![codec::FORMAT_VERSION];
+    old.extend_from_slice(&5u128.to_le_bytes());
+    old.extend_from_slice(&6u128.to_le_bytes());
+    d.put(DEDUP, 1u64.to_be_bytes().to_vec(), old);
+    d.put_dedup_epoch(2, &[(7, 42)]);
+    store.commit(&d, &Checkpoint::default()).expect("commits");
+    let epochs = store.dedup_epochs().expect("reads");
+    assert_eq!(epochs, vec![(1, vec![(5, i64::MAX), (6, i64::MAX)]), (2, vec![(7, 42)])]);
 }

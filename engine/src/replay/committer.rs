@@ -88,7 +88,7 @@ pub(crate) struct Committer<'s> {
     next_batch: u64,
     // The epoch being gathered.
     delta: Delta,
-    dedup: Vec<u128>,
+    dedup: Vec<(u128, i64)>,
     last_batch: u64,
     epoch_records: u64,
     epoch_started: Instant,
@@ -227,7 +227,7 @@ impl<'s> Committer<'s> {
         }
         let mut delta = std::mem::take(&mut self.delta);
         delta.compact();
-        self.dedup_log.record(&mut delta, epoch, &self.dedup);
+        self.dedup_log.record(&mut delta, epoch, &self.dedup, self.checkpoint.max_ts);
         self.dedup.clear();
         self.checkpoint.epoch = epoch;
         for (total, n) in self.checkpoint.totals.iter_mut().zip(self.tally.totals) {

@@ -136,7 +136,7 @@ pub(crate) struct RouterPart {
     /// Person index writes.
     pub(crate) delta: Delta,
     /// Hashes of the event ids applied in this batch, in order.
-    pub(crate) dedup: Vec<u128>,
+    pub(crate) dedup: Vec<(u128, i64)>,
     /// Input consumed after this batch: records (lines) and bytes.
     pub(crate) records_end: u64,
     pub(crate) bytes_end: u64,

@@ -55,6 +55,9 @@ pub struct ReplayOptions {
     pub allowed_disorder_ns: i64,
     /// Event ids remembered for de-duplication (0 turns it off).
     pub dedup_window: usize,
+    /// Event ids are also forgotten once their event time is this far (nanoseconds) behind the largest one
+    /// applied; 0: no age bound.
+    pub dedup_max_age_ns: i64,
     /// Accounts cached in memory, over all workers.
     pub cache_accounts: usize,
     /// Person index entries cached in memory.
@@ -92,6 +95,7 @@ impl Default for ReplayOptions {
             commit_records: 250_000,
             allowed_disorder_ns: 5_000_000_000,
             dedup_window: 1_000_000,
+            dedup_max_age_ns: 0,
             cache_accounts: 400_000,
             cache_persons: 2_000_000,
             limits: DecodeLimits::default(),
@@ -230,7 +234,8 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     let source_name = if opts.input.as_os_str() == "-" { "-".to_owned() } else { opts.input.display().to_string() };
 
     // The de-duplication window and the timers, as committed.
-    let (dedup, dedup_log) = crate::dedup::restore(&store, opts.dedup_window)?;
+    let (dedup, dedup_log) =
+        crate::dedup::restore(&store, opts.dedup_window, opts.dedup_max_age_ns, checkpoint.max_ts)?;
     let mut timers: Vec<Vec<caravan_state::StoredTimer>> = (0..workers).map(|_| Vec::new()).collect();
     for t in store.timers()? {
         timers[keys::worker_of(keys::account_key(&t.tenant, &t.account_id), workers)].push(t);

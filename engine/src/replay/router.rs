@@ -195,7 +195,7 @@ impl<'s> Router<'s> {
         let Decoded { event, dedup: hash, named_account, raw } = decoded;
         let (hash, named_account) = (*hash, *named_account);
         // Remembered now (one lookup); forgotten again below if the event turns out not to be applied.
-        if !self.dedup.insert(hash) {
+        if !self.dedup.insert(hash, event.ts.0) {
             self.part.tally.duplicate(&event.tenant);
             return Ok(());
         }
@@ -251,7 +251,7 @@ impl<'s> Router<'s> {
             self.set_index(key, entity, tenant, id, update);
         }
         self.dedup.settle();
-        self.part.dedup.push(hash);
+        self.part.dedup.push((hash, event.ts.0));
         self.part.tally.applied(tenant, &event.body);
         let ts = event.ts.0;
         // Late: strictly behind the watermark. Still applied; it only never moves time.

@@ -53,6 +53,7 @@ fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineErro
         },
         allowed_disorder_ns: cfg.time.allowed_disorder_ns(),
         dedup_window: cfg.input.dedup_window,
+        dedup_max_age_ns: cfg.input.dedup_max_age_ns(),
         cache_accounts: (cfg.state.cache_accounts / partitions.max(1)).max(16),
         cache_persons: (cfg.state.cache_persons / partitions.max(1)).max(16),
         store: cfg.state.store_options(),

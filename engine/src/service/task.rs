@@ -88,6 +88,8 @@ pub(crate) struct TaskConfig {
     pub(crate) rules: EdgeRules,
     pub(crate) allowed_disorder_ns: i64,
     pub(crate) dedup_window: usize,
+    /// De-duplication's age bound in event-time nanoseconds (0: none).
+    pub(crate) dedup_max_age_ns: i64,
     pub(crate) cache_accounts: usize,
     /// Person and opportunity index entries kept in memory.
     pub(crate) cache_persons: usize,
@@ -137,7 +139,8 @@ impl PartitionTask {
     pub(crate) fn open(store: Arc<Store>, partition: i32, cfg: TaskConfig) -> Result<PartitionTask, EngineError> {
         let progress = Progress::read(&store)
             .map_err(|e| EngineError::Internal(format!("partition {partition}: stored progress: {e}")))?;
-        let (dedup, dedup_log) = crate::dedup::restore(&store, cfg.dedup_window)?;
+        let (dedup, dedup_log) =
+            crate::dedup::restore(&store, cfg.dedup_window, cfg.dedup_max_age_ns, progress.max_ts)?;
         let timers = store.timers()?.into_iter().map(|t| Reverse(Queued::stored(t))).collect();
         Ok(PartitionTask {
             partition,
@@ -246,7 +249,7 @@ impl PartitionTask {
         let mut out = Processed { input_next: self.progress.input_next, ..Processed::default() };
         let mut dirty: Vec<(Id, Id)> = Vec::new();
         let mut index_dirty: Vec<(u128, Entity, Id, Id)> = Vec::new();
-        let mut applied_ids: Vec<u128> = Vec::new();
+        let mut applied_ids: Vec<(u128, i64)> = Vec::new();
         for rec in records {
             out.input_next = rec.offset + 1;
             out.read.push(rec.read_at);
@@ -261,7 +264,7 @@ impl PartitionTask {
             };
             let Decoded { event, dedup: hash, .. } = decoded;
             let tenant = event.tenant.as_str();
-            if !self.dedup.insert(hash) {
+            if !self.dedup.insert(hash, event.ts.0) {
                 out.tally.duplicate(tenant);
                 continue;
             }
@@ -310,7 +313,7 @@ impl PartitionTask {
                 }
             }
             self.dedup.settle();
-            applied_ids.push(hash);
+            applied_ids.push((hash, event.ts.0));
             out.tally.applied(tenant, &event.body);
             let ts = event.ts.0;
             if clock.is_none()
@@ -361,7 +364,7 @@ impl PartitionTask {
         mut out: Processed,
         mut dirty: Vec<(Id, Id)>,
         mut index_dirty: Vec<(u128, Entity, Id, Id)>,
-        applied_ids: &[u128],
+        applied_ids: &[(u128, i64)],
     ) -> Processed {
         dirty.sort_unstable();
         dirty.dedup();
@@ -382,7 +385,7 @@ impl PartitionTask {
         }
         self.progress.epoch += 1;
         self.progress.input_next = out.input_next;
-        self.dedup_log.record(&mut out.delta, self.progress.epoch, applied_ids);
+        self.dedup_log.record(&mut out.delta, self.progress.epoch, applied_ids, self.progress.max_ts);
         out.delta.put_meta(PROGRESS, caravan_schemas::state::encode(&self.progress));
         out
     }
