@@ -256,7 +256,9 @@ mod tests {
         let store = Store::open(dir.path(), &caravan_state::StoreOptions::default()).expect("store");
         let (mut w, mut log) = restore(&store, 1000, 2 * day, None).expect("restore");
         let mut max_ts = None;
-        for (epoch, entries) in [(1u64, vec![(10u128, 0i64), (11, day / 2)]), (2, vec![(12, day)]), (3, vec![(13, 3 * day)])] {
+        for (epoch, entries) in
+            [(1u64, vec![(10u128, 0i64), (11, day / 2)]), (2, vec![(12, day)]), (3, vec![(13, 3 * day)])]
+        {
             let mut delta = Delta::default();
             for (h, ts) in &entries {
                 assert!(w.insert(*h, *ts));

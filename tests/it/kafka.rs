@@ -441,3 +441,34 @@ fn a_version_published_while_running_enters_the_accounts_already_in_its_audience
     assert!(terminate(child).success(), "{}", run_log(dir.path(), "run-2.log"));
     assert_eq!(cluster.read_committed("actions").len(), 2, "entered once");
 }
+
+#[test]
+fn an_xdm_input_topic_is_read_as_its_configured_tenant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::new(dir.path(), 1);
+    let account = r#"{"_id":"x1","accountKey":{"sourceKey":"100@mkto.Marketo"},"accountName":"Northwind","extSourceSystemAudit":{"lastUpdatedDate":"2026-03-01T08:00:00Z"}}"#;
+    let person = r#"{"_id":"x2","b2b":{"personKey":{"sourceKey":"42@mkto.Marketo"},"accountKey":{"sourceKey":"100@mkto.Marketo"}},"extSourceSystemAudit":{"lastUpdatedDate":"2026-03-01T08:01:00Z"}}"#;
+    let click = r#"{"_id":"x3","timestamp":"2026-03-01T09:00:00Z","eventType":"directMarketing.emailClicked","personKey":{"sourceKey":"42@mkto.Marketo"}}"#;
+    let anonymous = r#"{"_id":"x4","timestamp":"2026-03-01T09:01:00Z","eventType":"directMarketing.emailClicked"}"#;
+    cluster.produce(&[account, person, click, anonymous]);
+    let env = [("CARAVAN_INPUT__FORMAT", "xdm"), ("CARAVAN_INPUT__TENANT", "bench")];
+    let child = cluster.start_with(0, &dir.path().join("state"), &dir.path().join("run.log"), &env);
+    cluster.wait_caught_up(Duration::from_secs(120));
+    assert!(terminate(child).success(), "{}", run_log(dir.path(), "run.log"));
+    let changes = cluster.read_committed("changes");
+    let entities: Vec<(&str, &str, &str)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["tenant"].as_str().unwrap_or(""),
+                c["entity"].as_str().unwrap_or(""),
+                c["entity_id"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(entities, [("bench", "account", "100@mkto.Marketo"), ("bench", "person", "42@mkto.Marketo")]);
+    let rejected = cluster.read_committed("rejected");
+    assert_eq!(rejected.len(), 1, "the click resolved through its person; only the anonymous one is rejected");
+    assert_eq!(rejected[0]["reason"], "missing_field");
+    assert_eq!(rejected[0]["source"]["offset"], 3);
+}

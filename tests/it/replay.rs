@@ -346,9 +346,14 @@ fn de_duplication_by_count_and_age_survives_a_restart() {
     std::fs::write(&input, &first).expect("write");
     replay(&defs, &input, &out, Some(&state), &flags);
     // Second run, resumed from the state: the window is the one the first run committed.
-    let second: String =
-        [event("e2", 4, "dup"), event("e1", 4, "again"), event("e4", 4, "v4"), event("e5", 4, "v5"), event("e2", 4, "x")]
-            .concat();
+    let second: String = [
+        event("e2", 4, "dup"),
+        event("e1", 4, "again"),
+        event("e4", 4, "v4"),
+        event("e5", 4, "v5"),
+        event("e2", 4, "x"),
+    ]
+    .concat();
     std::fs::write(&input, first + &second).expect("write");
     let run = replay(&defs, &input, &out, Some(&state), &flags);
     let text = String::from_utf8_lossy(&run.stdout);
