@@ -29,6 +29,10 @@ fn bad() -> Vec<(Vec<u8>, &'static str)> {
         (format!(r#"{{{env},"type":"person.activity","person_id":"p","account_id":"a","activity":"email.teleported"}}"#).into_bytes(), "invalid_field"),
         (format!(r#"{{{env},"type":"person.activity","person_id":"nobody","activity":"email.opened"}}"#).into_bytes(), "unknown_person_account"),
         (format!(r#"{{"x":"{}"}}"#, "y".repeat(300)).into_bytes(), "too_large"),
+        (br#"{"tenant":"bench","type":"account.deleted","event_id":"b","ts":"2026-01-01T00:00:00Z","account_id":"a\u0007"}"#.to_vec(), "invalid_field"),
+        (br#"{"tenant":"bench","type":"account.deleted","event_id":"b","ts":"2300-01-01T00:00:00Z","account_id":"a"}"#.to_vec(), "invalid_field"),
+        (br#"{"tenant":"bench","type":"account.deleted","event_id":"b","ts":"1999-12-31T23:59:59Z","account_id":"a"}"#.to_vec(), "invalid_field"),
+        (format!("{}{}", "[".repeat(130), "]".repeat(110)).into_bytes(), "malformed_json"),
     ]
 }
 
@@ -41,7 +45,7 @@ fn each_bad_record_is_rejected_with_its_reason_and_changes_nothing() {
     let mut expected = Vec::new();
     let mut line = 0u64;
     for (i, good) in GOOD.iter().enumerate() {
-        for (raw, reason) in bad.iter().skip(i * 4).take(4) {
+        for (raw, reason) in bad.iter().skip(i).step_by(GOOD.len()) {
             mixed.extend_from_slice(raw);
             mixed.push(b'\n');
             line += 1;
@@ -65,6 +69,7 @@ fn each_bad_record_is_rejected_with_its_reason_and_changes_nothing() {
         .iter()
         .map(|r| (r["source"]["line"].as_u64().expect("line"), r["reason"].as_str().expect("reason").to_owned()))
         .collect();
+    assert_eq!(expected.len(), bad.len(), "every bad record is in the input");
     let want: Vec<(u64, String)> = expected.iter().map(|(l, r)| (*l, (*r).to_owned())).collect();
     assert_eq!(got, want);
     for r in &rejected {
