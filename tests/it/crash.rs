@@ -27,6 +27,41 @@ fn spawn_replay(defs: &Path, input: &Path, out: &Path, state: &Path, extra: &[&s
         .expect("caravan starts")
 }
 
+/// SIGKILLs resumable replays of one state at `kills` random points of their progress: each run dies once the
+/// changes file (appended to at every commit) has grown past a random share of an uninterrupted run's, so the
+/// kills land while work remains however fast or loaded the machine is. Returns how many landed mid-run.
+fn kill_at_random_progress(
+    rng: &mut rand::rngs::StdRng,
+    kills: usize,
+    full: &Path,
+    out: &Path,
+    spawn: impl Fn() -> Child,
+) -> usize {
+    let size = |dir: &Path| std::fs::metadata(dir.join("changes.ndjson")).map_or(0, |m| m.len());
+    let whole = size(full);
+    assert!(whole > 100, "the uninterrupted run has changes to cut into");
+    let mut targets: Vec<u64> = (0..kills).map(|_| rng.random_range(1..whole * 9 / 10)).collect();
+    targets.sort_unstable();
+    let mut landed = 0;
+    for target in targets {
+        let mut child = spawn();
+        let started = Instant::now();
+        while child.try_wait().expect("status").is_none()
+            && size(out) < target
+            && started.elapsed() < Duration::from_secs(300)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if child.try_wait().expect("status").is_none() {
+            landed += 1;
+        }
+        // SIGKILL: no chance to flush or clean up.
+        child.kill().expect("kill");
+        child.wait().expect("reaped");
+    }
+    landed
+}
+
 #[test]
 fn kill_at_random_points_then_resume_gives_identical_outputs() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -44,23 +79,12 @@ fn kill_at_random_points_then_resume_gives_identical_outputs() {
     eprintln!("crash test seed {seed} (set CARAVAN_CRASH_SEED to replay it); uninterrupted run took {full:?}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (out, state) = (dir.path().join("out"), dir.path().join("state"));
-    let mut killed_mid_run = 0;
-    for _ in 0..8 {
-        let extra = ["--workers", "2", "--commit-interval", "5ms", "--commit-records", "2000"];
-        let mut child = spawn_replay(&defs, &input, &out, &state, &extra, false);
-        // Each kill lands within the first third of an uninterrupted run's time, so that several land while
-        // work remains even when this machine is fast (a wait as long as the run let every kill miss once).
-        let wait = rng.random_range(5..(full.as_millis() as u64 / 3).max(10));
-        std::thread::sleep(Duration::from_millis(wait));
-        if child.try_wait().expect("status").is_none() {
-            killed_mid_run += 1;
-        }
-        // SIGKILL: no chance to flush or clean up.
-        child.kill().expect("kill");
-        child.wait().expect("reaped");
-    }
+    let extra = ["--workers", "2", "--commit-interval", "5ms", "--commit-records", "2000"];
+    let killed_mid_run = kill_at_random_progress(&mut rng, 8, &reference, &out, || {
+        spawn_replay(&defs, &input, &out, &state, &extra, false)
+    });
     eprintln!("{killed_mid_run} of 8 kills hit a running replay");
-    assert!(killed_mid_run > 0, "no kill landed while the replay ran");
+    assert!(killed_mid_run >= 6, "kills land while the replay runs ({killed_mid_run} of 8)");
     replay(&defs, &input, &out, Some(&state), &["--workers", "2"]);
     let (a, b) = (output_bytes(&reference), output_bytes(&out));
     for (i, name) in ["actions", "changes", "rejected"].iter().enumerate() {
@@ -121,18 +145,11 @@ fn kills_during_moves_and_deletes_still_give_identical_outputs() {
     eprintln!("crash test seed {seed}; uninterrupted run took {full:?}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (out, state) = (dir.path().join("out"), dir.path().join("state"));
-    let mut killed_mid_run = 0;
-    for _ in 0..6 {
-        let extra = ["--workers", "3", "--commit-interval", "2ms", "--commit-records", "500"];
-        let mut child = spawn_replay(&defs, &input, &out, &state, &extra, false);
-        std::thread::sleep(Duration::from_millis(rng.random_range(5..(full.as_millis() as u64 / 3).max(10))));
-        if child.try_wait().expect("status").is_none() {
-            killed_mid_run += 1;
-        }
-        child.kill().expect("kill");
-        child.wait().expect("reaped");
-    }
-    assert!(killed_mid_run > 0, "no kill landed while the replay ran");
+    let extra = ["--workers", "3", "--commit-interval", "2ms", "--commit-records", "500"];
+    let killed_mid_run = kill_at_random_progress(&mut rng, 6, &reference, &out, || {
+        spawn_replay(&defs, &input, &out, &state, &extra, false)
+    });
+    assert!(killed_mid_run >= 4, "kills land while the replay runs ({killed_mid_run} of 6)");
     replay(&defs, &input, &out, Some(&state), &["--workers", "3"]);
     assert!(output_bytes(&out) == output_bytes(&reference), "outputs differ after crashes (seed {seed})");
 }

@@ -399,6 +399,11 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         }
     });
     progress.finish_and_clear();
+    if let Some(admin) = &opts.admin {
+        // The store closes here, before a temporary state folder is removed.
+        admin.set_ready(false);
+        admin.remove_store(0);
+    }
     let (cp, complete) = result?;
     Ok(Summary {
         records: cp.records - start_record,
