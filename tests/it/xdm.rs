@@ -2,56 +2,24 @@
 //! activities resolve to their person's account, and records without their identity are rejected.
 
 use crate::support::*;
-use serde_json::{Value, json};
-
-fn key(id: &str) -> Value {
-    json!({"sourceType": "Marketo", "sourceInstanceID": "123-ABC-456", "sourceID": id,
-           "sourceKey": format!("{id}@123-ABC-456.Marketo")})
-}
+use serde_json::Value;
 
 fn sk(id: &str) -> String {
     format!("{id}@123-ABC-456.Marketo")
 }
 
-fn audit(ts: &str) -> Value {
-    json!({"createdDate": "2026-03-01T00:00:00Z", "lastUpdatedDate": ts})
-}
-
+/// The bundled XDM example (`ops/examples/xdm-events.ndjson`): an account, a person with its account, a person
+/// placed by an account-person relation then updated in the namespaced form, an opportunity, two activities of
+/// known people, then an activity of an unknown person, one without identity and an unmapped event type.
 fn records() -> Vec<Value> {
-    vec![
-        json!({"_id": "r1", "accountKey": key("100.mkto_org"), "accountName": "Northwind",
-               "accountOrganization": {"numberOfEmployees": 4200}, "extSourceSystemAudit": audit("2026-03-01T08:00:00Z")}),
-        json!({"_id": "r2", "b2b": {"personKey": key("42"), "accountKey": key("100.mkto_org"), "personType": "Contact"},
-               "workEmail": {"address": "ana@northwind.example"}, "extSourceSystemAudit": audit("2026-03-01T08:01:00Z")}),
-        // A person placed in the account by an account-person relation, then updated in the namespaced form
-        // (without an account: it stays where it is).
-        json!({"accountPersonKey": key("ap-1"), "accountKey": key("100.mkto_org"), "personKey": key("43"),
-               "personRole": "Influencer", "extSourceSystemAudit": audit("2026-03-01T08:02:00Z")}),
-        json!({"@id": "r3", "xdm:b2b": {"xdm:personKey": {"xdm:sourceKey": sk("43")}},
-               "xdm:workEmail": {"xdm:address": "raj@northwind.example"},
-               "xdm:extSourceSystemAudit": {"xdm:lastUpdatedDate": "2026-03-01T08:03:00Z"}}),
-        json!({"_id": "r5", "opportunityKey": key("9001"), "accountKey": key("100.mkto_org"),
-               "opportunityName": "Fleet", "opportunityStage": "Negotiation",
-               "extSourceSystemAudit": audit("2026-03-01T08:04:00Z")}),
-        // Activities carry no account: they resolve through the person.
-        json!({"_id": "e1", "timestamp": "2026-03-01T09:00:00Z", "eventType": "directMarketing.emailClicked",
-               "personKey": key("43"), "directMarketing": {"mailingName": "welcome"}}),
-        json!({"_id": "e2", "timestamp": "2026-03-01T09:01:00Z", "eventType": "web.webpagedetails.pageViews",
-               "personKey": key("42"), "web": {"webPageDetails": {"URL": "https://northwind.example/pricing"}}}),
-        // A person nobody has linked to an account, a record without its identity, an unmapped event type.
-        json!({"_id": "e3", "timestamp": "2026-03-01T09:02:00Z", "eventType": "directMarketing.emailOpened",
-               "personKey": key("999")}),
-        json!({"_id": "e4", "timestamp": "2026-03-01T09:03:00Z", "eventType": "directMarketing.emailOpened"}),
-        json!({"_id": "e5", "timestamp": "2026-03-01T09:04:00Z", "eventType": "commerce.purchases", "personKey": key("42")}),
-    ]
+    read_ndjson(&root().join("ops/examples/xdm-events.ndjson"))
 }
 
 #[test]
 fn xdm_records_map_to_native_events_and_activities_reach_their_persons_account() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("xdm.ndjson");
-    let text: String = records().iter().map(|r| r.to_string() + "\n").collect();
-    std::fs::write(&input, text).expect("write");
+    std::fs::copy(root().join("ops/examples/xdm-events.ndjson"), &input).expect("copy");
     let defs = dir.path().join("defs");
     std::fs::create_dir_all(&defs).expect("mkdir");
     let (out, state) = (dir.path().join("out"), dir.path().join("state"));
@@ -92,10 +60,11 @@ fn xdm_records_map_to_native_events_and_activities_reach_their_persons_account()
     assert_eq!(reasons[0].0, "unknown_person_account", "an activity of an unknown person: {reasons:?}");
     assert_eq!(reasons[1], ("missing_field", "missing field `personKey.sourceKey`"));
     assert_eq!(reasons[2].0, "unknown_type");
-    let lines: Vec<String> = records().iter().map(Value::to_string).collect();
+    let text = std::fs::read_to_string(&input).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
     for r in &rejected {
         let line = r["source"]["line"].as_u64().expect("line") as usize;
-        assert_eq!(r["raw"].as_str(), Some(lines[line - 1].as_str()), "the raw record is kept");
+        assert_eq!(r["raw"].as_str(), Some(lines[line - 1]), "the raw record is kept");
     }
 
     // The account holds both people; their activities were applied to it (not rejected).
