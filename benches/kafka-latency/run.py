@@ -8,10 +8,51 @@ p50/p99/max per rate and the highest rate whose p99 stays under 100 ms.
 
     python3 benches/kafka-latency/run.py [--rates 5000,10000,20000,40000] [--seconds 10] [--commit-interval 10ms]
 """
-import argparse, os, random, signal, subprocess, sys, tempfile, time
+import argparse, os, random, re, signal, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TARGET = os.environ.get("CARGO_TARGET_DIR", "/var/cache/caravan/target")
+
+
+def quantile(buckets, q):
+    """The q-quantile of a Prometheus histogram's cumulative buckets [(le, count)], interpolated linearly."""
+    total = buckets[-1][1]
+    if total == 0:
+        return float("nan")
+    rank, prev_le, prev_n = q * total, 0.0, 0
+    for le, n in buckets:
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_n) / max(n - prev_n, 1)
+        prev_le, prev_n = le, n
+    return prev_le
+
+
+def engine_view(log):
+    """The engine's own view over the whole run, from its /metrics: read-to-commit latency and commit time."""
+    port = None
+    for line in open(log, errors="replace"):
+        m = re.search(r"admin endpoints on http://[^:]+:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+    if port is None:
+        return "engine metrics: no admin address in the log"
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = []
+    for name in ["caravan_end_to_end_latency_seconds", "caravan_commit_duration_seconds", "caravan_batch_duration_seconds"]:
+        buckets = []
+        for m in re.finditer(name + r'_bucket\{le="([^"]+)"\} (\S+)', text):
+            buckets.append((float(m.group(1).replace("+Inf", "inf")), float(m.group(2))))
+        if buckets:
+            out.append(f"{name}: p50 {quantile(buckets, 0.5) * 1000:.1f} ms, p99 {quantile(buckets, 0.99) * 1000:.1f} ms")
+    for phase in ["produce", "offsets", "deliver", "commit", "apply"]:
+        buckets = [(float(m.group(1).replace("+Inf", "inf")), float(m.group(2))) for m in re.finditer(
+            r'caravan_kafka_transaction_phase_seconds_bucket\{phase="' + phase + r'",le="([^"]+)"\} (\S+)', text)]
+        if buckets:
+            out.append(f"commit phase {phase}: p50 {quantile(buckets, 0.5) * 1000:.1f} ms, "
+                       f"p99 {quantile(buckets, 0.99) * 1000:.1f} ms")
+    return "engine (from its /metrics, whole run):\n  " + "\n  ".join(out)
 
 
 def main():
@@ -64,10 +105,12 @@ level = "warn"
     out = subprocess.run([os.path.join(TARGET, "release/kafka-latency"), "--bootstrap", bootstrap, "--prefix", prefix,
                           "--input", data, "--rates", a.rates, "--seconds", str(a.seconds)],
                          check=True, capture_output=True, text=True).stdout
+    engine = engine_view(os.path.join(work, "run.log"))
     run.send_signal(signal.SIGTERM)
     run.wait(timeout=60)
     print(f"commit interval {a.commit_interval}, {a.partitions} partitions, one instance")
     print(out.strip())
+    print(engine)
     best = None
     for line in out.splitlines()[1:]:
         target, sent, samples, p50, p99, mx = line.split(",")

@@ -49,6 +49,10 @@ pub const READY: &str = "caravan_ready";
 
 /// Kafka transactions committed.
 pub const TRANSACTIONS_COMMITTED: &str = "caravan_kafka_transactions_committed_total";
+/// Time spent in each phase of a Kafka commit, by phase: `produce` (queueing the records), `offsets` (adding
+/// the consumed offsets), `deliver` (waiting for every record's acknowledgement), `commit` (the transaction's
+/// commit), `apply` (writing the delta to the local stores).
+pub const TRANSACTION_PHASE: &str = "caravan_kafka_transaction_phase_seconds";
 /// Kafka transactions aborted.
 pub const TRANSACTIONS_ABORTED: &str = "caravan_kafka_transactions_aborted_total";
 /// Consumer group rebalance events (revocations and assignments).
@@ -97,6 +101,11 @@ fn describe() {
     metrics::describe_gauge!(TIMERS_PENDING, "Timers pending on this instance.");
     metrics::describe_gauge!(READY, "1 when the state is restored and the engine consumes (/readyz), else 0.");
     metrics::describe_counter!(TRANSACTIONS_COMMITTED, "Kafka transactions committed.");
+    metrics::describe_histogram!(
+        TRANSACTION_PHASE,
+        Unit::Seconds,
+        "Time in each phase of a Kafka commit: produce, offsets, deliver, commit, apply."
+    );
     metrics::describe_counter!(TRANSACTIONS_ABORTED, "Kafka transactions aborted (the batch is processed again).");
     metrics::describe_counter!(REBALANCES, "Consumer group rebalance events (revocations and assignments).");
     metrics::describe_gauge!(PARTITIONS_OWNED, "Input partitions this instance owns.");
@@ -110,7 +119,7 @@ fn describe() {
 /// # Errors
 /// When a recorder is already installed in this process.
 pub fn install_recorder() -> Result<PrometheusHandle, String> {
-    let durations = [COMMIT_DURATION, BATCH_DURATION, END_TO_END_LATENCY, RESTORE_DURATION];
+    let durations = [COMMIT_DURATION, BATCH_DURATION, END_TO_END_LATENCY, RESTORE_DURATION, TRANSACTION_PHASE];
     let mut builder = PrometheusBuilder::new();
     for name in durations {
         builder = builder
@@ -336,6 +345,12 @@ pub(crate) fn record_commit(tally: &Tally, writes: usize, took: Duration, first_
     if let Some(first) = first_read {
         metrics::histogram!(BATCH_DURATION).record(first.elapsed().as_secs_f64());
     }
+}
+
+/// Records how long a phase of a Kafka commit took (see [`TRANSACTION_PHASE`]), and restarts the clock.
+pub(crate) fn record_phase(phase: &'static str, since: &mut Instant) {
+    metrics::histogram!(TRANSACTION_PHASE, "phase" => phase).record(since.elapsed().as_secs_f64());
+    *since = Instant::now();
 }
 
 /// Records the end-to-end latency of `count` records read at `read`, now committed.

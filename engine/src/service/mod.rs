@@ -214,6 +214,7 @@ impl Service<'_> {
             self.producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut tally = Tally::default();
         let mut writes = 0usize;
+        let mut phase = Instant::now();
         for (p, processed) in done {
             let Some(task) = self.tasks.get_mut(&p) else { continue };
             let next = delivered.get(&p).map_or(0, |o| (o + 1) as u64);
@@ -225,6 +226,7 @@ impl Service<'_> {
                 telemetry::record_latency(read, 1);
             }
         }
+        telemetry::record_phase("apply", &mut phase);
         telemetry::record_commit(&tally, writes, started.elapsed(), first_read);
         Ok(())
     }
@@ -249,6 +251,7 @@ impl Service<'_> {
 
     fn transaction(&self, done: &BTreeMap<i32, Processed>, offsets: bool) -> Result<(), EngineError> {
         let topics = &self.cfg.topics;
+        let mut phase = Instant::now();
         self.producer.begin_transaction().map_err(|e| kafka_error("beginning a transaction", e))?;
         for (p, processed) in done {
             for o in &processed.outputs {
@@ -271,6 +274,7 @@ impl Service<'_> {
                 self.send(rec)?;
             }
         }
+        telemetry::record_phase("produce", &mut phase);
         if offsets {
             let mut tpl = TopicPartitionList::new();
             for (p, processed) in done {
@@ -284,6 +288,7 @@ impl Service<'_> {
             self.producer
                 .send_offsets_to_transaction(&tpl, &group, REQUEST_TIMEOUT)
                 .map_err(|e| kafka_error("adding offsets to the transaction", e))?;
+            telemetry::record_phase("offsets", &mut phase);
         }
         // Serve delivery reports until everything is acknowledged (the commit would flush too, but through
         // a poll that waits in steps of 100 ms).
@@ -291,7 +296,9 @@ impl Service<'_> {
         while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
             self.producer.poll(Duration::from_millis(1));
         }
+        telemetry::record_phase("deliver", &mut phase);
         self.producer.commit_transaction(REQUEST_TIMEOUT).map_err(|e| kafka_error("committing a transaction", e))?;
+        telemetry::record_phase("commit", &mut phase);
         if let Some(f) = self.producer.context().failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
         {
             return Err(EngineError::Invalid(f));
