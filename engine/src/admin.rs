@@ -291,7 +291,6 @@ impl Admin {
                 });
             })
             .map_err(|e| EngineError::io("starting the admin thread".into(), e))?;
-        tracing::info!(%bound, "Admin server listening.");
         Ok(bound)
     }
 }

@@ -246,7 +246,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let cfg = caravan_engine::config::Config::load(config.as_deref())?;
             init_logging(&cfg.log.level, cfg.log.format == caravan_engine::config::LogFormat::Json);
-            let admin = start_admin(&cfg, cfg.run_admin_listen())?;
+            let json_logs = cfg.log.format == caravan_engine::config::LogFormat::Json;
+            let admin = start_admin(&cfg, cfg.run_admin_listen(), json_logs)?;
             let stop = shutdown_flag()?;
             caravan_engine::service::run(&cfg, stop, &admin)?;
             Ok(ExitCode::SUCCESS)
@@ -294,12 +295,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Installs the metrics recorder and serves the admin endpoints on `addr`; says where on standard error.
-fn start_admin(cfg: &caravan_engine::config::Config, addr: SocketAddr) -> anyhow::Result<admin::Admin> {
+/// Installs the metrics recorder and serves the admin endpoints on `addr`; says where on standard error: as a
+/// log event when the logs are JSON lines (`json_logs`), else as a plain line (which tools read for port 0).
+fn start_admin(
+    cfg: &caravan_engine::config::Config,
+    addr: SocketAddr,
+    json_logs: bool,
+) -> anyhow::Result<admin::Admin> {
     let metrics = telemetry::install_recorder().map_err(anyhow::Error::msg)?;
     let admin = admin::Admin::new(Some(metrics), admin::Access::from_config(cfg));
     let bound = admin.serve(addr)?;
-    eprintln!("caravan: admin endpoints on http://{bound} (/metrics, /healthz, /readyz, /v1/journeys)");
+    let said = format!("admin endpoints on http://{bound} (/metrics, /healthz, /readyz, /v1/journeys)");
+    if json_logs {
+        tracing::info!(address = %bound, "{said}");
+    } else {
+        eprintln!("caravan: {said}");
+    }
     Ok(admin)
 }
 
@@ -332,7 +343,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let admin = match args.admin_listen.or(cfg.admin.listen) {
         Some(addr) => {
-            let admin = start_admin(&cfg, addr)?;
+            let admin = start_admin(&cfg, addr, false)?;
             Some(admin)
         }
         None => None,
