@@ -170,7 +170,7 @@ fn reason_index(r: RejectReason) -> usize {
 }
 
 /// Entities of change events, by [`entity_index`].
-const ENTITIES: [&str; 3] = ["account", "person", "opportunity"];
+const ENTITIES: [Entity; 3] = [Entity::Account, Entity::Person, Entity::Opportunity];
 
 fn entity_index(e: Entity) -> usize {
     match e {
@@ -259,7 +259,7 @@ impl Tally {
 
     /// A change event emitted (traced at `trace` level).
     pub(crate) fn change(&mut self, c: &ChangeEvent) {
-        tracing::trace!(tenant = %c.tenant, account = %c.account_id, entity = ENTITIES[entity_index(c.entity)],
+        tracing::trace!(tenant = %c.tenant, account = %c.account_id, entity = c.entity.as_str(),
             id = %c.entity_id, version = c.version, journey = c.journey_id.as_deref(), "Change emitted.");
         self.totals[total::CHANGES] += 1;
         self.tenant(&c.tenant).changes[entity_index(c.entity)] += 1;
@@ -306,7 +306,7 @@ impl Tally {
                 out.push((EVENTS_INGESTED, vec![tenant(), ("type", EventBody::TYPE_NAMES[ix].to_string())], *n));
             }
             for (ix, n) in t.changes.iter().enumerate().filter(|(_, n)| **n > 0) {
-                out.push((CHANGES_EMITTED, vec![tenant(), ("entity", ENTITIES[ix].to_string())], *n));
+                out.push((CHANGES_EMITTED, vec![tenant(), ("entity", ENTITIES[ix].as_str().to_string())], *n));
             }
             if t.duplicates > 0 {
                 out.push((EVENTS_DUPLICATE, vec![tenant()], t.duplicates));

@@ -494,11 +494,7 @@ impl Tracker {
             };
             *version += 1;
             let version = *version;
-            let entity_name = match t.entity {
-                Entity::Account => "account",
-                Entity::Person => "person",
-                Entity::Opportunity => "opportunity",
-            };
+            let entity_name = t.entity.as_str();
             match t.entity {
                 Entity::Account => acct.record_dirty = true,
                 Entity::Person => {

@@ -75,6 +75,17 @@ pub enum Entity {
     Opportunity,
 }
 
+impl Entity {
+    /// The entity as change events and metric labels write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Account => "account",
+            Entity::Person => "person",
+            Entity::Opportunity => "opportunity",
+        }
+    }
+}
+
 /// What happened to the entity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

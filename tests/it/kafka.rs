@@ -6,7 +6,7 @@ use crate::support::*;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Each input partition has its own watermark (SPEC §3.2), so a timer fires after another record than in a
@@ -28,6 +28,17 @@ fn assert_same_as_replay(reference: &Path, got: &Path) {
 }
 
 /// No action or change event twice, and every entity's change versions run 1, 2, 3... with no gap.
+/// The cluster's committed outputs, read into `dir/kafka`: the expected counts, the same records as the replay
+/// account by account, nothing twice.
+fn assert_outputs_right(cluster: &Cluster, dir: &Path, expect: &BTreeMap<String, u64>, reference: &Path) -> PathBuf {
+    let got = dir.join("kafka");
+    cluster.outputs_to(&got);
+    assert_counts_match(&got, expect);
+    assert_same_as_replay(reference, &got);
+    assert_exactly_once(&got);
+    got
+}
+
 fn assert_exactly_once(got: &Path) {
     let actions = read_ndjson(&got.join("actions.ndjson"));
     let ids: BTreeSet<&str> = actions.iter().map(|a| a["action_id"].as_str().expect("action_id")).collect();
@@ -91,11 +102,7 @@ fn run_gives_the_expected_counts_and_the_same_records_as_replay_account_by_accou
     let status = terminate(child);
     assert!(status.success(), "SIGTERM exits 0: {status:?}\n{}", run_log(dir.path(), "run.log"));
 
-    let got = dir.path().join("kafka");
-    cluster.outputs_to(&got);
-    assert_counts_match(&got, &expect);
-    assert_same_as_replay(&reference, &got);
-    assert_exactly_once(&got);
+    let got = assert_outputs_right(&cluster, dir.path(), &expect, &reference);
     assert_outputs_match_schemas(&got);
 }
 
@@ -122,11 +129,7 @@ fn sigterm_while_input_flows_commits_the_batch_in_flight_and_a_restart_loses_and
     let child = cluster.start(0, &dir.path().join("state"), &dir.path().join("run-b.log"));
     cluster.wait_caught_up(Duration::from_secs(180));
     assert!(terminate(child).success());
-    let got = dir.path().join("kafka");
-    cluster.outputs_to(&got);
-    assert_counts_match(&got, &expect);
-    assert_same_as_replay(&reference, &got);
-    assert_exactly_once(&got);
+    assert_outputs_right(&cluster, dir.path(), &expect, &reference);
 }
 
 /// An instance that owns every partition and has processed the whole input: ready, no lag, every record
@@ -224,11 +227,7 @@ fn sigkill_at_random_points_while_input_flows_loses_and_doubles_nothing() {
     let status = terminate(child);
     assert!(status.success(), "{status:?}\n{}", run_log(dir.path(), "run-last.log"));
 
-    let got = dir.path().join("kafka");
-    cluster.outputs_to(&got);
-    assert_exactly_once(&got);
-    assert_counts_match(&got, &expect);
-    assert_same_as_replay(&reference, &got);
+    assert_outputs_right(&cluster, dir.path(), &expect, &reference);
 }
 
 #[test]
@@ -266,11 +265,7 @@ fn instances_join_and_leave_and_a_lost_state_folder_restores_from_the_changelog(
     eprintln!("scaling scenario took {:?}", t.elapsed());
     assert!(run_log(dir.path(), "run-0-b.log").contains("Restored a partition"), "the restore is logged");
 
-    let got = dir.path().join("kafka");
-    cluster.outputs_to(&got);
-    assert_exactly_once(&got);
-    assert_counts_match(&got, &expect);
-    assert_same_as_replay(&reference, &got);
+    assert_outputs_right(&cluster, dir.path(), &expect, &reference);
 }
 
 #[test]
