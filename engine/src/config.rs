@@ -111,6 +111,12 @@ pub struct TopicsConfig {
     pub rejected: String,
     /// The state changelog (compacted, one partition per input partition); default `<group_id>.changelog`.
     pub changelog: Option<String>,
+    /// The person stage's input (person routes and records about persons whose account their partition does
+    /// not know; keyed by person); default `<group_id>.persons-repartition`.
+    pub persons_repartition: Option<String>,
+    /// Records the person stage resolved, to their account's partition; default
+    /// `<group_id>.accounts-repartition`.
+    pub accounts_repartition: Option<String>,
 }
 
 impl Default for TopicsConfig {
@@ -123,6 +129,8 @@ impl Default for TopicsConfig {
             changes: "caravan.changes".into(),
             rejected: "caravan.rejected".into(),
             changelog: None,
+            persons_repartition: None,
+            accounts_repartition: None,
         }
     }
 }
@@ -238,6 +246,11 @@ pub struct InputConfig {
     /// ("7d"); "0s": no age bound, the window is bounded by count alone.
     #[serde(with = "humantime_serde")]
     pub dedup_max_age: Duration,
+    /// Kafka mode with several partitions: how long a record about a person with no known account waits for
+    /// the person's account to become known (event time by the person stage's watermark, or the clock in
+    /// processing time) before it is rejected as `unknown_person_account`.
+    #[serde(with = "humantime_serde")]
+    pub unknown_person_wait: Duration,
     /// The records' format: Caravan's native events, or XDM B2B records (`schemas/XDM.md`).
     pub format: InputFormat,
     /// The tenant of every record of an XDM source (XDM records carry none); only with `format = "xdm"`.
@@ -264,6 +277,7 @@ impl Default for InputConfig {
             max_ts: "2100-01-01T00:00:00Z".into(),
             dedup_window: 1_000_000,
             dedup_max_age: Duration::ZERO,
+            unknown_person_wait: Duration::from_secs(60),
             format: InputFormat::Native,
             tenant: None,
         }
@@ -274,6 +288,11 @@ impl InputConfig {
     /// The de-duplication age bound in nanoseconds (0: none).
     pub fn dedup_max_age_ns(&self) -> i64 {
         i64::try_from(self.dedup_max_age.as_nanos()).unwrap_or(i64::MAX)
+    }
+
+    /// The unknown-person wait in nanoseconds.
+    pub fn unknown_person_wait_ns(&self) -> i64 {
+        i64::try_from(self.unknown_person_wait.as_nanos()).unwrap_or(i64::MAX)
     }
 
     /// The decoder's limits.
@@ -449,6 +468,22 @@ impl Config {
     /// The changelog topic's name.
     pub fn changelog_topic(&self) -> String {
         self.topics.changelog.clone().unwrap_or_else(|| format!("{}.changelog", self.kafka.group_id))
+    }
+
+    /// The person stage's topic's name.
+    pub fn persons_repartition_topic(&self) -> String {
+        self.topics
+            .persons_repartition
+            .clone()
+            .unwrap_or_else(|| format!("{}.persons-repartition", self.kafka.group_id))
+    }
+
+    /// The topic of records resolved by the person stage.
+    pub fn accounts_repartition_topic(&self) -> String {
+        self.topics
+            .accounts_repartition
+            .clone()
+            .unwrap_or_else(|| format!("{}.accounts-repartition", self.kafka.group_id))
     }
 
     /// The admin address of `caravan run`.

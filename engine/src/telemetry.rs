@@ -65,6 +65,12 @@ pub const CONSUMER_LAG: &str = "caravan_kafka_consumer_lag_records";
 pub const RESTORED_RECORDS: &str = "caravan_restore_records_total";
 /// Time to restore one partition.
 pub const RESTORE_DURATION: &str = "caravan_restore_duration_seconds";
+/// Records about persons that took the person stage, by outcome: `looked_up` (sent from their input partition
+/// to the stage), `resolved` (sent on at once), `parked`, `released` (sent on when the person's account became
+/// known), `expired` (rejected after waiting).
+pub const PERSON_STAGE_RECORDS: &str = "caravan_kafka_person_stage_records_total";
+/// Records waiting at the person stage for their person's account.
+pub const PERSON_STAGE_PARKED: &str = "caravan_kafka_person_stage_parked";
 
 /// Buckets of the duration histograms, in seconds: 1 ms to 60 s.
 const DURATION_BUCKETS: &[f64] =
@@ -112,6 +118,11 @@ fn describe() {
     metrics::describe_gauge!(CONSUMER_LAG, "Input records not yet processed, by partition.");
     metrics::describe_counter!(RESTORED_RECORDS, "Changelog records read while restoring partitions.");
     metrics::describe_histogram!(RESTORE_DURATION, Unit::Seconds, "Time to restore one partition.");
+    metrics::describe_counter!(
+        PERSON_STAGE_RECORDS,
+        "Records about persons that took the person stage, by outcome (looked_up, resolved, parked, released, expired)."
+    );
+    metrics::describe_gauge!(PERSON_STAGE_PARKED, "Records waiting at the person stage for their person's account.");
 }
 
 /// Installs the Prometheus recorder (histograms with fixed buckets) and returns the handle that renders it.

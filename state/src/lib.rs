@@ -22,6 +22,8 @@
 //! | `opportunity_index` | tenant `\0` opportunity | [`IndexRecord`] |
 //! | `timers` | tenant `\0` account `\0` journey `\0` instance | [`TimerRecord`] |
 //! | `dedup` | epoch (u64 big-endian) | the applied event-id hashes of that epoch |
+//! | `person_routes` | tenant `\0` person | [`RouteRecord`] (Kafka mode's person stage) |
+//! | `parked` | tenant `\0` person `\0` sequence (u64 big-endian) | [`ParkedRecord`] (Kafka mode's person stage) |
 //! | `meta` | `checkpoint` | [`Checkpoint`] (replay) |
 //! | `meta` | `local.changelog_next` | the changelog offset the store reflects (Kafka mode; local only) |
 //! | `meta` | other names | engine values ([`Delta::put_meta`]), e.g. a Kafka partition's progress |
@@ -44,7 +46,8 @@
 #![warn(missing_docs, unreachable_pub)]
 
 use caravan_schemas::state::{
-    self as codec, AccountRecord, CodecError, IndexRecord, OpportunityRecord, PersonRecord, TimerRecord,
+    self as codec, AccountRecord, CodecError, IndexRecord, OpportunityRecord, ParkedRecord, PersonRecord, RouteRecord,
+    TimerRecord,
 };
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
@@ -77,7 +80,7 @@ pub enum StateError {
 pub type Result<T> = std::result::Result<T, StateError>;
 
 /// The column families, in the order they are opened.
-pub const COLUMN_FAMILIES: [&str; 9] = [
+pub const COLUMN_FAMILIES: [&str; 11] = [
     "accounts",
     "persons",
     "person_index",
@@ -87,6 +90,8 @@ pub const COLUMN_FAMILIES: [&str; 9] = [
     "opportunities",
     "opportunity_index",
     "definitions",
+    "person_routes",
+    "parked",
 ];
 
 /// Tuning of the RocksDB instance.
@@ -197,6 +202,15 @@ const DEFINITIONS: usize = 8;
 const LOCAL_CHANGELOG_NEXT: &[u8] = b"local.changelog_next";
 const OPPORTUNITIES: usize = 6;
 const OPPORTUNITY_INDEX: usize = 7;
+const PERSON_ROUTES: usize = 9;
+const PARKED: usize = 10;
+
+fn parked_key(tenant: &str, person: &str, seq: u64) -> Vec<u8> {
+    let mut k = key2(tenant, person);
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
 
 impl Delta {
     /// Number of writes.
@@ -271,6 +285,21 @@ impl Delta {
     /// Writes an opportunity index entry.
     pub fn put_opportunity_index(&mut self, tenant: &str, opportunity: &str, rec: &IndexRecord) {
         self.put(OPPORTUNITY_INDEX, key2(tenant, opportunity), codec::encode(rec));
+    }
+
+    /// Writes where the person stage routes a person.
+    pub fn put_person_route(&mut self, tenant: &str, person: &str, rec: &RouteRecord) {
+        self.put(PERSON_ROUTES, key2(tenant, person), codec::encode(rec));
+    }
+
+    /// Parks a record about a person until its route is known (`seq` orders a person's parked records).
+    pub fn put_parked(&mut self, tenant: &str, person: &str, seq: u64, rec: &ParkedRecord) {
+        self.put(PARKED, parked_key(tenant, person, seq), codec::encode(rec));
+    }
+
+    /// Removes a parked record (released to its account, or rejected).
+    pub fn delete_parked(&mut self, tenant: &str, person: &str, seq: u64) {
+        self.delete(PARKED, parked_key(tenant, person, seq));
     }
 
     /// Records a published definition version (its document as JSON text).
@@ -403,6 +432,19 @@ pub struct StoredTimer {
     pub slot: u32,
     /// Due time and arming order.
     pub timer: TimerRecord,
+}
+
+/// A parked record as stored, with its key's parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredParked {
+    /// Its tenant.
+    pub tenant: String,
+    /// The person it is about.
+    pub person: String,
+    /// Its order among the person's parked records.
+    pub seq: u64,
+    /// The record.
+    pub record: ParkedRecord,
 }
 
 /// The RocksDB state store.
@@ -687,12 +729,49 @@ impl Store {
     }
 
     fn index(&self, cf: usize, tenant: &str, id: &str) -> Result<Option<IndexRecord>> {
+        self.get(cf, &key2(tenant, id))
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, cf: usize, key: &[u8]) -> Result<Option<T>> {
         self.check()?;
-        let key = key2(tenant, id);
-        match self.db.get_cf(self.cf(cf), &key)? {
-            Some(v) => decode_at(&key, &v).map(Some),
+        match self.db.get_cf(self.cf(cf), key)? {
+            Some(v) => decode_at(key, &v).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Reads where the person stage routes a person.
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn person_route(&self, tenant: &str, person: &str) -> Result<Option<RouteRecord>> {
+        self.get(PERSON_ROUTES, &key2(tenant, person))
+    }
+
+    /// Every parked record, in key order (tenant, person, sequence).
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn parked(&self) -> Result<Vec<StoredParked>> {
+        self.check()?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(PARKED), IteratorMode::Start) {
+            let (k, v) = item?;
+            let record: ParkedRecord = decode_at(&k, &v)?;
+            let corrupt =
+                || StateError::Codec { key: escape(&k), source: CodecError::Corrupt("bad parked key".into()) };
+            let (head, seq) = k.split_at(k.len().checked_sub(8).ok_or_else(corrupt)?);
+            let head = head.strip_suffix(&[0]).ok_or_else(corrupt)?;
+            let mut parts = head.splitn(2, |b| *b == 0);
+            let text = |b: Option<&[u8]>| b.and_then(|b| String::from_utf8(b.to_vec()).ok()).ok_or_else(corrupt);
+            out.push(StoredParked {
+                tenant: text(parts.next())?,
+                person: text(parts.next())?,
+                seq: u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?),
+                record,
+            });
+        }
+        Ok(out)
     }
 
     /// Every pending timer.

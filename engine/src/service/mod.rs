@@ -14,6 +14,9 @@
 
 pub mod definitions;
 mod kafka;
+mod repartition;
+#[cfg(test)]
+mod stage_tests;
 mod task;
 
 use crate::EngineError;
@@ -58,6 +61,8 @@ fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineErro
         cache_persons: (cfg.state.cache_persons / partitions.max(1)).max(16),
         store: cfg.state.store_options(),
         processing_time: cfg.time.mode == TimeMode::Processing,
+        partitions,
+        unknown_person_wait_ns: cfg.input.unknown_person_wait_ns(),
     })
 }
 
@@ -69,6 +74,8 @@ struct Service<'c> {
     producer: BaseProducer<kafka::OutputContext>,
     restorer: BaseConsumer<kafka::ReaderContext>,
     changelog: String,
+    /// The person stage's topics (persons, accounts), with several partitions.
+    stage_topics: Option<(String, String)>,
     feed: Feed,
     tasks: BTreeMap<i32, PartitionTask>,
     admin: Admin,
@@ -153,7 +160,7 @@ impl Service<'_> {
         for p in partitions {
             let Some(task) = self.tasks.get_mut(&p) else { continue };
             let mut pass = crate::replay::publish::Pass::default();
-            let at = (task.progress.input_next.max(0) as u64, Timestamp(task.progress.max_ts.unwrap_or(0)));
+            let at = (task.progress.seq, Timestamp(task.progress.max_ts.unwrap_or(0)));
             let defs = Arc::clone(&self.feed.defs);
             for (offset, published) in &self.feed.log {
                 if *offset < task.progress.definitions_next {
@@ -173,13 +180,8 @@ impl Service<'_> {
             }
             let mut delta = pass.delta;
             delta.extend(task.progress_delta(feed_next));
-            let processed = Processed {
-                outputs: pass.outputs,
-                delta,
-                input_next: task.progress.input_next,
-                tally: pass.tally,
-                read: Vec::new(),
-            };
+            let processed =
+                Processed { outputs: pass.outputs, delta, tally: pass.tally, ..Processed::at(task.progress.next()) };
             let mut done = BTreeMap::new();
             done.insert(p, processed);
             self.commit(done, false)?;
@@ -213,6 +215,7 @@ impl Service<'_> {
         let delivered =
             self.producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut tally = Tally::default();
+        let mut stage = repartition::StageCounts::default();
         let mut writes = 0usize;
         let mut phase = Instant::now();
         for (p, processed) in done {
@@ -222,12 +225,20 @@ impl Service<'_> {
             task.apply(&processed.delta, next)?;
             writes += processed.delta.len();
             tally.merge(processed.tally);
+            for (s, n) in stage.iter_mut().zip(processed.stage) {
+                *s += n;
+            }
             for read in processed.read {
                 telemetry::record_latency(read, 1);
             }
         }
         telemetry::record_phase("apply", &mut phase);
         telemetry::record_commit(&tally, writes, started.elapsed(), first_read);
+        for (outcome, n) in repartition::Outcome::ALL.iter().zip(stage) {
+            if n > 0 {
+                metrics::counter!(telemetry::PERSON_STAGE_RECORDS, "outcome" => outcome.as_str()).increment(n);
+            }
+        }
         Ok(())
     }
 
@@ -235,6 +246,10 @@ impl Service<'_> {
     fn record_gauges(&self) {
         metrics::gauge!(telemetry::TIMERS_PENDING)
             .set(self.tasks.values().map(PartitionTask::timers_pending).sum::<usize>() as f64);
+        if self.stage_topics.is_some() {
+            metrics::gauge!(telemetry::PERSON_STAGE_PARKED)
+                .set(self.tasks.values().map(PartitionTask::parked).sum::<usize>() as f64);
+        }
         let ends = self.consumer.context().ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         for (p, task) in &self.tasks {
             if let Some(end) = ends.get(p) {
@@ -266,6 +281,14 @@ impl Service<'_> {
                 }
                 self.send(rec)?;
             }
+            if let Some((persons, accounts)) = &self.stage_topics {
+                for f in &processed.forwards {
+                    let topic = if f.stage == repartition::Stage::Persons { persons } else { accounts };
+                    self.send(
+                        BaseRecord::<[u8], [u8]>::to(topic).key(&f.key).payload(&f.value).partition(f.partition),
+                    )?;
+                }
+            }
             for (key, value) in processed.delta.changelog_records() {
                 let mut rec = BaseRecord::<[u8], [u8]>::to(&self.changelog).key(&key).partition(*p);
                 if let Some(v) = value {
@@ -278,8 +301,10 @@ impl Service<'_> {
         if offsets {
             let mut tpl = TopicPartitionList::new();
             for (p, processed) in done {
-                tpl.add_partition_offset(&topics.input, *p, Offset::Offset(processed.input_next))
-                    .map_err(|e| kafka_error("listing offsets", e))?;
+                for (topic, next) in self.positions(processed.next) {
+                    tpl.add_partition_offset(topic, *p, Offset::Offset(next))
+                        .map_err(|e| kafka_error("listing offsets", e))?;
+                }
             }
             let group = self
                 .consumer
@@ -304,6 +329,25 @@ impl Service<'_> {
             return Err(EngineError::Invalid(f));
         }
         Ok(())
+    }
+
+    /// Which of a task's topics a record came from.
+    fn source_of(&self, topic: &str) -> task::Source {
+        match &self.stage_topics {
+            Some((persons, _)) if persons == topic => task::Source::Persons,
+            Some((_, accounts)) if accounts == topic => task::Source::Accounts,
+            _ => task::Source::Input,
+        }
+    }
+
+    /// The topics a task reads, each with the next offset of `next`.
+    fn positions(&self, next: task::Next) -> Vec<(&str, i64)> {
+        let mut out = vec![(self.cfg.topics.input.as_str(), next.input)];
+        if let Some((persons, accounts)) = &self.stage_topics {
+            out.push((persons.as_str(), next.persons));
+            out.push((accounts.as_str(), next.accounts));
+        }
+        out
     }
 
     fn send<K: rdkafka::message::ToBytes + ?Sized>(&self, mut rec: BaseRecord<'_, K, [u8]>) -> Result<(), EngineError> {
@@ -341,9 +385,11 @@ impl Service<'_> {
         for p in parts {
             if let Some(task) = self.tasks.remove(&p) {
                 let task = task.reload()?;
-                self.consumer
-                    .seek(&self.cfg.topics.input, p, Offset::Offset(task.progress.input_next), REQUEST_TIMEOUT)
-                    .map_err(|e| kafka_error("seeking back after an abort", e))?;
+                for (topic, next) in self.positions(task.progress.next()) {
+                    self.consumer
+                        .seek(topic, p, Offset::Offset(next), REQUEST_TIMEOUT)
+                        .map_err(|e| kafka_error("seeking back after an abort", e))?;
+                }
                 self.tasks.insert(p, task);
             }
         }
@@ -407,22 +453,32 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), Eng
         }
     };
     let changelog = cfg.changelog_topic();
-    kafka::ensure_topics(
-        cfg,
-        &[
-            (changelog.clone(), partitions, true),
-            (cfg.topics.actions.clone(), partitions, false),
-            (cfg.topics.changes.clone(), partitions, false),
-            (cfg.topics.rejected.clone(), partitions, false),
-            (cfg.topics.definitions.clone(), 1, true),
-        ],
-    )?;
-    let changelog_partitions = kafka::partitions_of(&consumer, &changelog)?.unwrap_or(0);
-    if changelog_partitions < partitions {
-        return Err(EngineError::Invalid(format!(
-            "kafka: the changelog `{changelog}` has {changelog_partitions} partitions but the input has {partitions}: \
-             they must match (the changelog keeps one partition per input partition)"
-        )));
+    let stage_topics = (partitions > 1).then(|| (cfg.persons_repartition_topic(), cfg.accounts_repartition_topic()));
+    let mut topics = vec![
+        (changelog.clone(), partitions, true),
+        (cfg.topics.actions.clone(), partitions, false),
+        (cfg.topics.changes.clone(), partitions, false),
+        (cfg.topics.rejected.clone(), partitions, false),
+        (cfg.topics.definitions.clone(), 1, true),
+    ];
+    if let Some((persons, accounts)) = &stage_topics {
+        topics.push((persons.clone(), partitions, false));
+        topics.push((accounts.clone(), partitions, false));
+    }
+    kafka::ensure_topics(cfg, &topics)?;
+    let mut partitioned = vec![(&changelog, "the changelog keeps one partition per input partition")];
+    if let Some((persons, accounts)) = &stage_topics {
+        let why = "a task reads the same partition number of the input and of the person stage's topics";
+        partitioned.extend([(persons, why), (accounts, why)]);
+    }
+    for (topic, why) in partitioned {
+        let n = kafka::partitions_of(&consumer, topic)?.unwrap_or(0);
+        let fits = if topic == &changelog { n >= partitions } else { n == partitions };
+        if !fits {
+            return Err(EngineError::Invalid(format!(
+                "kafka: `{topic}` has {n} partitions but the input has {partitions}: they must match ({why})"
+            )));
+        }
     }
     let producer = kafka::producer(cfg)?;
     let feed = Feed::open(cfg)?;
@@ -432,7 +488,11 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), Eng
         "Definitions read from the definitions topic."
     );
     admin.set_definitions(Arc::clone(&feed.defs));
-    consumer.subscribe(&[&cfg.topics.input]).map_err(|e| kafka_error("subscribing", e))?;
+    let mut subscribed = vec![cfg.topics.input.as_str()];
+    if let Some((persons, accounts)) = &stage_topics {
+        subscribed.extend([persons.as_str(), accounts.as_str()]);
+    }
+    consumer.subscribe(&subscribed).map_err(|e| kafka_error("subscribing", e))?;
     let mut svc = Service {
         cfg,
         task_cfg: task_config(cfg, partitions)?,
@@ -440,6 +500,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), Eng
         producer,
         restorer: kafka::reader(cfg)?,
         changelog,
+        stage_topics,
         feed,
         tasks: BTreeMap::new(),
         admin: admin.clone(),
@@ -456,7 +517,8 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), Eng
             let polled = svc.consumer.poll((deadline - now).min(Duration::from_millis(100))).map(|r| {
                 r.map(|m| {
                     let payload = m.payload().map(<[u8]>::to_vec);
-                    (m.partition(), InRecord { offset: m.offset(), payload, read_at: Instant::now() })
+                    let source = svc.source_of(m.topic());
+                    (m.partition(), InRecord { source, offset: m.offset(), payload, read_at: Instant::now() })
                 })
             });
             // Rebalances ran inside that poll, before the record it returned.

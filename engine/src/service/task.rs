@@ -9,7 +9,12 @@
 //!
 //! It routes and applies events exactly as a replay does (the same routing decisions, operators, timer pass
 //! after every record and de-duplication rule), so a partition's outputs equal a replay's of the same records.
+//! With several partitions it also plays its part of the person stage ([`super::repartition`]): it reads the
+//! same partition number of the two internal topics, tells the stage where its persons live, sends it the
+//! records about persons it does not know, applies the records the stage resolved to its accounts, and runs
+//! the stage for the persons that hash to it.
 
+use super::repartition::{AccountMessage, Forward, Origin, Outcome, PersonMessage, PersonStage, StageCounts};
 use crate::EngineError;
 use crate::dedup::{DedupWindow, EpochLog};
 use crate::outputs::{self, OutKind, OutRecord};
@@ -24,7 +29,7 @@ use caravan_operators::account::{
 use caravan_schemas::Id;
 use caravan_schemas::input::RejectReason;
 use caravan_schemas::output::{Entity, RejectedRecord, SourcePosition};
-use caravan_schemas::state::{IndexRecord, TimerRecord};
+use caravan_schemas::state::{IndexRecord, RouteRecord, TimerRecord};
 use caravan_schemas::time::Timestamp;
 use caravan_state::{Delta, Store, StoreOptions};
 use rustc_hash::FxHashMap;
@@ -48,20 +53,70 @@ pub(crate) struct Progress {
     pub(crate) epoch: u64,
     /// The next definitions-topic offset whose publication this partition has not applied.
     pub(crate) definitions_next: i64,
+    /// The next offsets to process of the partition's persons and accounts topics (the person stage).
+    pub(crate) persons_next: i64,
+    pub(crate) accounts_next: i64,
+    /// The sequence number of the last record applied: an input record's offset + 1, or one more than the
+    /// record before for a record the person stage forwarded (they order timers and people's joining).
+    pub(crate) seq: u64,
+    /// Largest event time the partition's person stage has seen (its watermark's base).
+    pub(crate) stage_max_ts: Option<i64>,
+}
+
+/// [`Progress`] as stores written before the person stage hold it.
+#[derive(Deserialize)]
+struct ProgressV1 {
+    input_next: i64,
+    max_ts: Option<i64>,
+    epoch: u64,
+    definitions_next: i64,
 }
 
 impl Progress {
     /// The progress a store has committed (the default for a new one).
     pub(crate) fn read(store: &Store) -> Result<Progress, EngineError> {
-        match store.meta(PROGRESS)? {
-            Some(bytes) => caravan_schemas::state::decode(&bytes).map_err(|e| EngineError::Internal(e.to_string())),
-            None => Ok(Progress::default()),
+        let Some(bytes) = store.meta(PROGRESS)? else { return Ok(Progress::default()) };
+        match caravan_schemas::state::decode::<Progress>(&bytes) {
+            Ok(p) => Ok(p),
+            Err(e) => match caravan_schemas::state::decode::<ProgressV1>(&bytes) {
+                Ok(v1) => Ok(Progress {
+                    input_next: v1.input_next,
+                    max_ts: v1.max_ts,
+                    epoch: v1.epoch,
+                    definitions_next: v1.definitions_next,
+                    seq: v1.input_next.max(0) as u64,
+                    ..Progress::default()
+                }),
+                Err(_) => Err(EngineError::Internal(e.to_string())),
+            },
         }
+    }
+
+    /// Where the partition's topics resume.
+    pub(crate) fn next(&self) -> Next {
+        Next { input: self.input_next, persons: self.persons_next, accounts: self.accounts_next }
     }
 }
 
-/// One input record of the partition.
+/// The next offset to read of each topic of a partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Next {
+    pub(crate) input: i64,
+    pub(crate) persons: i64,
+    pub(crate) accounts: i64,
+}
+
+/// The topic a record of the partition came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    Input,
+    Persons,
+    Accounts,
+}
+
+/// One record of the partition.
 pub(crate) struct InRecord {
+    pub(crate) source: Source,
     pub(crate) offset: i64,
     pub(crate) payload: Option<Vec<u8>>,
     /// When it was polled (the start of its end-to-end latency).
@@ -73,12 +128,50 @@ pub(crate) struct InRecord {
 pub(crate) struct Processed {
     pub(crate) outputs: Vec<OutRecord>,
     pub(crate) delta: Delta,
-    /// The next input offset after the batch.
-    pub(crate) input_next: i64,
+    /// The next offsets after the batch.
+    pub(crate) next: Next,
+    /// Records for the internal topics of the person stage.
+    pub(crate) forwards: Vec<Forward>,
     /// What the batch counted.
     pub(crate) tally: Tally,
+    /// What the person stage did, by [`Outcome`].
+    pub(crate) stage: StageCounts,
     /// When each of its input records was read.
     pub(crate) read: Vec<std::time::Instant>,
+}
+
+impl Processed {
+    /// Nothing done yet, resuming at `next`.
+    pub(crate) fn at(next: Next) -> Processed {
+        Processed { next, ..Processed::default() }
+    }
+
+    /// Adds a rejected record, named by where it was read.
+    pub(crate) fn reject(&mut self, reason: RejectReason, detail: String, raw: &[u8], origin: &Origin) {
+        tracing::debug!(reason = reason.as_str(), %detail, partition = origin.partition, offset = origin.offset,
+            "Record rejected.");
+        let source =
+            SourcePosition::Kafka { topic: origin.topic.clone(), partition: origin.partition, offset: origin.offset };
+        let rec = RejectedRecord::new(reason, detail, raw, source);
+        // A rejected record holds only strings and numbers: it always serializes.
+        if let Ok(json) = serde_json::to_vec(&rec) {
+            self.outputs.push(OutRecord { kind: OutKind::Rejected, key: None, json });
+        }
+        self.tally.rejected(reason);
+    }
+}
+
+/// What a batch has changed so far, besides its outputs.
+struct Batch {
+    out: Processed,
+    /// Accounts changed.
+    dirty: Vec<(Id, Id)>,
+    /// Index entries changed.
+    index_dirty: Vec<(u128, Entity, Id, Id)>,
+    /// Event ids applied, with their event times (the de-duplication window's epoch).
+    applied_ids: Vec<(u128, i64)>,
+    /// In processing time, the clock read once for the batch: waits and timeouts count from it.
+    clock: Option<i64>,
 }
 
 /// Settings of a task.
@@ -96,6 +189,10 @@ pub(crate) struct TaskConfig {
     pub(crate) store: StoreOptions,
     /// Processing time: the wall clock, not the watermark, drives timers and stamps causes.
     pub(crate) processing_time: bool,
+    /// Input partitions; with more than one, the person stage runs.
+    pub(crate) partitions: usize,
+    /// How long a record about an unknown person waits at the person stage, ns.
+    pub(crate) unknown_person_wait_ns: i64,
 }
 
 pub(crate) struct PartitionTask {
@@ -112,6 +209,8 @@ pub(crate) struct PartitionTask {
     effects: Effects,
     /// The last record applied, its tenant and event id (the cause a processing-time tick names).
     last_event: (Id, Id),
+    /// The person stage's part on this partition (with several partitions).
+    stage: Option<PersonStage>,
 }
 
 /// Drops entries of a cache grown past `capacity`, down to three quarters of it.
@@ -142,6 +241,7 @@ impl PartitionTask {
         let (dedup, dedup_log) =
             crate::dedup::restore(&store, cfg.dedup_window, cfg.dedup_max_age_ns, progress.max_ts)?;
         let timers = store.timers()?.into_iter().map(|t| Reverse(Queued::stored(t))).collect();
+        let stage = if cfg.partitions > 1 { Some(PersonStage::open(&store)?) } else { None };
         Ok(PartitionTask {
             partition,
             cfg,
@@ -154,6 +254,7 @@ impl PartitionTask {
             timers,
             effects: Effects::default(),
             last_event: (Id::default(), Id::default()),
+            stage,
         })
     }
 
@@ -187,15 +288,9 @@ impl PartitionTask {
         Ok(known)
     }
 
-    fn reject(&self, out: &mut Processed, reason: RejectReason, detail: String, raw: &[u8], offset: i64) {
-        tracing::debug!(reason = reason.as_str(), %detail, partition = self.partition, offset, "Record rejected.");
-        let source = SourcePosition::Kafka { topic: self.cfg.input_topic.clone(), partition: self.partition, offset };
-        let rec = RejectedRecord::new(reason, detail, raw, source);
-        // A rejected record holds only strings and numbers: it always serializes.
-        if let Ok(json) = serde_json::to_vec(&rec) {
-            out.outputs.push(OutRecord { kind: OutKind::Rejected, key: None, json });
-        }
-        out.tally.rejected(reason);
+    /// Where an input record of the partition was read.
+    fn origin(&self, offset: i64) -> Origin {
+        Origin { topic: self.cfg.input_topic.clone(), partition: self.partition, offset }
     }
 
     /// Moves the step's effects into the outputs and the timer queue; notes the changed records.
@@ -237,135 +332,254 @@ impl PartitionTask {
         Ok(())
     }
 
-    /// Processes a batch of the partition's records in offset order. Nothing is durable until
-    /// [`PartitionTask::apply`]; on an abort the task must be dropped.
+    /// Processes a batch of the partition's records (of its three topics, in the order read). Nothing is
+    /// durable until [`PartitionTask::apply`]; on an abort the task must be dropped.
     ///
     /// # Errors
     /// A state read failure.
     pub(crate) fn process(&mut self, defs: &Definitions, records: &[InRecord]) -> Result<Processed, EngineError> {
         let _span = tracing::debug_span!("batch", partition = self.partition, records = records.len()).entered();
-        // In processing time, the clock read once for the batch: waits and timeouts count from it.
-        let clock = self.cfg.processing_time.then(crate::wall_clock_ns);
-        let mut out = Processed { input_next: self.progress.input_next, ..Processed::default() };
-        let mut dirty: Vec<(Id, Id)> = Vec::new();
-        let mut index_dirty: Vec<(u128, Entity, Id, Id)> = Vec::new();
-        let mut applied_ids: Vec<(u128, i64)> = Vec::new();
+        let mut b = self.batch();
         for rec in records {
-            out.input_next = rec.offset + 1;
-            out.read.push(rec.read_at);
+            b.out.read.push(rec.read_at);
             let raw = rec.payload.as_deref().unwrap_or_default();
-            let decoded = match decode_record(raw, &self.cfg.rules) {
-                Parsed::Blank => continue,
-                Parsed::Rejected(r, raw) => {
-                    self.reject(&mut out, r.reason, r.detail, &raw, rec.offset);
-                    continue;
+            match rec.source {
+                Source::Input => {
+                    b.out.next.input = rec.offset + 1;
+                    let origin = self.origin(rec.offset);
+                    self.input_record(defs, raw, &origin, false, &mut b)?;
                 }
-                Parsed::Event(d) => d,
-            };
-            let Decoded { event, dedup: hash, .. } = decoded;
-            let tenant = event.tenant.as_str();
-            if !self.dedup.insert(hash, event.ts.0) {
-                out.tally.duplicate(tenant);
-                continue;
-            }
-            let indexed = routing::indexed(&event);
-            let known = match indexed {
-                Some((entity, id)) => self.lookup(entity, tenant, id)?,
-                None => None,
-            };
-            let route = routing::route(&event, known.as_ref());
-            if route.unroutable {
-                self.dedup.forget_last(hash);
-                let person = event.body.person_id().unwrap_or_default();
-                self.reject(
-                    &mut out,
-                    RejectReason::UnknownPersonAccount,
-                    format!("person `{person}` has no known account and the event names none"),
-                    raw,
-                    rec.offset,
-                );
-                continue;
-            }
-            let mut attach: Option<(Moved, Id)> = None;
-            if let (Some(from), Some((entity, id))) = (&route.moving_from, indexed) {
-                let old = self.account(tenant, from)?;
-                match old.detach(entity, id) {
-                    Some(moved) => {
-                        match entity {
-                            Entity::Opportunity => out.delta.delete_opportunity(tenant, from, id),
-                            _ => out.delta.delete_person(tenant, from, id),
-                        }
-                        dirty.push((Id::from(tenant), from.clone()));
-                        attach = Some((moved, from.clone()));
-                    }
-                    None => tracing::warn!(
-                        id,
-                        account = from.as_str(),
-                        "The index named an account that does not hold the record."
-                    ),
+                Source::Persons => {
+                    b.out.next.persons = rec.offset + 1;
+                    self.person_message(raw, rec.offset, &mut b)?;
+                }
+                Source::Accounts => {
+                    b.out.next.accounts = rec.offset + 1;
+                    self.account_message(defs, raw, rec.offset, &mut b)?;
                 }
             }
-            if let (Some(update), Some((entity, id))) = (route.index_update, indexed) {
-                let key = keys::index_key(entity, tenant, id);
-                if self.index.get(&key).and_then(Option::as_ref) != Some(&update) {
-                    self.index.insert(key, Some(update));
-                    index_dirty.push((key, entity, Id::from(tenant), Id::from(id)));
-                }
-            }
-            self.dedup.settle();
-            applied_ids.push((hash, event.ts.0));
-            out.tally.applied(tenant, &event.body);
-            let ts = event.ts.0;
-            if clock.is_none()
-                && self.progress.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns))
-            {
-                out.tally.late(tenant);
-            }
-            let max_ts = self.progress.max_ts.map_or(ts, |m| m.max(ts));
-            self.progress.max_ts = Some(max_ts);
-            let seq = (rec.offset + 1) as u64;
-            if let Some(account) = &route.account {
-                let cause = Cause::record(seq, clock.map_or(event.ts, Timestamp), &event.event_id);
-                self.effects.clear();
-                let mut effects = std::mem::take(&mut self.effects);
-                let acct = self.account(tenant, account)?;
-                apply_event(defs, acct, &event, attach, &cause, &mut effects);
-                self.effects = effects;
-                self.take_effects(tenant, account, &mut out, &mut dirty);
-            }
-            let watermark = clock.unwrap_or_else(|| max_ts.saturating_sub(self.cfg.allowed_disorder_ns));
-            self.timer_pass(defs, watermark, seq, (tenant, &event.event_id), &mut out, &mut dirty)?;
-            self.last_event = (Id::from(tenant), Id::from(event.event_id.as_str()));
         }
-        Ok(self.finish(out, dirty, index_dirty, &applied_ids))
+        Ok(self.finish(b))
     }
 
-    /// Processing time: fires the timers due by `now` on a partition with no input, in a transaction of
-    /// their own; `None` when nothing is due.
+    fn batch(&self) -> Batch {
+        Batch {
+            out: Processed::at(self.progress.next()),
+            dirty: Vec::new(),
+            index_dirty: Vec::new(),
+            applied_ids: Vec::new(),
+            clock: self.cfg.processing_time.then(crate::wall_clock_ns),
+        }
+    }
+
+    /// Routes and applies one input record, or one the person stage forwarded (`forwarded`: it was counted
+    /// for de-duplication where it was read, and it is not sent to the stage again).
+    fn input_record(
+        &mut self,
+        defs: &Definitions,
+        raw: &[u8],
+        origin: &Origin,
+        forwarded: bool,
+        b: &mut Batch,
+    ) -> Result<(), EngineError> {
+        let decoded = match decode_record(raw, &self.cfg.rules) {
+            Parsed::Blank => return Ok(()),
+            Parsed::Rejected(r, raw) => {
+                b.out.reject(r.reason, r.detail, &raw, origin);
+                return Ok(());
+            }
+            Parsed::Event(d) => d,
+        };
+        let Decoded { event, dedup: hash, .. } = decoded;
+        let tenant = event.tenant.as_str();
+        if !forwarded && !self.dedup.insert(hash, event.ts.0) {
+            b.out.tally.duplicate(tenant);
+            return Ok(());
+        }
+        let indexed = routing::indexed(&event);
+        let known = match indexed {
+            Some((entity, id)) => self.lookup(entity, tenant, id)?,
+            None => None,
+        };
+        let route = routing::route(&event, known.as_ref());
+        // A person event that names no account, about a person this partition does not hold: another
+        // partition may, and the stage finds out.
+        let unknown_here = matches!(indexed, Some((Entity::Person, _))) && route.account.is_none();
+        if unknown_here && !forwarded && self.stage.is_some() {
+            self.dedup.settle();
+            b.applied_ids.push((hash, event.ts.0));
+            let lookup = PersonMessage::Lookup {
+                tenant: event.tenant.clone(),
+                person: Id::from(event.body.person_id().unwrap_or_default()),
+                ts: event.ts.0,
+                origin: origin.clone(),
+                raw: raw.to_vec(),
+                needs_account: route.unroutable,
+            };
+            b.out.forwards.push(lookup.forward(self.cfg.partitions));
+            b.out.stage[Outcome::Looked as usize] += 1;
+            return Ok(());
+        }
+        if route.unroutable {
+            if !forwarded {
+                self.dedup.forget_last(hash);
+            }
+            let person = event.body.person_id().unwrap_or_default();
+            let detail = format!("person `{person}` has no known account and the event names none");
+            b.out.reject(RejectReason::UnknownPersonAccount, detail, raw, origin);
+            return Ok(());
+        }
+        let mut attach: Option<(Moved, Id)> = None;
+        if let (Some(from), Some((entity, id))) = (&route.moving_from, indexed) {
+            let old = self.account(tenant, from)?;
+            match old.detach(entity, id) {
+                Some(moved) => {
+                    match entity {
+                        Entity::Opportunity => b.out.delta.delete_opportunity(tenant, from, id),
+                        _ => b.out.delta.delete_person(tenant, from, id),
+                    }
+                    b.dirty.push((Id::from(tenant), from.clone()));
+                    attach = Some((moved, from.clone()));
+                }
+                None => tracing::warn!(
+                    id,
+                    account = from.as_str(),
+                    "The index named an account that does not hold the record."
+                ),
+            }
+        }
+        if let (Some(update), Some((entity, id))) = (route.index_update, indexed)
+            && self.set_index(entity, tenant, id, update.clone(), b)
+            && entity == Entity::Person
+            && self.stage.is_some()
+        {
+            // The stage learns where the person lives now.
+            let route =
+                RouteRecord { account_id: update.account_id, partition: self.partition, present: update.present };
+            let msg =
+                PersonMessage::Route { tenant: event.tenant.clone(), person: Id::from(id), route, ts: event.ts.0 };
+            b.out.forwards.push(msg.forward(self.cfg.partitions));
+        }
+        if !forwarded {
+            self.dedup.settle();
+            b.applied_ids.push((hash, event.ts.0));
+        }
+        b.out.tally.applied(tenant, &event.body);
+        let ts = event.ts.0;
+        if b.clock.is_none()
+            && self.progress.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns))
+        {
+            b.out.tally.late(tenant);
+        }
+        let max_ts = self.progress.max_ts.map_or(ts, |m| m.max(ts));
+        self.progress.max_ts = Some(max_ts);
+        let own_offset = if forwarded { 0 } else { (origin.offset + 1) as u64 };
+        self.progress.seq = (self.progress.seq + 1).max(own_offset);
+        let seq = self.progress.seq;
+        if let Some(account) = &route.account {
+            let cause = Cause::record(seq, b.clock.map_or(event.ts, Timestamp), &event.event_id);
+            self.effects.clear();
+            let mut effects = std::mem::take(&mut self.effects);
+            let acct = self.account(tenant, account)?;
+            apply_event(defs, acct, &event, attach, &cause, &mut effects);
+            self.effects = effects;
+            self.take_effects(tenant, account, &mut b.out, &mut b.dirty);
+        }
+        let watermark = b.clock.unwrap_or_else(|| max_ts.saturating_sub(self.cfg.allowed_disorder_ns));
+        self.timer_pass(defs, watermark, seq, (tenant, &event.event_id), &mut b.out, &mut b.dirty)?;
+        self.last_event = (Id::from(tenant), Id::from(event.event_id.as_str()));
+        Ok(())
+    }
+
+    /// Writes an index entry if it changes; true when it did.
+    fn set_index(&mut self, entity: Entity, tenant: &str, id: &str, update: IndexRecord, b: &mut Batch) -> bool {
+        let key = keys::index_key(entity, tenant, id);
+        if self.index.get(&key).and_then(Option::as_ref) == Some(&update) {
+            return false;
+        }
+        self.index.insert(key, Some(update));
+        b.index_dirty.push((key, entity, Id::from(tenant), Id::from(id)));
+        true
+    }
+
+    /// A record of the persons topic: this partition's part of the person stage.
+    fn person_message(&mut self, raw: &[u8], offset: i64, b: &mut Batch) -> Result<(), EngineError> {
+        let Some(stage) = self.stage.as_mut() else { return Ok(()) };
+        let msg = match caravan_schemas::state::decode::<PersonMessage>(raw) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, partition = self.partition, offset, "Unreadable person stage record.");
+                return Ok(());
+            }
+        };
+        let ts = match &msg {
+            PersonMessage::Route { ts, .. } | PersonMessage::Lookup { ts, .. } => *ts,
+        };
+        let max_ts = self.progress.stage_max_ts.map_or(ts, |m| m.max(ts));
+        self.progress.stage_max_ts = Some(max_ts);
+        // A record waits until this time passes: its event time (by the stage's watermark), or the clock.
+        let now = b.clock.unwrap_or_else(|| max_ts.saturating_sub(self.cfg.allowed_disorder_ns));
+        let parked_from = b.clock.unwrap_or(ts);
+        stage.handle(&self.store, msg, offset as u64, parked_from + self.cfg.unknown_person_wait_ns, &mut b.out)?;
+        stage.expire(now, &mut b.out);
+        Ok(())
+    }
+
+    /// A record of the accounts topic: a record the person stage resolved to one of this partition's
+    /// accounts, or a person to let go of.
+    fn account_message(
+        &mut self,
+        defs: &Definitions,
+        raw: &[u8],
+        offset: i64,
+        b: &mut Batch,
+    ) -> Result<(), EngineError> {
+        match caravan_schemas::state::decode::<AccountMessage>(raw) {
+            Ok(AccountMessage::Forward { origin, raw }) => self.input_record(defs, &raw, &origin, true, b),
+            Ok(AccountMessage::Detach { tenant, person, account }) => {
+                let known = self.lookup(Entity::Person, &tenant, &person)?;
+                if known.is_some_and(|k| k.present && k.account_id == account) {
+                    if self.account(&tenant, &account)?.detach(Entity::Person, &person).is_some() {
+                        b.out.delta.delete_person(&tenant, &account, &person);
+                        b.dirty.push((tenant.clone(), account.clone()));
+                    }
+                    let gone = IndexRecord { account_id: account, present: false };
+                    self.set_index(Entity::Person, &tenant, &person, gone, b);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, partition = self.partition, offset, "Unreadable account stage record.");
+                Ok(())
+            }
+        }
+    }
+
+    /// Processing time: fires the timers due by `now` on a partition with no input, and rejects the records
+    /// whose wait at the person stage is over, in a transaction of their own; `None` when nothing is due.
     ///
     /// # Errors
     /// A state read failure.
     pub(crate) fn tick(&mut self, defs: &Definitions, now: i64) -> Result<Option<Processed>, EngineError> {
-        if self.timers.peek().is_none_or(|Reverse(t)| t.due > now) {
+        let timers_due = self.timers.peek().is_some_and(|Reverse(t)| t.due <= now);
+        let parked_due = self.stage.as_ref().is_some_and(|s| s.due(now));
+        if !timers_due && !parked_due {
             return Ok(None);
         }
-        let mut out = Processed { input_next: self.progress.input_next, ..Processed::default() };
-        let mut dirty = Vec::new();
-        let seq = self.progress.input_next.max(0) as u64;
+        let mut b = self.batch();
+        if let Some(stage) = self.stage.as_mut() {
+            stage.expire(now, &mut b.out);
+        }
+        let seq = self.progress.seq;
         let (tenant, event_id) = self.last_event.clone();
-        self.timer_pass(defs, now, seq, (&tenant, &event_id), &mut out, &mut dirty)?;
-        Ok(Some(self.finish(out, dirty, Vec::new(), &[])))
+        self.timer_pass(defs, now, seq, (&tenant, &event_id), &mut b.out, &mut b.dirty)?;
+        Ok(Some(self.finish(b)))
     }
 
     /// The state delta of a batch: every account changed, as it stands now; index entries; the window; the
     /// partition's progress.
-    fn finish(
-        &mut self,
-        mut out: Processed,
-        mut dirty: Vec<(Id, Id)>,
-        mut index_dirty: Vec<(u128, Entity, Id, Id)>,
-        applied_ids: &[(u128, i64)],
-    ) -> Processed {
+    fn finish(&mut self, b: Batch) -> Processed {
+        let Batch { mut out, mut dirty, mut index_dirty, applied_ids, .. } = b;
         dirty.sort_unstable();
         dirty.dedup();
         for (tenant, account) in dirty {
@@ -384,8 +598,10 @@ impl PartitionTask {
             }
         }
         self.progress.epoch += 1;
-        self.progress.input_next = out.input_next;
-        self.dedup_log.record(&mut out.delta, self.progress.epoch, applied_ids, self.progress.max_ts);
+        self.progress.input_next = out.next.input;
+        self.progress.persons_next = out.next.persons;
+        self.progress.accounts_next = out.next.accounts;
+        self.dedup_log.record(&mut out.delta, self.progress.epoch, &applied_ids, self.progress.max_ts);
         out.delta.put_meta(PROGRESS, caravan_schemas::state::encode(&self.progress));
         out
     }
@@ -400,6 +616,9 @@ impl PartitionTask {
         // Everything is committed between batches: any entry may go, it only costs a read later.
         trim(&mut self.accounts, self.cfg.cache_accounts);
         trim(&mut self.index, self.cfg.cache_persons);
+        if let Some(stage) = self.stage.as_mut() {
+            stage.trim(self.cfg.cache_persons);
+        }
         Ok(())
     }
 
@@ -419,6 +638,11 @@ impl PartitionTask {
         let mut delta = Delta::default();
         delta.put_meta(PROGRESS, caravan_schemas::state::encode(&self.progress));
         delta
+    }
+
+    /// Records waiting at the person stage (for metrics).
+    pub(crate) fn parked(&self) -> usize {
+        self.stage.as_ref().map_or(0, PersonStage::parked_len)
     }
 
     /// Pending timers (for metrics).
