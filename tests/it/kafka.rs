@@ -173,40 +173,36 @@ fn assert_admin_after_catching_up(port: u16, input: &Path, reference: &Path) {
 fn slices(input: &Path, parts: usize) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(input).expect("input");
     let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
-    let size = lines.len().div_ceil(parts);
-    lines.chunks(size).map(<[String]>::to_vec).collect()
+    slices_of(&lines, parts)
 }
 
-fn produce_slice(cluster: &Cluster, slice: &[String]) {
-    let refs: Vec<&str> = slice.iter().map(String::as_str).collect();
-    cluster.produce(&refs);
+fn slices_of(lines: &[String], parts: usize) -> Vec<Vec<String>> {
+    lines.chunks(lines.len().div_ceil(parts)).map(<[String]>::to_vec).collect()
 }
 
-#[test]
-fn sigkill_at_random_points_while_input_flows_loses_and_doubles_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Scenario { input, expect, reference, cluster } = scenario(dir.path(), 300, 40_000, 9, 3);
-
+/// Produces the slices a second apart while `rounds` instances in turn start and die by SIGKILL at a random
+/// moment (seeded by `CARAVAN_CRASH_SEED`, else at random, printed). At least one kill lands after the
+/// instance has committed something.
+fn kill_repeatedly(cluster: &Cluster, dir: &Path, parts: &[Vec<String>], rounds: usize, env: &[(&str, &str)]) {
     let seed: u64 = std::env::var("CARAVAN_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("kafka crash test seed {seed} (set CARAVAN_CRASH_SEED to replay it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let state = dir.path().join("state");
-    let parts = slices(&input, 8);
+    let state = dir.join("state");
     let mut mid_run = 0;
     std::thread::scope(|s| {
         // Input keeps flowing while instances die.
         let feeder = s.spawn(|| {
-            for part in &parts {
-                produce_slice(&cluster, part);
+            for part in parts {
+                produce_slice(cluster, part);
                 std::thread::sleep(Duration::from_millis(1000));
             }
         });
-        for round in 0..8 {
+        for round in 0..rounds {
             // The same instance id every time: the new process fences the killed one and aborts its open
             // transaction (the test broker never times one out), and with static membership it takes the
             // killed member's place in the group at once (the test broker never expires a dead member).
-            let log = dir.path().join(format!("run-{round}.log"));
-            let mut child = cluster.start_with(0, &state, &log, STATIC);
+            let log = dir.join(format!("run-{round}.log"));
+            let mut child = cluster.start_with(0, &state, &log, env);
             std::thread::sleep(Duration::from_millis(rng.random_range(300..3000)));
             let committed = cluster.committed();
             eprintln!("round {round}: committed {committed} when killed");
@@ -219,9 +215,20 @@ fn sigkill_at_random_points_while_input_flows_loses_and_doubles_nothing() {
         feeder.join().expect("feeder");
     });
     assert!(mid_run > 0, "no kill landed after the instance had committed something");
-    let end = cluster.input_end();
-    let before_last = cluster.committed();
-    assert!(before_last < end || mid_run > 0, "nothing was left for the last run to do");
+}
+
+fn produce_slice(cluster: &Cluster, slice: &[String]) {
+    let refs: Vec<&str> = slice.iter().map(String::as_str).collect();
+    cluster.produce(&refs);
+}
+
+#[test]
+fn sigkill_at_random_points_while_input_flows_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Scenario { input, expect, reference, cluster } = scenario(dir.path(), 300, 40_000, 9, 3);
+
+    let state = dir.path().join("state");
+    kill_repeatedly(&cluster, dir.path(), &slices(&input, 8), 8, STATIC);
     let child = cluster.start_with(0, &state, &dir.path().join("run-last.log"), STATIC);
     cluster.wait_caught_up(Duration::from_secs(180));
     let status = terminate(child);
@@ -468,64 +475,66 @@ fn an_xdm_input_topic_is_read_as_its_configured_tenant() {
     assert_eq!(rejected[0]["source"]["offset"], 3);
 }
 
-/// Records about persons that name no account, read by partitions that do not hold the person's account,
-/// reach it through the person stage: the same change events as a replay of the same input.
-#[test]
-fn records_without_account_reach_the_persons_account_through_the_person_stage() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = Cluster::new(dir.path(), 3);
+/// Persons with their accounts (keyed by account) and, per person, `updates` updates and every fifth person a
+/// deletion, naming no account (keyed by person, so mostly read by another partition than the account's).
+/// Returns both lists and the replay of all of them, in that order.
+struct PersonKeyed {
+    known: Vec<String>,
+    keyed_by_person: Vec<String>,
+    reference: PathBuf,
+}
+
+fn person_keyed(dir: &Path, persons: usize, updates: usize) -> PersonKeyed {
     let event = |id: String, second: usize, body: String| {
-        format!(
-            r#"{{"tenant":"acme","event_id":"{id}","ts":"2026-03-01T08:{:02}:{:02}Z",{body}}}"#,
-            second / 60,
-            second % 60
-        )
+        let (h, m, s) = (8 + second / 3600, second / 60 % 60, second % 60);
+        format!(r#"{{"tenant":"acme","event_id":"{id}","ts":"2026-03-01T{h:02}:{m:02}:{s:02}Z",{body}}}"#)
     };
-    // First the persons with their accounts (keyed by account), then updates and deletions that name no
-    // account (keyed by person, so mostly read by another partition than the account's).
-    let mut known = Vec::new();
-    for i in 0..90 {
-        let body = format!(
-            r#""type":"person.upserted","person_id":"q{i}","account_id":"a{}","attributes":{{"n":{i}}}"#,
-            i % 30
-        );
-        known.push(event(format!("k{i}"), i, body));
-    }
+    let accounts = persons / 3;
+    let known: Vec<String> = (0..persons)
+        .map(|i| {
+            let account = i % accounts;
+            let body = format!(
+                r#""type":"person.upserted","person_id":"q{i}","account_id":"a{account}","attributes":{{"n":{i}}}"#
+            );
+            event(format!("k{i}"), i, body)
+        })
+        .collect();
     let mut keyed_by_person = Vec::new();
-    for i in 0..90 {
-        let body = format!(r#""type":"person.upserted","person_id":"q{i}","attributes":{{"score":{}}}"#, i * 7);
-        keyed_by_person.push(event(format!("u{i}"), 100 + i, body));
-        if i % 5 == 0 {
-            keyed_by_person.push(event(
-                format!("d{i}"),
-                200 + i,
-                format!(r#""type":"person.deleted","person_id":"q{i}""#),
-            ));
+    for round in 0..updates {
+        for i in 0..persons {
+            let body =
+                format!(r#""type":"person.upserted","person_id":"q{i}","attributes":{{"score":{}}}"#, i * 7 + round);
+            keyed_by_person.push(event(format!("u{i}.{round}"), persons * (round + 1) + i, body));
         }
     }
-    let input = dir.path().join("input.ndjson");
+    for i in (0..persons).step_by(5) {
+        let body = format!(r#""type":"person.deleted","person_id":"q{i}""#);
+        keyed_by_person.push(event(format!("d{i}"), persons * (updates + 1) + i, body));
+    }
+    let input = dir.join("input.ndjson");
     std::fs::write(&input, [known.clone(), keyed_by_person.clone()].concat().join("\n") + "\n").expect("input");
-    let reference = dir.path().join("reference");
+    let reference = dir.join("reference");
     replay(&reference_definitions(), &input, &reference, None, &[]);
-    let expected = read_ndjson(&reference.join("changes.ndjson"));
-    assert_eq!(expected.len(), 90 + 90 + 18, "the replay applies every record");
+    let changes = read_ndjson(&reference.join("changes.ndjson")).len();
+    assert_eq!(changes, persons * (updates + 1) + persons.div_ceil(5), "the replay applies every record");
+    PersonKeyed { known, keyed_by_person, reference }
+}
 
-    let log = dir.path().join("run.log");
-    let child = cluster.start(0, &dir.path().join("state"), &log);
-    cluster.produce(&known.iter().map(String::as_str).collect::<Vec<_>>());
-    cluster.wait_caught_up(Duration::from_secs(120));
-    cluster.produce(&keyed_by_person.iter().map(String::as_str).collect::<Vec<_>>());
+/// The committed change events, once there are as many as the replay's (or after two minutes).
+fn changes_when_complete(cluster: &Cluster, reference: &Path) -> Vec<Value> {
+    let expected = read_ndjson(&reference.join("changes.ndjson")).len();
     let started = Instant::now();
     let mut changes = cluster.read_committed("changes");
-    while changes.len() < expected.len() && started.elapsed() < Duration::from_secs(120) {
+    while changes.len() < expected && started.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(500));
         changes = cluster.read_committed("changes");
     }
-    let metrics = series(&http_get(admin_port(&log), "/metrics", None).1);
-    assert!(terminate(child).success(), "{}", run_log(dir.path(), "run.log"));
-    assert!(cluster.read_committed("rejected").is_empty(), "{}", run_log(dir.path(), "run.log"));
-    // Each person's changes in order, as the replay has them (persons of one account may interleave
-    // differently: their records were read by different partitions).
+    changes
+}
+
+/// Each person's change events, in order, are the replay's (persons of one account may interleave
+/// differently: their records were read by different partitions).
+fn assert_same_per_entity(changes: &[Value], reference: &Path) {
     let by_entity = |records: &[Value]| {
         let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for r in records {
@@ -533,7 +542,7 @@ fn records_without_account_reach_the_persons_account_through_the_person_stage() 
         }
         m
     };
-    let (got, want) = (by_entity(&changes), by_entity(&expected));
+    let (got, want) = (by_entity(changes), by_entity(&read_ndjson(&reference.join("changes.ndjson"))));
     let differ: Vec<_> = want.iter().filter(|(k, v)| got.get(*k) != Some(v)).map(|(k, v)| (k, v, got.get(k))).collect();
     assert!(
         differ.is_empty() && got.len() == want.len(),
@@ -541,8 +550,48 @@ fn records_without_account_reach_the_persons_account_through_the_person_stage() 
         differ.len(),
         differ.first()
     );
+}
+
+/// Records about persons that name no account, read by partitions that do not hold the person's account,
+/// reach it through the person stage: the same change events as a replay of the same input.
+#[test]
+fn records_without_account_reach_the_persons_account_through_the_person_stage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::new(dir.path(), 3);
+    let PersonKeyed { known, keyed_by_person, reference } = person_keyed(dir.path(), 90, 1);
+    let log = dir.path().join("run.log");
+    let child = cluster.start(0, &dir.path().join("state"), &log);
+    produce_slice(&cluster, &known);
+    cluster.wait_caught_up(Duration::from_secs(120));
+    produce_slice(&cluster, &keyed_by_person);
+    let changes = changes_when_complete(&cluster, &reference);
+    let metrics = series(&http_get(admin_port(&log), "/metrics", None).1);
+    assert!(terminate(child).success(), "{}", run_log(dir.path(), "run.log"));
+    assert!(cluster.read_committed("rejected").is_empty(), "{}", run_log(dir.path(), "run.log"));
+    assert_same_per_entity(&changes, &reference);
     let resolved = metrics.get(r#"caravan_kafka_person_stage_records_total{outcome="resolved"}"#).copied();
     let looked = metrics.get(r#"caravan_kafka_person_stage_records_total{outcome="looked_up"}"#).copied();
     assert!(resolved.unwrap_or(0.0) > 0.0, "records went through the stage: {metrics:?}");
     assert_eq!(looked, resolved, "every record sent to the stage resolved at once (its route was there)");
+}
+
+/// The person stage under SIGKILL: its records, routes, parked records and the records it sends on commit
+/// with the rest, so nothing is lost or doubled.
+#[test]
+fn sigkill_while_person_keyed_records_flow_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::new(dir.path(), 3);
+    let PersonKeyed { known, keyed_by_person, reference } = person_keyed(dir.path(), 300, 4);
+    // Updates may overtake their person's creation (all is produced while instances die): they wait for it.
+    let env = [STATIC[0], ("CARAVAN_INPUT__UNKNOWN_PERSON_WAIT", "1d")];
+    let input: Vec<String> = [known, keyed_by_person].concat();
+    kill_repeatedly(&cluster, dir.path(), &slices_of(&input, 6), 6, &env);
+    let child = cluster.start_with(0, &dir.path().join("state"), &dir.path().join("run-last.log"), &env);
+    let changes = changes_when_complete(&cluster, &reference);
+    assert!(terminate(child).success(), "{}", run_log(dir.path(), "run-last.log"));
+    assert!(cluster.read_committed("rejected").is_empty(), "{}", run_log(dir.path(), "run-last.log"));
+    let got = dir.path().join("kafka");
+    cluster.outputs_to(&got);
+    assert_exactly_once(&got);
+    assert_same_per_entity(&changes, &reference);
 }
