@@ -14,11 +14,11 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -215,12 +215,48 @@ pub(crate) fn reader(cfg: &Config) -> Result<BaseConsumer<ReaderContext>, Engine
 }
 
 /// The producer's context: the highest changelog offset delivered per partition, to know how far the local
-/// stores are after a commit.
+/// stores are after a commit, and the records sent but not yet acknowledged, to wait for them without polling.
 #[derive(Default)]
 pub(crate) struct OutputContext {
     pub(crate) changelog_topic: String,
     pub(crate) delivered: Mutex<HashMap<i32, i64>>,
     pub(crate) failed: Mutex<Option<String>>,
+    /// Records handed to the producer whose delivery report has not come yet.
+    pending: Mutex<u64>,
+    /// Signalled when `pending` reaches zero.
+    settled: Condvar,
+}
+
+impl OutputContext {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a record about to be sent (before the send: its report may come at once).
+    pub(crate) fn sending(&self) {
+        *self.lock_pending() += 1;
+    }
+
+    /// Uncounts a record whose send failed (no report will come).
+    pub(crate) fn not_sent(&self) {
+        let mut p = self.lock_pending();
+        *p = p.saturating_sub(1);
+    }
+
+    /// Forgets records of an aborted transaction (their reports may still come; they count for nothing).
+    pub(crate) fn reset(&self) {
+        *self.lock_pending() = 0;
+    }
+
+    /// Waits until every record sent has its delivery report, or `timeout`; false on timeout.
+    pub(crate) fn wait_delivered(&self, timeout: Duration) -> bool {
+        let guard = self.lock_pending();
+        let (guard, _) = self
+            .settled
+            .wait_timeout_while(guard, timeout, |p| *p > 0)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard == 0
+    }
 }
 
 impl ClientContext for OutputContext {}
@@ -229,6 +265,13 @@ impl ProducerContext for OutputContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        {
+            let mut p = self.lock_pending();
+            *p = p.saturating_sub(1);
+            if *p == 0 {
+                self.settled.notify_all();
+            }
+        }
         match result {
             Ok(m) if m.topic() == self.changelog_topic => {
                 let mut d = self.delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -244,11 +287,12 @@ impl ProducerContext for OutputContext {
     }
 }
 
-/// The transactional producer of this instance. A `BaseProducer` polled by the service loop itself: a
-/// background poller (rust-rdkafka's `ThreadedProducer`) takes the delivery reports that a flush waits for,
-/// and the flush then sleeps out its 100 ms poll interval before every commit. (its transactional id is the instance id: a restarted
-/// instance fences its former self).
-pub(crate) fn producer(cfg: &Config) -> Result<rdkafka::producer::BaseProducer<OutputContext>, EngineError> {
+/// The transactional producer of this instance (its transactional id is the instance id: a restarted instance
+/// fences its former self). A `ThreadedProducer`: its thread serves the delivery reports as they come, and the
+/// service waits for them on [`OutputContext::wait_delivered`]. (rust-rdkafka's `BaseProducer::poll` rounds
+/// its timeout down to whole milliseconds and loops until its deadline, so polling for reports on the
+/// service thread either spins or waits out the whole timeout.)
+pub(crate) fn producer(cfg: &Config) -> Result<ThreadedProducer<OutputContext>, EngineError> {
     let mut c = client_config(cfg);
     c.set("transactional.id", &cfg.kafka.instance_id)
         .set("enable.idempotence", "true")
@@ -260,7 +304,7 @@ pub(crate) fn producer(cfg: &Config) -> Result<rdkafka::producer::BaseProducer<O
         c.set("retry.backoff.ms", "5");
     }
     let ctx = OutputContext { changelog_topic: cfg.changelog_topic(), ..OutputContext::default() };
-    let p: rdkafka::producer::BaseProducer<OutputContext> =
+    let p: ThreadedProducer<OutputContext> =
         c.create_with_context(ctx).map_err(|e| kafka_error("creating the producer", e))?;
     use rdkafka::producer::Producer;
     p.init_transactions(REQUEST_TIMEOUT).map_err(|e| {

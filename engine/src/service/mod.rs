@@ -31,7 +31,7 @@ use definitions::{Feed, Published};
 use kafka::{Assignment, REQUEST_TIMEOUT, kafka_error};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,7 +71,7 @@ struct Service<'c> {
     cfg: &'c Config,
     task_cfg: TaskConfig,
     consumer: BaseConsumer<kafka::InputContext>,
-    producer: BaseProducer<kafka::OutputContext>,
+    producer: ThreadedProducer<kafka::OutputContext>,
     restorer: BaseConsumer<kafka::ReaderContext>,
     changelog: String,
     /// The person stage's topics (persons, accounts), with several partitions.
@@ -199,6 +199,7 @@ impl Service<'_> {
         let first_read = done.values().filter_map(|p| p.read.iter().min()).min().copied();
         let started = Instant::now();
         self.producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        self.producer.context().reset();
         match self.transaction(&done, offsets) {
             Ok(()) => tracing::debug!(took = ?started.elapsed(), partitions = done.len(), "Transaction committed."),
             Err(e) => {
@@ -315,11 +316,13 @@ impl Service<'_> {
                 .map_err(|e| kafka_error("adding offsets to the transaction", e))?;
             telemetry::record_phase("offsets", &mut phase);
         }
-        // Serve delivery reports until everything is acknowledged (the commit would flush too, but through
-        // a poll that waits in steps of 100 ms).
+        // Wait until everything is acknowledged: the changelog offsets the stores record come from the
+        // reports. (The commit would flush too, but through rust-rdkafka's flush, which waits in steps of
+        // up to 100 ms.) The count of librdkafka settles a moment after the last report.
         let deadline = Instant::now() + REQUEST_TIMEOUT;
+        self.producer.context().wait_delivered(REQUEST_TIMEOUT);
         while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            self.producer.poll(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_micros(100));
         }
         telemetry::record_phase("deliver", &mut phase);
         self.producer.commit_transaction(REQUEST_TIMEOUT).map_err(|e| kafka_error("committing a transaction", e))?;
@@ -351,6 +354,7 @@ impl Service<'_> {
     }
 
     fn send<K: rdkafka::message::ToBytes + ?Sized>(&self, mut rec: BaseRecord<'_, K, [u8]>) -> Result<(), EngineError> {
+        self.producer.context().sending();
         loop {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),
@@ -361,7 +365,10 @@ impl Service<'_> {
                     rec = r;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((e, _)) => return Err(kafka_error("producing", e)),
+                Err((e, _)) => {
+                    self.producer.context().not_sent();
+                    return Err(kafka_error("producing", e));
+                }
             }
         }
     }
@@ -514,7 +521,10 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), Eng
             if now >= deadline || collected.len() as u64 >= cfg.commit.max_records || stop.load(Ordering::Relaxed) {
                 break;
             }
-            let polled = svc.consumer.poll((deadline - now).min(Duration::from_millis(100))).map(|r| {
+            // Whole milliseconds, rounded up: rust-rdkafka rounds a timeout down, and a poll of less than a
+            // millisecond would spin.
+            let wait = Duration::from_millis(((deadline - now).as_micros().div_ceil(1000) as u64).min(100));
+            let polled = svc.consumer.poll(wait).map(|r| {
                 r.map(|m| {
                     let payload = m.payload().map(<[u8]>::to_vec);
                     let source = svc.source_of(m.topic());
