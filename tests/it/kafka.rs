@@ -475,66 +475,91 @@ fn an_xdm_input_topic_is_read_as_its_configured_tenant() {
     assert_eq!(rejected[0]["source"]["offset"], 3);
 }
 
-/// Persons with their accounts (keyed by account) and, per person, `updates` updates and every fifth person a
-/// deletion, naming no account (keyed by person, so mostly read by another partition than the account's).
-/// Returns both lists and the replay of all of them, in that order.
+/// Enterprise accounts entering the reference journey with three persons each (keyed by account); then,
+/// naming no account (keyed by person, so mostly read by another partition than the account's), `updates`
+/// updates of every person, a click by the first person of each account (which the journey listens for:
+/// it then sets an attribute and alerts sales) and a deletion of every fifth person. The reference journey
+/// is published; returns both lists and the replay of all of them, in that order.
 struct PersonKeyed {
     known: Vec<String>,
     keyed_by_person: Vec<String>,
     reference: PathBuf,
 }
 
-fn person_keyed(dir: &Path, persons: usize, updates: usize) -> PersonKeyed {
+fn person_keyed(cluster: &Cluster, dir: &Path, accounts: usize, updates: usize) -> PersonKeyed {
+    let out = cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
+    assert!(out.status.success());
     let event = |id: String, second: usize, body: String| {
         let (h, m, s) = (8 + second / 3600, second / 60 % 60, second % 60);
-        format!(r#"{{"tenant":"acme","event_id":"{id}","ts":"2026-03-01T{h:02}:{m:02}:{s:02}Z",{body}}}"#)
+        format!(r#"{{"tenant":"bench","event_id":"{id}","ts":"2026-03-01T{h:02}:{m:02}:{s:02}Z",{body}}}"#)
     };
-    let accounts = persons / 3;
-    let known: Vec<String> = (0..persons)
-        .map(|i| {
-            let account = i % accounts;
-            let body = format!(
-                r#""type":"person.upserted","person_id":"q{i}","account_id":"a{account}","attributes":{{"n":{i}}}"#
-            );
-            event(format!("k{i}"), i, body)
-        })
-        .collect();
+    let persons = accounts * 3;
+    let mut known = Vec::new();
+    for a in 0..accounts {
+        let body = format!(r#""type":"account.upserted","account_id":"a{a}","attributes":{{"employees":5000}}"#);
+        known.push(event(format!("a{a}"), a, body));
+    }
+    for i in 0..persons {
+        let body = format!(
+            r#""type":"person.upserted","person_id":"q{i}","account_id":"a{}","attributes":{{"n":{i}}}"#,
+            i % accounts
+        );
+        known.push(event(format!("k{i}"), accounts + i, body));
+    }
+    for a in 0..accounts {
+        let body =
+            format!(r#""type":"account.audience","account_id":"a{a}","audience_id":"target","status":"entered""#);
+        known.push(event(format!("t{a}"), accounts + persons + a, body));
+    }
+    let mut at = 2 * accounts + persons;
     let mut keyed_by_person = Vec::new();
     for round in 0..updates {
         for i in 0..persons {
             let body =
                 format!(r#""type":"person.upserted","person_id":"q{i}","attributes":{{"score":{}}}"#, i * 7 + round);
-            keyed_by_person.push(event(format!("u{i}.{round}"), persons * (round + 1) + i, body));
+            keyed_by_person.push(event(format!("u{i}.{round}"), at + i, body));
         }
+        at += persons;
     }
+    for a in 0..accounts {
+        let body =
+            format!(r#""type":"person.activity","person_id":"q{a}","activity":"email.clicked","properties":{{}}"#);
+        keyed_by_person.push(event(format!("c{a}"), at + a, body));
+    }
+    at += accounts;
     for i in (0..persons).step_by(5) {
         let body = format!(r#""type":"person.deleted","person_id":"q{i}""#);
-        keyed_by_person.push(event(format!("d{i}"), persons * (updates + 1) + i, body));
+        keyed_by_person.push(event(format!("d{i}"), at + i, body));
     }
     let input = dir.join("input.ndjson");
     std::fs::write(&input, [known.clone(), keyed_by_person.clone()].concat().join("\n") + "\n").expect("input");
     let reference = dir.join("reference");
     replay(&reference_definitions(), &input, &reference, None, &[]);
+    let kinds =
+        |kind: &str| read_ndjson(&reference.join("actions.ndjson")).iter().filter(|a| a["type"] == kind).count();
+    assert_eq!((kinds("send_email"), kinds("send_alert")), (persons, accounts), "every click reaches its account");
     let changes = read_ndjson(&reference.join("changes.ndjson")).len();
-    assert_eq!(changes, persons * (updates + 1) + persons.div_ceil(5), "the replay applies every record");
+    assert_eq!(changes, 2 * accounts + persons * (updates + 1) + persons.div_ceil(5), "every record applies");
     PersonKeyed { known, keyed_by_person, reference }
 }
 
-/// The committed change events, once there are as many as the replay's (or after two minutes).
-fn changes_when_complete(cluster: &Cluster, reference: &Path) -> Vec<Value> {
-    let expected = read_ndjson(&reference.join("changes.ndjson")).len();
+/// The committed actions and change events, once there are as many as the replay's (or after two minutes).
+fn outputs_when_complete(cluster: &Cluster, reference: &Path) -> (Vec<Value>, Vec<Value>) {
+    let expected = |file: &str| read_ndjson(&reference.join(file)).len();
+    let (actions, changes) = (expected("actions.ndjson"), expected("changes.ndjson"));
     let started = Instant::now();
-    let mut changes = cluster.read_committed("changes");
-    while changes.len() < expected && started.elapsed() < Duration::from_secs(120) {
+    loop {
+        let got = (cluster.read_committed("actions"), cluster.read_committed("changes"));
+        if (got.0.len() >= actions && got.1.len() >= changes) || started.elapsed() > Duration::from_secs(120) {
+            return got;
+        }
         std::thread::sleep(Duration::from_millis(500));
-        changes = cluster.read_committed("changes");
     }
-    changes
 }
 
-/// Each person's change events, in order, are the replay's (persons of one account may interleave
-/// differently: their records were read by different partitions).
-fn assert_same_per_entity(changes: &[Value], reference: &Path) {
+/// Each account's actions and each entity's change events, in order, are the replay's (the records of
+/// persons of one account were read by different partitions, so their changes may interleave differently).
+fn assert_same_as_replay_per_entity(actions: &[Value], changes: &[Value], reference: &Path) {
     let by_entity = |records: &[Value]| {
         let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for r in records {
@@ -550,6 +575,8 @@ fn assert_same_per_entity(changes: &[Value], reference: &Path) {
         differ.len(),
         differ.first()
     );
+    let (got, want) = (by_account(actions), by_account(&read_ndjson(&reference.join("actions.ndjson"))));
+    assert_eq!(got, want, "actions, account by account");
 }
 
 /// Records about persons that name no account, read by partitions that do not hold the person's account,
@@ -558,17 +585,17 @@ fn assert_same_per_entity(changes: &[Value], reference: &Path) {
 fn records_without_account_reach_the_persons_account_through_the_person_stage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = Cluster::new(dir.path(), 3);
-    let PersonKeyed { known, keyed_by_person, reference } = person_keyed(dir.path(), 90, 1);
+    let PersonKeyed { known, keyed_by_person, reference } = person_keyed(&cluster, dir.path(), 30, 1);
     let log = dir.path().join("run.log");
     let child = cluster.start(0, &dir.path().join("state"), &log);
     produce_slice(&cluster, &known);
     cluster.wait_caught_up(Duration::from_secs(120));
     produce_slice(&cluster, &keyed_by_person);
-    let changes = changes_when_complete(&cluster, &reference);
+    let (actions, changes) = outputs_when_complete(&cluster, &reference);
     let metrics = series(&http_get(admin_port(&log), "/metrics", None).1);
     assert!(terminate(child).success(), "{}", run_log(dir.path(), "run.log"));
     assert!(cluster.read_committed("rejected").is_empty(), "{}", run_log(dir.path(), "run.log"));
-    assert_same_per_entity(&changes, &reference);
+    assert_same_as_replay_per_entity(&actions, &changes, &reference);
     let resolved = metrics.get(r#"caravan_kafka_person_stage_records_total{outcome="resolved"}"#).copied();
     let looked = metrics.get(r#"caravan_kafka_person_stage_records_total{outcome="looked_up"}"#).copied();
     assert!(resolved.unwrap_or(0.0) > 0.0, "records went through the stage: {metrics:?}");
@@ -581,17 +608,17 @@ fn records_without_account_reach_the_persons_account_through_the_person_stage() 
 fn sigkill_while_person_keyed_records_flow_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = Cluster::new(dir.path(), 3);
-    let PersonKeyed { known, keyed_by_person, reference } = person_keyed(dir.path(), 300, 4);
+    let PersonKeyed { known, keyed_by_person, reference } = person_keyed(&cluster, dir.path(), 100, 4);
     // Updates may overtake their person's creation (all is produced while instances die): they wait for it.
     let env = [STATIC[0], ("CARAVAN_INPUT__UNKNOWN_PERSON_WAIT", "1d")];
     let input: Vec<String> = [known, keyed_by_person].concat();
     kill_repeatedly(&cluster, dir.path(), &slices_of(&input, 6), 6, &env);
     let child = cluster.start_with(0, &dir.path().join("state"), &dir.path().join("run-last.log"), &env);
-    let changes = changes_when_complete(&cluster, &reference);
+    let (actions, changes) = outputs_when_complete(&cluster, &reference);
     assert!(terminate(child).success(), "{}", run_log(dir.path(), "run-last.log"));
     assert!(cluster.read_committed("rejected").is_empty(), "{}", run_log(dir.path(), "run-last.log"));
     let got = dir.path().join("kafka");
     cluster.outputs_to(&got);
     assert_exactly_once(&got);
-    assert_same_per_entity(&changes, &reference);
+    assert_same_as_replay_per_entity(&actions, &changes, &reference);
 }
