@@ -622,3 +622,67 @@ fn sigkill_while_person_keyed_records_flow_loses_and_doubles_nothing() {
     assert_exactly_once(&got);
     assert_same_as_replay_per_entity(&actions, &changes, &reference);
 }
+
+/// XDM activities never name their account: on several partitions, keyed by person, they reach the account
+/// of their person through the person stage.
+#[test]
+fn xdm_activities_keyed_by_person_reach_their_account_through_the_person_stage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::new(dir.path(), 3);
+    // A journey that counts clicks, so that the engine keeps each person's click history (the account view
+    // shows it); no account enters it (XDM carries no audience).
+    let journey = dir.path().join("clicks.yaml");
+    std::fs::write(
+        &journey,
+        r#"{"kind": "journey", "tenant": "bench", "id": "clicks", "version": 1, "audience": "fans", "start": "check",
+            "nodes": {"check": {"split_accounts": [{"when": "activity(\"email.clicked\", \"30d\") >= 1", "next": "hot"}],
+                                "otherwise": "cold"},
+                      "hot": {"action": {"send_alert": {"to": "sales", "template": "hot"}}},
+                      "cold": {"exit": {}}}}"#,
+    )
+    .expect("journey");
+    cluster.caravan(&["publish", &journey.display().to_string()]);
+    let account = |n: usize| format!("{n}@mkto.Marketo");
+    let person = |n: usize| format!("{}@mkto.Marketo", 1000 + n);
+    let mut keyed: Vec<(String, String)> = Vec::new();
+    for n in 0..6 {
+        keyed.push((account(n), format!(
+            r#"{{"_id":"a{n}","accountKey":{{"sourceKey":"{}"}},"accountName":"Account {n}","extSourceSystemAudit":{{"lastUpdatedDate":"2026-03-01T08:00:0{n}Z"}}}}"#,
+            account(n)
+        )));
+        keyed.push((account(n), format!(
+            r#"{{"_id":"p{n}","b2b":{{"personKey":{{"sourceKey":"{}"}},"accountKey":{{"sourceKey":"{}"}}}},"extSourceSystemAudit":{{"lastUpdatedDate":"2026-03-01T08:01:0{n}Z"}}}}"#,
+            person(n),
+            account(n)
+        )));
+    }
+    for n in 0..6 {
+        keyed.push((person(n), format!(
+            r#"{{"_id":"c{n}","timestamp":"2026-03-01T09:00:0{n}Z","eventType":"directMarketing.emailClicked","personKey":{{"sourceKey":"{}"}}}}"#,
+            person(n)
+        )));
+    }
+    let records: Vec<(String, &str)> = keyed.iter().map(|(k, v)| (k.clone(), v.as_str())).collect();
+    cluster.produce_keyed(&records);
+    let env = [("CARAVAN_INPUT__FORMAT", "xdm"), ("CARAVAN_INPUT__TENANT", "bench")];
+    let log = dir.path().join("run.log");
+    let child = cluster.start_with(0, &dir.path().join("state"), &log, &env);
+    cluster.wait_caught_up(Duration::from_secs(120));
+    let port = admin_port(&log);
+    let clicks = |n: usize| {
+        let (_, body) = http_get(port, &format!("/v1/tenants/bench/accounts/{}", account(n)), None);
+        let view: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        view["persons"][0]["activity"]["email.clicked"].as_u64().unwrap_or(0)
+    };
+    let started = Instant::now();
+    while (0..6).any(|n| clicks(n) == 0) && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let counted: Vec<u64> = (0..6).map(clicks).collect();
+    let metrics = series(&http_get(port, "/metrics", None).1);
+    assert!(terminate(child).success(), "{}", run_log(dir.path(), "run.log"));
+    assert_eq!(counted, [1; 6], "each click counted once, on its person's account");
+    assert!(cluster.read_committed("rejected").is_empty());
+    let staged = total(&metrics, "caravan_kafka_person_stage_records_total");
+    assert!(staged > 0.0, "clicks read by another partition than their account's took the stage: {metrics:?}");
+}

@@ -146,6 +146,18 @@ level = "info"
     }
 
     pub fn produce(&self, lines: &[&str]) -> u64 {
+        let keyed: Vec<(String, &str)> = lines
+            .iter()
+            .map(|line| {
+                let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                (v["account_id"].as_str().or(v["person_id"].as_str()).unwrap_or("").to_owned(), *line)
+            })
+            .collect();
+        self.produce_keyed(&keyed)
+    }
+
+    /// Produces `(key, value)` records to the input topic.
+    pub fn produce_keyed(&self, records: &[(String, &str)]) -> u64 {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap())
             .set("enable.idempotence", "true")
@@ -153,10 +165,8 @@ level = "info"
             .create()
             .expect("producer");
         let topic = self.topic("input");
-        for line in lines {
-            let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-            let key = v["account_id"].as_str().or(v["person_id"].as_str()).unwrap_or("").to_owned();
-            let mut rec = BaseRecord::to(&topic).key(&key).payload(*line);
+        for (key, line) in records {
+            let mut rec = BaseRecord::to(&topic).key(key).payload(*line);
             loop {
                 match producer.send(rec) {
                     Ok(()) => break,
@@ -168,7 +178,7 @@ level = "info"
             }
         }
         producer.flush(Duration::from_secs(60)).expect("flush");
-        lines.len() as u64
+        records.len() as u64
     }
 
     /// The offsets the group has committed, summed over the input partitions.
