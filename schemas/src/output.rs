@@ -8,7 +8,7 @@ use crate::attrs::Attrs;
 use crate::input::RejectReason;
 use crate::time::TimestampText;
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -64,7 +64,7 @@ pub struct ActionRecord {
 }
 
 /// The entity a change event is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Entity {
     /// An account.

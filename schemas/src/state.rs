@@ -220,20 +220,20 @@ pub struct IndexRecord {
     pub present: bool,
 }
 
-/// Where Kafka mode's person stage routes a person (column family `person_routes`, key tenant | person): the
-/// account that holds it and the input partition that account's records live in.
+/// Where Kafka mode's person stage routes a person or an opportunity (column family `routes`, key tenant |
+/// entity | id): the account that holds it and the input partition that account's records live in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteRecord {
-    /// The person's account.
+    /// Its account.
     pub account_id: Id,
     /// The input partition whose task holds that account.
     pub partition: i32,
-    /// False once the person is deleted: records about it then wait, and are rejected if nothing comes.
+    /// False once it is deleted: records about it then wait, and are rejected if nothing comes.
     pub present: bool,
 }
 
-/// A record about a person whose account the person stage does not know yet (column family `parked`, key
-/// tenant | person | sequence): it waits for the person's route, or is rejected when its wait is over.
+/// A record about a person or an opportunity whose account the person stage does not know yet (column family
+/// `parked`, key tenant | entity | id | sequence): it waits for the route, or ends when its wait is over.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParkedRecord {
     /// When it stops waiting: event time (the stage's watermark) or wall-clock time (processing time), ns.
@@ -247,7 +247,7 @@ pub struct ParkedRecord {
     /// Its input offset.
     pub offset: i64,
     /// It cannot apply without an account: rejected as `unknown_person_account` when its wait ends (a
-    /// deletion of a person never known is a no-op instead, as in a replay).
+    /// deletion of an entity never known is a no-op instead, as in a replay).
     pub needs_account: bool,
 }
 

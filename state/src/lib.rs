@@ -22,8 +22,8 @@
 //! | `opportunity_index` | tenant `\0` opportunity | [`IndexRecord`] |
 //! | `timers` | tenant `\0` account `\0` journey `\0` instance | [`TimerRecord`] |
 //! | `dedup` | epoch (u64 big-endian) | the applied event-id hashes of that epoch |
-//! | `person_routes` | tenant `\0` person | [`RouteRecord`] (Kafka mode's person stage) |
-//! | `parked` | tenant `\0` person `\0` sequence (u64 big-endian) | [`ParkedRecord`] (Kafka mode's person stage) |
+//! | `routes` | tenant `\0` entity `\0` id | [`RouteRecord`] (Kafka mode's person stage) |
+//! | `parked` | tenant `\0` entity `\0` id `\0` sequence (u64 big-endian) | [`ParkedRecord`] (the same) |
 //! | `meta` | `checkpoint` | [`Checkpoint`] (replay) |
 //! | `meta` | `local.changelog_next` | the changelog offset the store reflects (Kafka mode; local only) |
 //! | `meta` | other names | engine values ([`Delta::put_meta`]), e.g. a Kafka partition's progress |
@@ -45,6 +45,7 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+use caravan_schemas::output::Entity;
 use caravan_schemas::state::{
     self as codec, AccountRecord, CodecError, IndexRecord, OpportunityRecord, ParkedRecord, PersonRecord, RouteRecord,
     TimerRecord,
@@ -90,7 +91,7 @@ pub const COLUMN_FAMILIES: [&str; 11] = [
     "opportunities",
     "opportunity_index",
     "definitions",
-    "person_routes",
+    "routes",
     "parked",
 ];
 
@@ -202,11 +203,16 @@ const DEFINITIONS: usize = 8;
 const LOCAL_CHANGELOG_NEXT: &[u8] = b"local.changelog_next";
 const OPPORTUNITIES: usize = 6;
 const OPPORTUNITY_INDEX: usize = 7;
-const PERSON_ROUTES: usize = 9;
+const ROUTES: usize = 9;
 const PARKED: usize = 10;
 
-fn parked_key(tenant: &str, person: &str, seq: u64) -> Vec<u8> {
-    let mut k = key2(tenant, person);
+/// tenant `\0` entity `\0` id: a route (the entity as change events name it).
+fn route_key(tenant: &str, entity: Entity, id: &str) -> Vec<u8> {
+    key3(tenant, entity.as_str(), id)
+}
+
+fn parked_key(tenant: &str, entity: Entity, id: &str, seq: u64) -> Vec<u8> {
+    let mut k = route_key(tenant, entity, id);
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
     k
@@ -287,19 +293,20 @@ impl Delta {
         self.put(OPPORTUNITY_INDEX, key2(tenant, opportunity), codec::encode(rec));
     }
 
-    /// Writes where the person stage routes a person.
-    pub fn put_person_route(&mut self, tenant: &str, person: &str, rec: &RouteRecord) {
-        self.put(PERSON_ROUTES, key2(tenant, person), codec::encode(rec));
+    /// Writes where the person stage routes a person or an opportunity.
+    pub fn put_route(&mut self, tenant: &str, entity: Entity, id: &str, rec: &RouteRecord) {
+        self.put(ROUTES, route_key(tenant, entity, id), codec::encode(rec));
     }
 
-    /// Parks a record about a person until its route is known (`seq` orders a person's parked records).
-    pub fn put_parked(&mut self, tenant: &str, person: &str, seq: u64, rec: &ParkedRecord) {
-        self.put(PARKED, parked_key(tenant, person, seq), codec::encode(rec));
+    /// Parks a record about a person or an opportunity until its route is known (`seq` orders its parked
+    /// records).
+    pub fn put_parked(&mut self, tenant: &str, entity: Entity, id: &str, seq: u64, rec: &ParkedRecord) {
+        self.put(PARKED, parked_key(tenant, entity, id, seq), codec::encode(rec));
     }
 
-    /// Removes a parked record (released to its account, or rejected).
-    pub fn delete_parked(&mut self, tenant: &str, person: &str, seq: u64) {
-        self.delete(PARKED, parked_key(tenant, person, seq));
+    /// Removes a parked record (released to its account, or ended).
+    pub fn delete_parked(&mut self, tenant: &str, entity: Entity, id: &str, seq: u64) {
+        self.delete(PARKED, parked_key(tenant, entity, id, seq));
     }
 
     /// Records a published definition version (its document as JSON text).
@@ -439,9 +446,11 @@ pub struct StoredTimer {
 pub struct StoredParked {
     /// Its tenant.
     pub tenant: String,
-    /// The person it is about.
-    pub person: String,
-    /// Its order among the person's parked records.
+    /// What it is about: a person or an opportunity.
+    pub entity: Entity,
+    /// The person's or opportunity's id.
+    pub id: String,
+    /// Its order among that entity's parked records.
     pub seq: u64,
     /// The record.
     pub record: ParkedRecord,
@@ -740,15 +749,15 @@ impl Store {
         }
     }
 
-    /// Reads where the person stage routes a person.
+    /// Reads where the person stage routes a person or an opportunity.
     ///
     /// # Errors
     /// On a read failure or a corrupt value.
-    pub fn person_route(&self, tenant: &str, person: &str) -> Result<Option<RouteRecord>> {
-        self.get(PERSON_ROUTES, &key2(tenant, person))
+    pub fn route(&self, tenant: &str, entity: Entity, id: &str) -> Result<Option<RouteRecord>> {
+        self.get(ROUTES, &route_key(tenant, entity, id))
     }
 
-    /// Every parked record, in key order (tenant, person, sequence).
+    /// Every parked record, in key order (tenant, entity, id, sequence).
     ///
     /// # Errors
     /// On a read failure or a corrupt value.
@@ -762,11 +771,18 @@ impl Store {
                 || StateError::Codec { key: escape(&k), source: CodecError::Corrupt("bad parked key".into()) };
             let (head, seq) = k.split_at(k.len().checked_sub(8).ok_or_else(corrupt)?);
             let head = head.strip_suffix(&[0]).ok_or_else(corrupt)?;
-            let mut parts = head.splitn(2, |b| *b == 0);
+            let mut parts = head.splitn(3, |b| *b == 0);
             let text = |b: Option<&[u8]>| b.and_then(|b| String::from_utf8(b.to_vec()).ok()).ok_or_else(corrupt);
+            let tenant = text(parts.next())?;
+            let entity = match parts.next() {
+                Some(b"person") => Entity::Person,
+                Some(b"opportunity") => Entity::Opportunity,
+                _ => return Err(corrupt()),
+            };
             out.push(StoredParked {
-                tenant: text(parts.next())?,
-                person: text(parts.next())?,
+                tenant,
+                entity,
+                id: text(parts.next())?,
                 seq: u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?),
                 record,
             });

@@ -279,7 +279,7 @@ fn dedup_epochs_stored_without_times_still_read() {
 }
 
 #[test]
-fn person_routes_and_parked_records_round_trip_through_the_changelog() {
+fn routes_and_parked_records_round_trip_through_the_changelog() {
     let parked = |until: i64, offset: i64| ParkedRecord {
         until,
         raw: format!("{{\"n\":{offset}}}").into_bytes(),
@@ -288,13 +288,15 @@ fn person_routes_and_parked_records_round_trip_through_the_changelog() {
         offset,
         needs_account: offset % 20 == 0,
     };
+    let (person, opportunity) = (caravan_schemas::output::Entity::Person, caravan_schemas::output::Entity::Opportunity);
     let mut d = Delta::default();
-    d.put_person_route("t", "p", &RouteRecord { account_id: "a".into(), partition: 1, present: true });
-    d.put_parked("t", "p", 9, &parked(5, 90));
-    d.put_parked("t", "p", 3, &parked(4, 30));
-    d.put_parked("t", "q", 1, &parked(6, 10));
-    d.put_parked("u", "p", 2, &parked(7, 20));
-    d.delete_parked("t", "q", 1);
+    d.put_route("t", person, "p", &RouteRecord { account_id: "a".into(), partition: 1, present: true });
+    d.put_parked("t", person, "p", 9, &parked(5, 90));
+    d.put_parked("t", person, "p", 3, &parked(4, 30));
+    d.put_parked("t", person, "q", 1, &parked(6, 10));
+    d.put_parked("u", person, "p", 2, &parked(7, 20));
+    d.put_parked("t", opportunity, "p", 4, &parked(8, 40));
+    d.delete_parked("t", person, "q", 1);
     // A store rebuilt from the changelog records holds the same routes and parked records.
     let mut replayed = Delta::default();
     for (k, v) in d.changelog_records() {
@@ -304,12 +306,22 @@ fn person_routes_and_parked_records_round_trip_through_the_changelog() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
         store.apply_changelog(delta, 5).expect("applies");
-        let route = store.person_route("t", "p").expect("reads").expect("present");
+        let route = store.route("t", person, "p").expect("reads").expect("present");
         assert_eq!((route.account_id.as_str(), route.partition, route.present), ("a", 1, true));
-        assert_eq!(store.person_route("u", "p").expect("reads"), None, "routes stay within their tenant");
-        let got: Vec<(String, String, u64, i64)> =
-            store.parked().expect("reads").into_iter().map(|s| (s.tenant, s.person, s.seq, s.record.offset)).collect();
-        let want = [("t", "p", 3, 30), ("t", "p", 9, 90), ("u", "p", 2, 20)];
-        assert_eq!(got, want.map(|(t, p, s, o)| (t.to_owned(), p.to_owned(), s, o)), "in key order, deletes applied");
+        assert_eq!(store.route("u", person, "p").expect("reads"), None, "routes stay within their tenant");
+        assert_eq!(store.route("t", opportunity, "p").expect("reads"), None, "and their entity");
+        let got: Vec<_> = store
+            .parked()
+            .expect("reads")
+            .into_iter()
+            .map(|s| (s.tenant, s.entity, s.id, s.seq, s.record.offset))
+            .collect();
+        let want = [
+            ("t", opportunity, "p", 4, 40),
+            ("t", person, "p", 3, 30),
+            ("t", person, "p", 9, 90),
+            ("u", person, "p", 2, 20),
+        ];
+        assert_eq!(got, want.map(|(t, e, p, s, o)| (t.to_owned(), e, p.to_owned(), s, o)), "in key order");
     }
 }

@@ -475,10 +475,11 @@ fn an_xdm_input_topic_is_read_as_its_configured_tenant() {
     assert_eq!(rejected[0]["source"]["offset"], 3);
 }
 
-/// Enterprise accounts entering the reference journey with three persons each (keyed by account); then,
-/// naming no account (keyed by person, so mostly read by another partition than the account's), `updates`
-/// updates of every person, a click by the first person of each account (which the journey listens for:
-/// it then sets an attribute and alerts sales) and a deletion of every fifth person. The reference journey
+/// Enterprise accounts entering the reference journey with three persons and an opportunity each (keyed by
+/// account); then, naming no account (keyed by person or opportunity, so mostly read by another partition
+/// than the account's), `updates` updates of every person, a click by the first person of each account
+/// (which the journey listens for: it then sets an attribute and alerts sales), a deletion of every fifth
+/// person and of every second opportunity. The reference journey
 /// is published; returns both lists and the replay of all of them, in that order.
 struct PersonKeyed {
     known: Vec<String>,
@@ -507,11 +508,17 @@ fn person_keyed(cluster: &Cluster, dir: &Path, accounts: usize, updates: usize) 
         known.push(event(format!("k{i}"), accounts + i, body));
     }
     for a in 0..accounts {
+        let body = format!(
+            r#""type":"opportunity.upserted","opportunity_id":"o{a}","account_id":"a{a}","attributes":{{"stage":"open"}}"#
+        );
+        known.push(event(format!("o{a}"), accounts + persons + a, body));
+    }
+    for a in 0..accounts {
         let body =
             format!(r#""type":"account.audience","account_id":"a{a}","audience_id":"target","status":"entered""#);
-        known.push(event(format!("t{a}"), accounts + persons + a, body));
+        known.push(event(format!("t{a}"), 2 * accounts + persons + a, body));
     }
-    let mut at = 2 * accounts + persons;
+    let mut at = 3 * accounts + persons;
     let mut keyed_by_person = Vec::new();
     for round in 0..updates {
         for i in 0..persons {
@@ -531,6 +538,11 @@ fn person_keyed(cluster: &Cluster, dir: &Path, accounts: usize, updates: usize) 
         let body = format!(r#""type":"person.deleted","person_id":"q{i}""#);
         keyed_by_person.push(event(format!("d{i}"), at + i, body));
     }
+    at += persons;
+    for a in (0..accounts).step_by(2) {
+        let body = format!(r#""type":"opportunity.deleted","opportunity_id":"o{a}""#);
+        keyed_by_person.push(event(format!("x{a}"), at + a, body));
+    }
     let input = dir.join("input.ndjson");
     std::fs::write(&input, [known.clone(), keyed_by_person.clone()].concat().join("\n") + "\n").expect("input");
     let reference = dir.join("reference");
@@ -539,7 +551,8 @@ fn person_keyed(cluster: &Cluster, dir: &Path, accounts: usize, updates: usize) 
         |kind: &str| read_ndjson(&reference.join("actions.ndjson")).iter().filter(|a| a["type"] == kind).count();
     assert_eq!((kinds("send_email"), kinds("send_alert")), (persons, accounts), "every click reaches its account");
     let changes = read_ndjson(&reference.join("changes.ndjson")).len();
-    assert_eq!(changes, 2 * accounts + persons * (updates + 1) + persons.div_ceil(5), "every record applies");
+    let expected = 3 * accounts + accounts.div_ceil(2) + persons * (updates + 1) + persons.div_ceil(5);
+    assert_eq!(changes, expected, "every record applies");
     PersonKeyed { known, keyed_by_person, reference }
 }
 

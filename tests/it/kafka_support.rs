@@ -138,7 +138,7 @@ level = "info"
     }
 
     /// Produces the lines of an NDJSON file to the input topic, keyed by the account they name (else the
-    /// person): the platform's partitioning.
+    /// person, else the opportunity): the platform's partitioning.
     pub fn produce_file(&self, input: &Path) -> u64 {
         let text = std::fs::read_to_string(input).expect("input");
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -150,7 +150,8 @@ level = "info"
             .iter()
             .map(|line| {
                 let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-                (v["account_id"].as_str().or(v["person_id"].as_str()).unwrap_or("").to_owned(), *line)
+                let key = v["account_id"].as_str().or(v["person_id"].as_str()).or(v["opportunity_id"].as_str());
+                (key.unwrap_or("").to_owned(), *line)
             })
             .collect();
         self.produce_keyed(&keyed)

@@ -1,11 +1,13 @@
-//! The person stage of Kafka mode: how a record about a person that names no account reaches the partition
-//! of the person's account when the input has several partitions (ARCHITECTURE.md, "The person stage").
+//! The person stage of Kafka mode: how a record about a person (or an opportunity) that names no account
+//! reaches the partition of its account when the input has several partitions (ARCHITECTURE.md, "The person
+//! stage").
 //!
 //! It owns the records of the two internal topics and where they go: partition tasks send the stage, on the
-//! persons topic keyed by person, each change of a person's account ([`PersonMessage::Route`]) and each
-//! record whose person their partition does not know ([`PersonMessage::Lookup`]); the stage, which for the
-//! persons of its partition holds where each one lives, sends those records on to the account's partition
-//! ([`AccountMessage::Forward`]) and tells a partition to let go of a person that moved to an account of
+//! persons topic keyed by person (or opportunity), each change of where one lives ([`StageMessage::Route`])
+//! and each record about one their partition does not hold ([`StageMessage::Lookup`]); the stage, which for
+//! the persons and opportunities of its partition holds where each one lives, sends those records on to the
+//! account's partition ([`AccountMessage::Forward`]) and tells a partition to let go of one that moved to an
+//! account of
 //! another partition ([`AccountMessage::Detach`]). Both topics have one partition per input partition, so
 //! a task owns the same partition number of all three and they commit in one transaction.
 //!
@@ -25,7 +27,6 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Where an input record was read: rejected records and parked ones name it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,20 +36,22 @@ pub(crate) struct Origin {
     pub(crate) offset: i64,
 }
 
-/// A record of the persons topic, for the stage partition of its person.
+/// A record of the persons topic, for the stage partition of its person or opportunity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum PersonMessage {
-    /// A partition task changed where a person lives (a person upserted with an account, moved, deleted).
+pub(crate) enum StageMessage {
+    /// A partition task changed where a person or an opportunity lives (upserted with an account, moved,
+    /// deleted).
     Route {
         tenant: Id,
-        person: Id,
+        entity: Entity,
+        id: Id,
         route: RouteRecord,
         /// The event time of the record that changed it.
         ts: i64,
     },
-    /// An input record about a person that its partition does not know, as read; `needs_account`: it is
-    /// rejected if no account becomes known (a deletion is a no-op instead).
-    Lookup { tenant: Id, person: Id, ts: i64, origin: Origin, raw: Vec<u8>, needs_account: bool },
+    /// An input record about a person or an opportunity that its partition does not hold, as read;
+    /// `needs_account`: it is rejected if no account becomes known (a deletion is a no-op instead).
+    Lookup { tenant: Id, entity: Entity, id: Id, ts: i64, origin: Origin, raw: Vec<u8>, needs_account: bool },
 }
 
 /// A record of the accounts topic, for the partition of an account.
@@ -56,8 +59,8 @@ pub(crate) enum PersonMessage {
 pub(crate) enum AccountMessage {
     /// An input record the stage resolved: the partition routes and applies it as if it had read it.
     Forward { origin: Origin, raw: Vec<u8> },
-    /// The person now lives in an account of another partition: take it out of `account`.
-    Detach { tenant: Id, person: Id, account: Id },
+    /// The person or opportunity now lives in an account of another partition: take it out of `account`.
+    Detach { tenant: Id, entity: Entity, id: Id, account: Id },
 }
 
 /// The two internal topics.
@@ -109,9 +112,10 @@ impl Outcome {
     }
 }
 
-/// The stage partition of a person: a hash of tenant and person, so every instance agrees.
-pub(crate) fn person_partition(tenant: &str, person: &str, partitions: usize) -> i32 {
-    (xxh3_64_with_seed(person.as_bytes(), xxh3_64(tenant.as_bytes())) % partitions.max(1) as u64) as i32
+/// The stage partition of a person or an opportunity: a hash of tenant, entity and id, so every instance
+/// agrees.
+pub(crate) fn stage_partition(tenant: &str, entity: Entity, id: &str, partitions: usize) -> i32 {
+    (keys::index_key(entity, tenant, id) as u64 % partitions.max(1) as u64) as i32
 }
 
 /// The key of an internal record: tenant `\0` id (logs and compaction tools read it; routing does not).
@@ -123,18 +127,18 @@ pub(crate) fn key(tenant: &str, id: &str) -> Vec<u8> {
     k
 }
 
-impl PersonMessage {
+impl StageMessage {
     /// The record to produce for this message.
     pub(crate) fn forward(&self, partitions: usize) -> Forward {
-        let (tenant, person) = match self {
-            PersonMessage::Route { tenant, person, .. } | PersonMessage::Lookup { tenant, person, .. } => {
-                (tenant, person)
+        let (tenant, entity, id) = match self {
+            StageMessage::Route { tenant, entity, id, .. } | StageMessage::Lookup { tenant, entity, id, .. } => {
+                (tenant, *entity, id)
             }
         };
         Forward {
             stage: Stage::Persons,
-            partition: person_partition(tenant, person, partitions),
-            key: key(tenant, person),
+            partition: stage_partition(tenant, entity, id, partitions),
+            key: key(tenant, id),
             value: caravan_schemas::state::encode(self),
         }
     }
@@ -152,23 +156,27 @@ impl AccountMessage {
     }
 }
 
-/// A parked record in memory: its sequence (the persons-topic offset of its lookup), tenant and person.
+/// A parked record in memory: its sequence (the persons-topic offset of its lookup), tenant, entity and id.
 struct Parked {
     seq: u64,
     tenant: Id,
-    person: Id,
+    entity: Entity,
+    id: Id,
     record: ParkedRecord,
 }
 
-/// One partition's part of the person stage: where the persons that hash to it live, and the records
-/// waiting for a person's account. Routes are cached in front of the store (bounded); parked records are all
+/// A route as known, with its cache key.
+type RouteLookup = Result<(u128, Option<RouteRecord>), EngineError>;
+
+/// One partition's part of the person stage: where the persons and opportunities that hash to it live, and
+/// the records waiting for their account. Routes are cached in front of the store (bounded); parked records are all
 /// in memory and in the store, bounded by their wait.
 pub(crate) struct PersonStage {
-    /// Routes read or written since the cache was last trimmed, by [`keys::index_key`] of the person.
+    /// Routes read or written since the cache was last trimmed, by [`keys::index_key`].
     routes: FxHashMap<u128, Option<RouteRecord>>,
-    /// Parked records by person key, oldest first.
+    /// Parked records by [`keys::index_key`], oldest first.
     parked: FxHashMap<u128, Vec<Parked>>,
-    /// (until, seq, person key) of every parked record, soonest first; released ones are skipped lazily.
+    /// (until, seq, index key) of every parked record, soonest first; released ones are skipped lazily.
     expiry: BinaryHeap<Reverse<(i64, u64, u128)>>,
 }
 
@@ -181,21 +189,21 @@ impl PersonStage {
         let mut stage =
             PersonStage { routes: FxHashMap::default(), parked: FxHashMap::default(), expiry: BinaryHeap::new() };
         for p in store.parked()? {
-            let key = keys::index_key(Entity::Person, &p.tenant, &p.person);
+            let key = keys::index_key(p.entity, &p.tenant, &p.id);
             stage.expiry.push(Reverse((p.record.until, p.seq, key)));
-            let parked =
-                Parked { seq: p.seq, tenant: Id::from(p.tenant), person: Id::from(p.person), record: p.record };
+            let (tenant, id) = (Id::from(p.tenant), Id::from(p.id));
+            let parked = Parked { seq: p.seq, tenant, entity: p.entity, id, record: p.record };
             stage.parked.entry(key).or_default().push(parked);
         }
         Ok(stage)
     }
 
-    fn route(&mut self, store: &Store, tenant: &str, person: &str) -> Result<(u128, Option<RouteRecord>), EngineError> {
-        let key = keys::index_key(Entity::Person, tenant, person);
+    fn route(&mut self, store: &Store, tenant: &str, entity: Entity, id: &str) -> RouteLookup {
+        let key = keys::index_key(entity, tenant, id);
         if let Some(known) = self.routes.get(&key) {
             return Ok((key, known.clone()));
         }
-        let known = store.person_route(tenant, person)?;
+        let known = store.route(tenant, entity, id)?;
         self.routes.insert(key, known.clone());
         Ok((key, known))
     }
@@ -208,14 +216,14 @@ impl PersonStage {
     pub(crate) fn handle(
         &mut self,
         store: &Store,
-        msg: PersonMessage,
+        msg: StageMessage,
         seq: u64,
         until: i64,
         out: &mut Processed,
     ) -> Result<(), EngineError> {
         match msg {
-            PersonMessage::Lookup { tenant, person, origin, raw, needs_account, .. } => {
-                let (key, known) = self.route(store, &tenant, &person)?;
+            StageMessage::Lookup { tenant, entity, id, origin, raw, needs_account, .. } => {
+                let (key, known) = self.route(store, &tenant, entity, &id)?;
                 match known.filter(|r| r.present) {
                     Some(r) => {
                         let fwd = AccountMessage::Forward { origin, raw };
@@ -231,15 +239,15 @@ impl PersonStage {
                             offset: origin.offset,
                             needs_account,
                         };
-                        out.delta.put_parked(&tenant, &person, seq, &record);
+                        out.delta.put_parked(&tenant, entity, &id, seq, &record);
                         self.expiry.push(Reverse((until, seq, key)));
-                        self.parked.entry(key).or_default().push(Parked { seq, tenant, person, record });
+                        self.parked.entry(key).or_default().push(Parked { seq, tenant, entity, id, record });
                         out.stage[Outcome::Parked as usize] += 1;
                     }
                 }
             }
-            PersonMessage::Route { tenant, person, route, .. } => {
-                let (key, known) = self.route(store, &tenant, &person)?;
+            StageMessage::Route { tenant, entity, id, route, .. } => {
+                let (key, known) = self.route(store, &tenant, entity, &id)?;
                 let known_present = known.as_ref().filter(|k| k.present);
                 if !route.present {
                     // A removal stands only for the route it removes (a later move may have overtaken it).
@@ -253,18 +261,19 @@ impl PersonStage {
                     // It moved to an account of another partition: the old one lets go of it.
                     let detach = AccountMessage::Detach {
                         tenant: tenant.clone(),
-                        person: person.clone(),
+                        entity,
+                        id: id.clone(),
                         account: k.account_id.clone(),
                     };
                     out.forwards.push(detach.forward(k.partition, &tenant, &k.account_id));
                 }
                 if known.as_ref() != Some(&route) {
-                    out.delta.put_person_route(&tenant, &person, &route);
+                    out.delta.put_route(&tenant, entity, &id, &route);
                     self.routes.insert(key, Some(route.clone()));
                 }
                 if route.present {
                     for p in self.parked.remove(&key).unwrap_or_default() {
-                        out.delta.delete_parked(&p.tenant, &p.person, p.seq);
+                        out.delta.delete_parked(&p.tenant, p.entity, &p.id, p.seq);
                         let origin =
                             Origin { topic: p.record.topic, partition: p.record.partition, offset: p.record.offset };
                         let fwd = AccountMessage::Forward { origin, raw: p.record.raw };
@@ -283,7 +292,7 @@ impl PersonStage {
     }
 
     /// Ends the wait of the parked records whose wait is over at `now`: rejected as `unknown_person_account`,
-    /// or, for a deletion, dropped (deleting a person never known is a no-op).
+    /// or, for a deletion, dropped (deleting a person or an opportunity never known is a no-op).
     pub(crate) fn expire(&mut self, now: i64, out: &mut Processed) {
         while let Some(Reverse((until, seq, key))) = self.expiry.peek().copied() {
             if until >= now {
@@ -296,7 +305,7 @@ impl PersonStage {
             if list.is_empty() {
                 self.parked.remove(&key);
             }
-            out.delta.delete_parked(&p.tenant, &p.person, p.seq);
+            out.delta.delete_parked(&p.tenant, p.entity, &p.id, p.seq);
             out.stage[Outcome::Expired as usize] += 1;
             if !p.record.needs_account {
                 continue;
@@ -304,7 +313,7 @@ impl PersonStage {
             let origin = Origin { topic: p.record.topic, partition: p.record.partition, offset: p.record.offset };
             let detail = format!(
                 "person `{}` has no known account and the event names none (none became known while it waited)",
-                p.person
+                p.id
             );
             out.reject(RejectReason::UnknownPersonAccount, detail, &p.record.raw, &origin);
         }
@@ -330,9 +339,10 @@ mod tests {
     #[test]
     fn messages_round_trip_and_a_person_always_has_the_same_stage_partition() {
         let origin = Origin { topic: "in".into(), partition: 2, offset: 41 };
-        let lookup = PersonMessage::Lookup {
+        let lookup = StageMessage::Lookup {
             tenant: "t".into(),
-            person: "p".into(),
+            entity: Entity::Person,
+            id: "p".into(),
             ts: 7,
             origin: origin.clone(),
             raw: b"{}".to_vec(),
@@ -340,17 +350,24 @@ mod tests {
         };
         let f = lookup.forward(3);
         assert_eq!(f.stage, Stage::Persons);
-        assert_eq!(f.partition, person_partition("t", "p", 3));
+        assert_eq!(f.partition, stage_partition("t", Entity::Person, "p", 3));
         assert_eq!(f.key, b"t\0p");
-        assert_eq!(caravan_schemas::state::decode::<PersonMessage>(&f.value).expect("decodes"), lookup);
-        let detach = AccountMessage::Detach { tenant: "t".into(), person: "p".into(), account: "a".into() };
+        assert_eq!(caravan_schemas::state::decode::<StageMessage>(&f.value).expect("decodes"), lookup);
+        let detach = AccountMessage::Detach {
+            tenant: "t".into(),
+            entity: Entity::Opportunity,
+            id: "o".into(),
+            account: "a".into(),
+        };
         let f = detach.forward(1, "t", "a");
         assert_eq!((f.stage, f.partition), (Stage::Accounts, 1));
         assert_eq!(caravan_schemas::state::decode::<AccountMessage>(&f.value).expect("decodes"), detach);
         // Spread over the partitions, and stable.
         let parts: std::collections::BTreeSet<i32> =
-            (0..100).map(|i| person_partition("t", &format!("p{i}"), 4)).collect();
+            (0..100).map(|i| stage_partition("t", Entity::Person, &format!("p{i}"), 4)).collect();
         assert_eq!(parts.into_iter().collect::<Vec<_>>(), [0, 1, 2, 3]);
-        assert_ne!(person_partition("t", "p", 1000), person_partition("u", "p", 1000), "tenants seed the hash");
+        let at = |tenant, entity| stage_partition(tenant, entity, "p", 1000);
+        assert_ne!(at("t", Entity::Person), at("u", Entity::Person), "tenants seed the hash");
+        assert_ne!(at("t", Entity::Person), at("t", Entity::Opportunity), "and entities");
     }
 }

@@ -2,11 +2,12 @@
 //! the internal topics to the task of their partition, as the topics would, and commit every batch to the
 //! task's store as the service does after a transaction.
 
-use super::repartition::{Forward, Stage, person_partition};
+use super::repartition::{Forward, Stage, StageMessage, stage_partition};
 use super::task::{InRecord, PartitionTask, Processed, Source};
 use crate::config::Config;
 use crate::outputs::OutKind;
 use caravan_operators::account::Definitions;
+use caravan_schemas::output::Entity;
 use caravan_state::Store;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -130,6 +131,12 @@ impl Pair {
         self.outputs.iter().filter(|(k, _)| *k == kind).map(|(_, v)| v).collect()
     }
 
+    /// The persons and the opportunities an account holds in a partition's store.
+    fn held(&self, partition: usize, account: &str) -> (usize, usize) {
+        let stored = self.tasks[partition].store().load_account("t", account).expect("reads").unwrap_or_default();
+        (stored.persons.iter().filter(|p| p.present).count(), stored.opportunities.iter().filter(|o| o.present).count())
+    }
+
     /// Reopens a partition's task from its store (a restart).
     fn restart(&mut self, partition: usize) {
         let cfg = super::task_config(&config(), 2).expect("task config");
@@ -144,7 +151,11 @@ fn event(id: &str, ts: &str, body: &str) -> String {
 
 /// A person whose stage partition is `stage`.
 fn person_at(stage: i32, n: usize) -> String {
-    (0..).map(|i| format!("p{i}")).filter(|p| person_partition("t", p, 2) == stage).nth(n).expect("a person")
+    (0..)
+        .map(|i| format!("p{i}"))
+        .filter(|p| stage_partition("t", Entity::Person, p, 2) == stage)
+        .nth(n)
+        .expect("a person")
 }
 
 #[test]
@@ -176,10 +187,7 @@ fn a_record_without_account_reaches_its_persons_account_in_another_partition_eve
 
 /// Whether an internal record is a person route (not a lookup).
 fn pair_is_route(f: &Forward) -> bool {
-    matches!(
-        caravan_schemas::state::decode::<super::repartition::PersonMessage>(&f.value),
-        Ok(super::repartition::PersonMessage::Route { .. })
-    )
+    matches!(caravan_schemas::state::decode::<StageMessage>(&f.value), Ok(StageMessage::Route { .. }))
 }
 
 #[test]
@@ -224,13 +232,7 @@ fn a_person_moving_to_an_account_of_another_partition_leaves_the_old_one() {
     pair.deliver(|_| false);
     pair.upsert(1, "e2", "08:01:00", &p, Some("b"), r#"{}"#);
     pair.deliver(|_| false);
-    let people_of = |pair: &Pair, part: usize, account: &str| {
-        pair.tasks[part]
-            .store()
-            .load_account("t", account)
-            .expect("reads")
-            .map_or(0, |s| s.persons.iter().filter(|r| r.present).count())
-    };
+    let people_of = |pair: &Pair, part: usize, account: &str| pair.held(part, account).0;
     assert_eq!(people_of(&pair, 0, "a"), 0, "the old account let go of the person");
     assert_eq!(people_of(&pair, 1, "b"), 1);
     // A record about the person read by the old account's partition now reaches the new account.
@@ -265,4 +267,39 @@ fn a_deleted_person_has_no_route_and_a_single_partition_rejects_at_once() {
     assert!(done.forwards.is_empty());
     assert_eq!(done.outputs.len(), 1);
     assert_eq!(done.outputs[0].kind, OutKind::Rejected);
+}
+
+#[test]
+fn an_opportunity_deletion_read_by_another_partition_reaches_its_account_and_moves_leave_the_old_one() {
+    let mut pair = Pair::new();
+    let opportunity = |pair: &mut Pair, part: usize, id: &str, ts: &str, account: &str| {
+        let body = format!(
+            r#""type":"opportunity.upserted","opportunity_id":"o1","account_id":"{account}","attributes":{{"stage":"open"}}"#
+        );
+        pair.send(part, id, ts, &body);
+    };
+    let changes_of_o1 = |pair: &Pair| -> Vec<(String, String, u64)> {
+        pair.of_kind(OutKind::Change)
+            .into_iter()
+            .filter(|c| c["entity"] == "opportunity")
+            .map(|c| {
+                let field = |f: &str| c[f].as_str().unwrap_or("").to_owned();
+                (field("account_id"), field("op"), c["version"].as_u64().unwrap_or(0))
+            })
+            .collect()
+    };
+    opportunity(&mut pair, 0, "e1", "08:00:00", "a");
+    pair.deliver(|_| false);
+    // Read by partition 1, which does not hold it: without the stage this would be a silent no-op.
+    pair.send(1, "e2", "08:01:00", r#""type":"opportunity.deleted","opportunity_id":"o1""#);
+    pair.deliver(|_| false);
+    assert_eq!(changes_of_o1(&pair), [("a".into(), "create".into(), 1), ("a".into(), "delete".into(), 2)]);
+    // Created again on an account of partition 1, then moved to one of partition 0: partition 1 lets go.
+    opportunity(&mut pair, 1, "e3", "08:02:00", "b");
+    pair.deliver(|_| false);
+    opportunity(&mut pair, 0, "e4", "08:03:00", "c");
+    pair.deliver(|_| false);
+    let held = |pair: &Pair, part: usize, account: &str| pair.held(part, account).1;
+    assert_eq!((held(&pair, 1, "b"), held(&pair, 0, "c")), (0, 1), "the old account let go of it");
+    assert!(pair.of_kind(OutKind::Rejected).is_empty());
 }

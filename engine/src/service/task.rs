@@ -14,7 +14,7 @@
 //! records about persons it does not know, applies the records the stage resolved to its accounts, and runs
 //! the stage for the persons that hash to it.
 
-use super::repartition::{AccountMessage, Forward, Origin, Outcome, PersonMessage, PersonStage, StageCounts};
+use super::repartition::{AccountMessage, Forward, Origin, Outcome, PersonStage, StageCounts, StageMessage};
 use crate::EngineError;
 use crate::dedup::{DedupWindow, EpochLog};
 use crate::outputs::{self, OutKind, OutRecord};
@@ -402,15 +402,15 @@ impl PartitionTask {
             None => None,
         };
         let route = routing::route(&event, known.as_ref());
-        // A person event that names no account, about a person this partition does not hold: another
-        // partition may, and the stage finds out.
-        let unknown_here = matches!(indexed, Some((Entity::Person, _))) && route.account.is_none();
-        if unknown_here && !forwarded && self.stage.is_some() {
+        // An event that names no account, about a person or an opportunity this partition does not hold:
+        // another partition may, and the stage finds out.
+        if let Some((entity, id)) = indexed.filter(|_| route.account.is_none() && !forwarded && self.stage.is_some()) {
             self.dedup.settle();
             b.applied_ids.push((hash, event.ts.0));
-            let lookup = PersonMessage::Lookup {
+            let lookup = StageMessage::Lookup {
                 tenant: event.tenant.clone(),
-                person: Id::from(event.body.person_id().unwrap_or_default()),
+                entity,
+                id: Id::from(id),
                 ts: event.ts.0,
                 origin: origin.clone(),
                 raw: raw.to_vec(),
@@ -450,14 +450,13 @@ impl PartitionTask {
         }
         if let (Some(update), Some((entity, id))) = (route.index_update, indexed)
             && self.set_index(entity, tenant, id, update.clone(), b)
-            && entity == Entity::Person
             && self.stage.is_some()
         {
-            // The stage learns where the person lives now.
+            // The stage learns where the person or the opportunity lives now.
             let route =
                 RouteRecord { account_id: update.account_id, partition: self.partition, present: update.present };
-            let msg =
-                PersonMessage::Route { tenant: event.tenant.clone(), person: Id::from(id), route, ts: event.ts.0 };
+            let (tenant, id) = (event.tenant.clone(), Id::from(id));
+            let msg = StageMessage::Route { tenant, entity, id, route, ts: event.ts.0 };
             b.out.forwards.push(msg.forward(self.cfg.partitions));
         }
         if !forwarded {
@@ -505,7 +504,7 @@ impl PartitionTask {
     /// A record of the persons topic: this partition's part of the person stage.
     fn person_message(&mut self, raw: &[u8], offset: i64, b: &mut Batch) -> Result<(), EngineError> {
         let Some(stage) = self.stage.as_mut() else { return Ok(()) };
-        let msg = match caravan_schemas::state::decode::<PersonMessage>(raw) {
+        let msg = match caravan_schemas::state::decode::<StageMessage>(raw) {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, partition = self.partition, offset, "Unreadable person stage record.");
@@ -513,7 +512,7 @@ impl PartitionTask {
             }
         };
         let ts = match &msg {
-            PersonMessage::Route { ts, .. } | PersonMessage::Lookup { ts, .. } => *ts,
+            StageMessage::Route { ts, .. } | StageMessage::Lookup { ts, .. } => *ts,
         };
         let max_ts = self.progress.stage_max_ts.map_or(ts, |m| m.max(ts));
         self.progress.stage_max_ts = Some(max_ts);
@@ -526,7 +525,7 @@ impl PartitionTask {
     }
 
     /// A record of the accounts topic: a record the person stage resolved to one of this partition's
-    /// accounts, or a person to let go of.
+    /// accounts, or a person or an opportunity to let go of.
     fn account_message(
         &mut self,
         defs: &Definitions,
@@ -536,15 +535,18 @@ impl PartitionTask {
     ) -> Result<(), EngineError> {
         match caravan_schemas::state::decode::<AccountMessage>(raw) {
             Ok(AccountMessage::Forward { origin, raw }) => self.input_record(defs, &raw, &origin, true, b),
-            Ok(AccountMessage::Detach { tenant, person, account }) => {
-                let known = self.lookup(Entity::Person, &tenant, &person)?;
+            Ok(AccountMessage::Detach { tenant, entity, id, account }) => {
+                let known = self.lookup(entity, &tenant, &id)?;
                 if known.is_some_and(|k| k.present && k.account_id == account) {
-                    if self.account(&tenant, &account)?.detach(Entity::Person, &person).is_some() {
-                        b.out.delta.delete_person(&tenant, &account, &person);
+                    if self.account(&tenant, &account)?.detach(entity, &id).is_some() {
+                        match entity {
+                            Entity::Opportunity => b.out.delta.delete_opportunity(&tenant, &account, &id),
+                            _ => b.out.delta.delete_person(&tenant, &account, &id),
+                        }
                         b.dirty.push((tenant.clone(), account.clone()));
                     }
                     let gone = IndexRecord { account_id: account, present: false };
-                    self.set_index(Entity::Person, &tenant, &person, gone, b);
+                    self.set_index(entity, &tenant, &id, gone, b);
                 }
                 Ok(())
             }
