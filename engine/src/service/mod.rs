@@ -435,20 +435,28 @@ impl Service<'_> {
     }
 }
 
-/// Runs the service until `stop` is set (SIGTERM/SIGINT): the batch in flight commits, then it returns.
-///
-/// # Errors
-/// A broker or state failure that a restart must recover from (the process should exit non-zero), or a
-/// fenced instance (another one took this `kafka.instance_id`).
-pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), EngineError> {
-    let consumer = kafka::input_consumer(cfg)?;
-    if kafka::partitions_of(&consumer, &cfg.topics.input)?.is_none() {
+/// What [`ensure_topics`] found.
+struct RunTopics {
+    /// Partitions of the input (and of the changelog and the stage's topics).
+    partitions: usize,
+    changelog: String,
+    /// The person stage's topics (persons, accounts), with several partitions.
+    stage: Option<(String, String)>,
+}
+
+/// The topics a run reads and writes, created when missing: the input's partition count, the changelog and,
+/// with several partitions, the person stage's two topics. Refuses topics whose partition counts do not fit.
+fn ensure_topics<C: rdkafka::consumer::ConsumerContext>(
+    cfg: &Config,
+    consumer: &BaseConsumer<C>,
+) -> Result<RunTopics, EngineError> {
+    if kafka::partitions_of(consumer, &cfg.topics.input)?.is_none() {
         kafka::ensure_topics(cfg, &[(cfg.topics.input.clone(), cfg.topics.partitions, false)])?;
     }
     // A topic just created may take a moment to show in the metadata.
     let asked = Instant::now();
     let partitions = loop {
-        match kafka::partitions_of(&consumer, &cfg.topics.input)? {
+        match kafka::partitions_of(consumer, &cfg.topics.input)? {
             Some(n) => break n,
             None if asked.elapsed() < REQUEST_TIMEOUT => std::thread::sleep(Duration::from_millis(200)),
             None => {
@@ -479,7 +487,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), Eng
         partitioned.extend([(persons, why), (accounts, why)]);
     }
     for (topic, why) in partitioned {
-        let n = kafka::partitions_of(&consumer, topic)?.unwrap_or(0);
+        let n = kafka::partitions_of(consumer, topic)?.unwrap_or(0);
         let fits = if topic == &changelog { n >= partitions } else { n == partitions };
         if !fits {
             return Err(EngineError::Invalid(format!(
@@ -487,6 +495,17 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), Eng
             )));
         }
     }
+    Ok(RunTopics { partitions, changelog, stage: stage_topics })
+}
+
+/// Runs the service until `stop` is set (SIGTERM/SIGINT): the batch in flight commits, then it returns.
+///
+/// # Errors
+/// A broker or state failure that a restart must recover from (the process should exit non-zero), or a
+/// fenced instance (another one took this `kafka.instance_id`).
+pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), EngineError> {
+    let consumer = kafka::input_consumer(cfg)?;
+    let RunTopics { partitions, changelog, stage: stage_topics } = ensure_topics(cfg, &consumer)?;
     let producer = kafka::producer(cfg)?;
     let feed = Feed::open(cfg)?;
     tracing::info!(

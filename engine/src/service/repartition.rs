@@ -7,9 +7,8 @@
 //! and each record about one their partition does not hold ([`StageMessage::Lookup`]); the stage, which for
 //! the persons and opportunities of its partition holds where each one lives, sends those records on to the
 //! account's partition ([`AccountMessage::Forward`]) and tells a partition to let go of one that moved to an
-//! account of
-//! another partition ([`AccountMessage::Detach`]). Both topics have one partition per input partition, so
-//! a task owns the same partition number of all three and they commit in one transaction.
+//! account of another partition ([`AccountMessage::Detach`]). Both topics have one partition per input
+//! partition, so a task owns the same partition number of all three and they commit in one transaction.
 //!
 //! It never decides an event's effect: the account's partition task routes and applies a forwarded record
 //! exactly as an input record. Its messages are internal: encoded like state values (a format-version byte,

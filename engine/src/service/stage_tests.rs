@@ -303,3 +303,13 @@ fn an_opportunity_deletion_read_by_another_partition_reaches_its_account_and_mov
     assert_eq!((held(&pair, 1, "b"), held(&pair, 0, "c")), (0, 1), "the old account let go of it");
     assert!(pair.of_kind(OutKind::Rejected).is_empty());
 }
+
+#[test]
+fn an_unreadable_stage_record_stops_the_task_instead_of_being_dropped() {
+    let mut pair = Pair::new();
+    for source in [Source::Persons, Source::Accounts] {
+        let rec = InRecord { source, offset: 7, payload: Some(vec![99, 1, 2]), read_at: Instant::now() };
+        let err = pair.tasks[0].process(&pair.defs, &[rec]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("offset 7") && err.contains("another version"), "{err}");
+    }
+}

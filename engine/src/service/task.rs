@@ -351,7 +351,7 @@ impl PartitionTask {
                 }
                 Source::Persons => {
                     b.out.next.persons = rec.offset + 1;
-                    self.person_message(raw, rec.offset, &mut b)?;
+                    self.stage_message(raw, rec.offset, &mut b)?;
                 }
                 Source::Accounts => {
                     b.out.next.accounts = rec.offset + 1;
@@ -501,15 +501,22 @@ impl PartitionTask {
         true
     }
 
+    /// An internal record this version cannot read (written by another version, or damaged): the service
+    /// stops rather than drop it; an operator runs the version that wrote it until the topic is drained.
+    fn unreadable(&self, topic: &str, offset: i64, e: &caravan_schemas::state::CodecError) -> EngineError {
+        EngineError::Internal(format!(
+            "partition {}: the person stage's {topic} record at offset {offset} cannot be read ({e}); it was \
+             written by another version of Caravan, or damaged",
+            self.partition
+        ))
+    }
+
     /// A record of the persons topic: this partition's part of the person stage.
-    fn person_message(&mut self, raw: &[u8], offset: i64, b: &mut Batch) -> Result<(), EngineError> {
+    fn stage_message(&mut self, raw: &[u8], offset: i64, b: &mut Batch) -> Result<(), EngineError> {
         let Some(stage) = self.stage.as_mut() else { return Ok(()) };
         let msg = match caravan_schemas::state::decode::<StageMessage>(raw) {
             Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, partition = self.partition, offset, "Unreadable person stage record.");
-                return Ok(());
-            }
+            Err(e) => return Err(self.unreadable("persons", offset, &e)),
         };
         let ts = match &msg {
             StageMessage::Route { ts, .. } | StageMessage::Lookup { ts, .. } => *ts,
@@ -550,10 +557,7 @@ impl PartitionTask {
                 }
                 Ok(())
             }
-            Err(e) => {
-                tracing::error!(error = %e, partition = self.partition, offset, "Unreadable account stage record.");
-                Ok(())
-            }
+            Err(e) => Err(self.unreadable("accounts", offset, &e)),
         }
     }
 
