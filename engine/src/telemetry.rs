@@ -59,7 +59,8 @@ pub const TRANSACTIONS_ABORTED: &str = "caravan_kafka_transactions_aborted_total
 pub const REBALANCES: &str = "caravan_kafka_rebalances_total";
 /// Input partitions this instance owns.
 pub const PARTITIONS_OWNED: &str = "caravan_kafka_partitions_owned";
-/// Input records not yet processed, by partition: the partition's last stable offset minus the position.
+/// Records not yet processed, by topic (the input, the person stage's) and partition: the partition's last
+/// stable offset minus the position.
 pub const CONSUMER_LAG: &str = "caravan_kafka_consumer_lag_records";
 /// Changelog records read while restoring partitions.
 pub const RESTORED_RECORDS: &str = "caravan_restore_records_total";
@@ -115,7 +116,7 @@ fn describe() {
     metrics::describe_counter!(TRANSACTIONS_ABORTED, "Kafka transactions aborted (the batch is processed again).");
     metrics::describe_counter!(REBALANCES, "Consumer group rebalance events (revocations and assignments).");
     metrics::describe_gauge!(PARTITIONS_OWNED, "Input partitions this instance owns.");
-    metrics::describe_gauge!(CONSUMER_LAG, "Input records not yet processed, by partition.");
+    metrics::describe_gauge!(CONSUMER_LAG, "Records not yet processed, by topic and partition.");
     metrics::describe_counter!(RESTORED_RECORDS, "Changelog records read while restoring partitions.");
     metrics::describe_histogram!(RESTORE_DURATION, Unit::Seconds, "Time to restore one partition.");
     metrics::describe_counter!(

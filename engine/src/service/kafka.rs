@@ -119,25 +119,27 @@ fn consumer_config(cfg: &Config) -> ClientConfig {
 }
 
 /// The input consumer's context: records rebalances (they run inside `poll`, between batches) and, from
-/// librdkafka's statistics, where each input partition ends.
+/// librdkafka's statistics, where each partition it reads ends.
 #[derive(Default)]
 pub(crate) struct InputContext {
     pub(crate) events: Mutex<Vec<Assignment>>,
-    /// The input topic.
-    topic: String,
-    /// The last stable offset (read_committed's end) of each partition fetched, by partition.
-    pub(crate) ends: Mutex<HashMap<i32, i64>>,
+    /// The topics it reads: the input and, with several partitions, the person stage's.
+    topics: Vec<String>,
+    /// The last stable offset (read_committed's end) of each partition fetched, by topic and partition.
+    pub(crate) ends: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl ClientContext for InputContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else { return };
         let mut ends = self.ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (p, part) in &topic.partitions {
-            // -1 stands for "not known yet" (and partition -1 for the topic's internal UA partition).
-            let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
-            if *p >= 0 && end >= 0 {
-                ends.insert(*p, end);
+        for name in &self.topics {
+            let Some(topic) = statistics.topics.get(name) else { continue };
+            for (p, part) in &topic.partitions {
+                // -1 stands for "not known yet" (and partition -1 for the topic's internal UA partition).
+                let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
+                if *p >= 0 && end >= 0 {
+                    ends.insert((name.clone(), *p), end);
+                }
             }
         }
     }
@@ -184,7 +186,9 @@ pub(crate) fn input_consumer(cfg: &Config) -> Result<BaseConsumer<InputContext>,
     if !cfg.kafka.options.contains_key("statistics.interval.ms") {
         c.set("statistics.interval.ms", "5000");
     }
-    let context = InputContext { topic: cfg.topics.input.clone(), ..InputContext::default() };
+    // The person stage's topics are read only with several partitions; their statistics are absent otherwise.
+    let topics = vec![cfg.topics.input.clone(), cfg.persons_repartition_topic(), cfg.accounts_repartition_topic()];
+    let context = InputContext { topics, ..InputContext::default() };
     c.create_with_context(context).map_err(|e| kafka_error("creating the input consumer", e))
 }
 

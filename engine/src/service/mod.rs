@@ -33,7 +33,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -128,9 +128,14 @@ impl Service<'_> {
                     // us, from the committed offset, when it comes back).
                     collected.retain(|(p, _)| !parts.contains(p));
                     for p in parts {
-                        self.tasks.remove(&p);
+                        if let Some(task) = self.tasks.remove(&p) {
+                            for (topic, _) in self.positions(task.progress.next()) {
+                                let (topic, partition) = (topic.to_owned(), p.to_string());
+                                metrics::gauge!(telemetry::CONSUMER_LAG, "topic" => topic, "partition" => partition)
+                                    .set(0.0);
+                            }
+                        }
                         self.admin.remove_store(p);
-                        metrics::gauge!(telemetry::CONSUMER_LAG, "partition" => p.to_string()).set(0.0);
                     }
                     tracing::info!(tasks = self.tasks.len(), "Partitions revoked.");
                 }
@@ -252,10 +257,30 @@ impl Service<'_> {
                 .set(self.tasks.values().map(PartitionTask::parked).sum::<usize>() as f64);
         }
         let ends = self.consumer.context().ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        // The consumer's position steps over transaction markers (the person stage's topics are written in
+        // transactions), which the task's next offset does not: the lag is the end minus the further one.
+        let positions: HashMap<(String, i32), i64> = self
+            .consumer
+            .position()
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         for (p, task) in &self.tasks {
-            if let Some(end) = ends.get(p) {
-                let lag = (end - task.progress.input_next).max(0);
-                metrics::gauge!(telemetry::CONSUMER_LAG, "partition" => p.to_string()).set(lag as f64);
+            for (topic, next) in self.positions(task.progress.next()) {
+                let key = (topic.to_owned(), *p);
+                if let Some(end) = ends.get(&key) {
+                    let at = positions.get(&key).copied().unwrap_or(next).max(next);
+                    let lag = (end - at).max(0);
+                    metrics::gauge!(telemetry::CONSUMER_LAG, "topic" => key.0, "partition" => p.to_string())
+                        .set(lag as f64);
+                }
             }
         }
         if !self.task_cfg.processing_time
