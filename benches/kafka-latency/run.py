@@ -7,6 +7,9 @@ the input topic at each rate for a while and reads actions and changes with a re
 p50/p99/max per rate and the highest rate whose p99 stays under 100 ms.
 
     python3 benches/kafka-latency/run.py [--rates 5000,10000,20000,40000] [--seconds 10] [--commit-interval 10ms]
+
+On the bundled test broker (noida-db) every idle consumer spins (it answers empty fetches at once; see
+ARCHITECTURE.md), and broker, engine and driver share the cores: its latencies are pessimistic.
 """
 import argparse, os, random, re, signal, subprocess, sys, tempfile, time, urllib.request
 
