@@ -14,7 +14,7 @@ use crate::config::Config;
 use caravan_operators::account::Definitions;
 use caravan_operators::buying_group::Template;
 use caravan_operators::journey::Journey;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use std::sync::Arc;
 
@@ -50,39 +50,41 @@ impl Feed {
             next: 0,
             log: Vec::new(),
         };
-        let mut records = Vec::new();
-        let next = kafka::read_to_end(&feed.reader, &feed.topic, 0, 0, |k, v, offset| {
-            records.push((String::from_utf8_lossy(k).into_owned(), v.map(<[u8]>::to_vec), offset));
-            Ok(())
-        })?;
-        feed.next = next;
-        feed.apply_all(records);
-        // Stay on the partition: later reads take what has arrived without waiting.
-        kafka::assign_from(&feed.reader, &feed.topic, 0, next)?;
+        feed.read_from(0)?;
         Ok(feed)
     }
 
-    /// Takes what was published since the last call, without waiting; true when something was.
+    /// Reads the topic from `from` to its end and applies what it holds; true when there was something.
+    fn read_from(&mut self, from: i64) -> Result<bool, EngineError> {
+        let mut records = Vec::new();
+        let next = kafka::read_to_end(&self.reader, &self.topic, 0, from, |k, v, offset| {
+            records.push((String::from_utf8_lossy(k).into_owned(), v.map(<[u8]>::to_vec), offset));
+            Ok(())
+        })?;
+        self.next = self.next.max(next);
+        let any = !records.is_empty();
+        self.apply_all(records);
+        Ok(any)
+    }
+
+    /// Takes what was published since the last call; true when something was. It asks the broker where the
+    /// topic ends (one request) and reads only when that moved: a reader left on an idle partition fetches
+    /// all the time (on Kafka a request per `fetch.wait.max.ms`; the bundled test broker answers empty fetches
+    /// at once, so there it spins).
     ///
     /// # Errors
     /// The topic cannot be read.
     pub(crate) fn catch_up(&mut self) -> Result<bool, EngineError> {
-        let mut records = Vec::new();
-        loop {
-            match self.reader.poll(std::time::Duration::ZERO) {
-                Some(Ok(m)) => {
-                    use rdkafka::message::Message;
-                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                    records.push((key, m.payload().map(<[u8]>::to_vec), m.offset()));
-                    self.next = m.offset() + 1;
-                }
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => return Err(kafka::kafka_error("reading the definitions topic", e)),
-                None => break,
-            }
+        let (_, end) = self
+            .reader
+            .fetch_watermarks(&self.topic, 0, REQUEST_TIMEOUT)
+            .map_err(|e| kafka::kafka_error("reading where the definitions topic ends", e))?;
+        if end <= self.next {
+            return Ok(false);
         }
-        let any = !records.is_empty();
-        self.apply_all(records);
+        let any = self.read_from(self.next)?;
+        // Read to its end: compaction may have left nothing below `end` to read.
+        self.next = self.next.max(end);
         Ok(any)
     }
 
