@@ -359,6 +359,25 @@ impl Service<'_> {
         Ok(())
     }
 
+    /// Serves the rebalances that leaving the group starts (and a join still in flight when a stop came
+    /// early) until the consumer has been quiet for half a second, at most 10 s, so that dropping it has none
+    /// left: rust-rdkafka's close serves a pending assignment with a call that can wait forever (seen when
+    /// SIGTERM came during the first join). Records polled now are not processed: they were not committed.
+    fn settle_group(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last_event = Instant::now();
+        while Instant::now() < deadline && last_event.elapsed() < Duration::from_millis(500) {
+            if self.consumer.poll(Duration::from_millis(50)).is_some() {
+                last_event = Instant::now();
+            }
+            let mut events = self.consumer.context().events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !events.is_empty() {
+                events.clear();
+                last_event = Instant::now();
+            }
+        }
+    }
+
     /// Which of a task's topics a record came from.
     fn source_of(&self, topic: &str) -> task::Source {
         match &self.stage_topics {
@@ -604,5 +623,6 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), Eng
     tracing::info!("Stopping: every batch is committed.");
     admin.set_ready(false);
     svc.consumer.unsubscribe();
+    svc.settle_group();
     Ok(())
 }
