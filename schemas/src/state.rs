@@ -232,6 +232,17 @@ pub struct RouteRecord {
     pub present: bool,
 }
 
+/// Where a Kafka record was read (rejected and parked records name their input position with it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaPosition {
+    /// Its topic.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+}
+
 /// A record about a person or an opportunity whose account the person stage does not know yet (column family
 /// `parked`, key tenant | entity | id | sequence): it waits for the route, or ends when its wait is over.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,12 +251,8 @@ pub struct ParkedRecord {
     pub until: i64,
     /// The input record's bytes, as read.
     pub raw: Vec<u8>,
-    /// Where it was read: input topic, partition, offset.
-    pub topic: String,
-    /// Its input partition.
-    pub partition: i32,
-    /// Its input offset.
-    pub offset: i64,
+    /// Where it was read.
+    pub origin: KafkaPosition,
     /// It cannot apply without an account: rejected as `unknown_person_account` when its wait ends (a
     /// deletion of an entity never known is a no-op instead, as in a replay).
     pub needs_account: bool,

@@ -283,9 +283,7 @@ fn routes_and_parked_records_round_trip_through_the_changelog() {
     let parked = |until: i64, offset: i64| ParkedRecord {
         until,
         raw: format!("{{\"n\":{offset}}}").into_bytes(),
-        topic: "in".into(),
-        partition: 2,
-        offset,
+        origin: caravan_schemas::state::KafkaPosition { topic: "in".into(), partition: 2, offset },
         needs_account: offset % 20 == 0,
     };
     let (person, opportunity) = (caravan_schemas::output::Entity::Person, caravan_schemas::output::Entity::Opportunity);
@@ -314,7 +312,7 @@ fn routes_and_parked_records_round_trip_through_the_changelog() {
             .parked()
             .expect("reads")
             .into_iter()
-            .map(|s| (s.tenant, s.entity, s.id, s.seq, s.record.offset))
+            .map(|s| (s.tenant, s.entity, s.id, s.seq, s.record.origin.offset))
             .collect();
         let want = [
             ("t", opportunity, "p", 4, 40),

@@ -28,12 +28,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 /// Where an input record was read: rejected records and parked ones name it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Origin {
-    pub(crate) topic: String,
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
-}
+pub(crate) use caravan_schemas::state::KafkaPosition as Origin;
 
 /// A record of the persons topic, for the stage partition of its person or opportunity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,14 +225,7 @@ impl PersonStage {
                         out.stage[Outcome::Resolved as usize] += 1;
                     }
                     None => {
-                        let record = ParkedRecord {
-                            until,
-                            raw,
-                            topic: origin.topic,
-                            partition: origin.partition,
-                            offset: origin.offset,
-                            needs_account,
-                        };
+                        let record = ParkedRecord { until, raw, origin, needs_account };
                         out.delta.put_parked(&tenant, entity, &id, seq, &record);
                         self.expiry.push(Reverse((until, seq, key)));
                         self.parked.entry(key).or_default().push(Parked { seq, tenant, entity, id, record });
@@ -273,9 +261,7 @@ impl PersonStage {
                 if route.present {
                     for p in self.parked.remove(&key).unwrap_or_default() {
                         out.delta.delete_parked(&p.tenant, p.entity, &p.id, p.seq);
-                        let origin =
-                            Origin { topic: p.record.topic, partition: p.record.partition, offset: p.record.offset };
-                        let fwd = AccountMessage::Forward { origin, raw: p.record.raw };
+                        let fwd = AccountMessage::Forward { origin: p.record.origin, raw: p.record.raw };
                         out.forwards.push(fwd.forward(route.partition, &tenant, &route.account_id));
                         out.stage[Outcome::Released as usize] += 1;
                     }
@@ -309,12 +295,11 @@ impl PersonStage {
             if !p.record.needs_account {
                 continue;
             }
-            let origin = Origin { topic: p.record.topic, partition: p.record.partition, offset: p.record.offset };
             let detail = format!(
                 "person `{}` has no known account and the event names none (none became known while it waited)",
                 p.id
             );
-            out.reject(RejectReason::UnknownPersonAccount, detail, &p.record.raw, &origin);
+            out.reject(RejectReason::UnknownPersonAccount, detail, &p.record.raw, &p.record.origin);
         }
     }
 
@@ -325,9 +310,7 @@ impl PersonStage {
 
     /// Keeps the route cache within `capacity` (everything is committed between batches).
     pub(crate) fn trim(&mut self, capacity: usize) {
-        if self.routes.len() > capacity {
-            self.routes.clear();
-        }
+        super::task::trim(&mut self.routes, capacity);
     }
 }
 

@@ -214,7 +214,7 @@ pub(crate) struct PartitionTask {
 }
 
 /// Drops entries of a cache grown past `capacity`, down to three quarters of it.
-fn trim<K, V>(map: &mut FxHashMap<K, V>, capacity: usize) {
+pub(crate) fn trim<K, V>(map: &mut FxHashMap<K, V>, capacity: usize) {
     if map.len() > capacity {
         let mut excess = map.len() - capacity / 4 * 3;
         map.retain(|_, _| {
