@@ -244,11 +244,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
+            // First: a SIGTERM during start-up then stops the service cleanly instead of killing it.
+            let stop = shutdown_flag()?;
             let cfg = caravan_engine::config::Config::load(config.as_deref())?;
             init_logging(&cfg.log.level, cfg.log.format == caravan_engine::config::LogFormat::Json);
             let json_logs = cfg.log.format == caravan_engine::config::LogFormat::Json;
             let admin = start_admin(&cfg, cfg.run_admin_listen(), json_logs)?;
-            let stop = shutdown_flag()?;
             caravan_engine::service::run(&cfg, stop, &admin)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -236,6 +236,8 @@ fn sigkill_at_random_points_while_input_flows_loses_and_doubles_nothing() {
     let state = dir.path().join("state");
     kill_repeatedly(&cluster, dir.path(), &slices(&input, 8), 8, STATIC);
     let child = cluster.start_with(0, &state, &dir.path().join("run-last.log"), STATIC);
+    // The kills may have left nothing to do: the instance must at least have started before the SIGTERM.
+    admin_port(&dir.path().join("run-last.log"));
     cluster.wait_caught_up(Duration::from_secs(180));
     let status = terminate(child);
     assert!(status.success(), "{status:?}\n{}", run_log(dir.path(), "run-last.log"));
@@ -633,6 +635,7 @@ fn sigkill_while_person_keyed_records_flow_loses_and_doubles_nothing() {
     let input: Vec<String> = [known, keyed_by_person].concat();
     kill_repeatedly(&cluster, dir.path(), &slices_of(&input, 6), 6, &env);
     let child = cluster.start_with(0, &dir.path().join("state"), &dir.path().join("run-last.log"), &env);
+    admin_port(&dir.path().join("run-last.log"));
     let (actions, changes) = outputs_when_complete(&cluster, &reference);
     assert!(terminate(child).success(), "{}", run_log(dir.path(), "run-last.log"));
     assert!(cluster.read_committed("rejected").is_empty(), "{}", run_log(dir.path(), "run-last.log"));
