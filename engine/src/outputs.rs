@@ -26,16 +26,15 @@ pub(crate) struct OutRecord {
 /// Serializes a step's actions and change events (drained from `effects`) onto `out`, counting them.
 pub(crate) fn take(effects: &mut Effects, out: &mut Vec<OutRecord>, tally: &mut Tally) {
     for a in effects.actions.drain(..) {
-        // Output records hold only strings, numbers and JSON values: serialization cannot fail.
-        if let Ok(json) = serde_json::to_vec(&a) {
-            tally.action(&a);
-            out.push(OutRecord { kind: OutKind::Action, key: Some(a.account_id.clone()), json });
-        }
+        let mut json = Vec::with_capacity(320);
+        a.write_json(&mut json);
+        tally.action(&a);
+        out.push(OutRecord { kind: OutKind::Action, key: Some(a.account_id), json });
     }
     for c in effects.changes.drain(..) {
-        if let Ok(json) = serde_json::to_vec(&c) {
-            tally.change(&c);
-            out.push(OutRecord { kind: OutKind::Change, key: Some(c.account_id.clone()), json });
-        }
+        let mut json = Vec::with_capacity(320);
+        c.write_json(&mut json);
+        tally.change(&c);
+        out.push(OutRecord { kind: OutKind::Change, key: Some(c.account_id), json });
     }
 }

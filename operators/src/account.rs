@@ -26,7 +26,6 @@ use crate::runtime::{self, AccountEventValue};
 use caravan_schemas::Id;
 use caravan_schemas::attrs::Attrs;
 use caravan_schemas::input::{AudienceStatus, EventBody, InputEvent};
-use caravan_schemas::json::opt_json_eq;
 use caravan_schemas::output::{ActionRecord, ChangeEvent, ChangeOp, Entity, Origin};
 use caravan_schemas::state::{AccountRecord, ActivityHistory, OpportunityRecord, PersonRecord, TimerRecord};
 use caravan_schemas::time::{Timestamp, TimestampText};
@@ -299,7 +298,7 @@ impl AccountState {
     }
 
     fn person_ix(&self, person_id: &str) -> Option<usize> {
-        self.persons.iter().position(|p| p.record.person_id == person_id)
+        self.persons.iter().position(|p| caravan_schemas::same_id(&p.record.person_id, person_id))
     }
 
     /// Removes a person from this account (it moves to another one) and hands back its record.
@@ -473,15 +472,7 @@ impl Tracker {
                 (false, true) => (ChangeOp::Create, Attrs::default(), attrs.clone()),
                 (true, false) => (ChangeOp::Delete, t.attributes, Attrs::default()),
                 (true, true) => {
-                    let mut before = Attrs::default();
-                    let mut after = Attrs::default();
-                    for (k, _) in t.attributes.iter().chain(attrs.iter()) {
-                        let (old, new) = (t.attributes.get(k), attrs.get(k));
-                        if before.get(k).is_none() && !opt_json_eq(old, new) {
-                            before.insert(k, old.cloned().unwrap_or(Value::Null));
-                            after.insert(k, new.cloned().unwrap_or(Value::Null));
-                        }
-                    }
+                    let (mut before, mut after) = t.attributes.diff(attrs);
                     if moved {
                         before.insert("account_id", Value::String(t.account_id.to_string()));
                         after.insert("account_id", Value::String(acct.account_id.to_string()));

@@ -5,18 +5,32 @@
 //! the hash's collision odds, about 2^-64 at a billion ids). It is not a uniqueness check.
 
 fn hash(prefix: &str, parts: &[&[u8]]) -> String {
-    let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+    // The fields of one id rarely pass 256 bytes: framed on the stack, with no allocation but the id's own.
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let len: usize = parts.iter().map(|p| p.len() + 4).sum();
+    let buf: &mut [u8] = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    let mut at = 0;
     for p in parts {
-        buf.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        buf.extend_from_slice(p);
+        buf[at..at + 4].copy_from_slice(&(p.len() as u32).to_le_bytes());
+        buf[at + 4..at + 4 + p.len()].copy_from_slice(p);
+        at += 4 + p.len();
     }
-    let h = xxhash_rust::xxh3::xxh3_128(&buf);
+    let h = xxhash_rust::xxh3::xxh3_128(buf);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = HEX[((h >> ((31 - i) * 4)) & 0xf) as usize];
+    }
     let mut out = String::with_capacity(prefix.len() + 32);
     out.push_str(prefix);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..32).rev() {
-        out.push(char::from(HEX[((h >> (i * 4)) & 0xf) as usize]));
-    }
+    // Hex digits are ASCII.
+    out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
     out
 }
 
@@ -64,5 +78,20 @@ mod tests {
         assert_ne!(action_id("t", "j", 1, "a", "n", None, 1), action_id("t2", "j", 1, "a", "n", None, 1));
         assert_ne!(change_id("t", "account", "x", 1), change_id("t", "person", "x", 1));
         assert!(change_id("t", "account", "x", 1).starts_with("chg-"));
+        // The hash of the length-framed fields, in hex, whether they fit the stack buffer or not.
+        let framed = |parts: &[&[u8]]| {
+            let mut f = Vec::new();
+            for p in parts {
+                f.extend_from_slice(&(p.len() as u32).to_le_bytes());
+                f.extend_from_slice(p);
+            }
+            format!("chg-{:032x}", xxhash_rust::xxh3::xxh3_128(&f))
+        };
+        let long = "x".repeat(300);
+        assert_eq!(
+            change_id("t", "person", &long, 7),
+            framed(&[b"t", b"person", long.as_bytes(), &7u64.to_le_bytes()])
+        );
+        assert_eq!(change_id("t", "account", "x", 1), framed(&[b"t", b"account", b"x", &1u64.to_le_bytes()]));
     }
 }

@@ -11,6 +11,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod ndjson;
+
 fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "object"})
 }
@@ -98,6 +100,17 @@ pub enum ChangeOp {
     Delete,
 }
 
+impl ChangeOp {
+    /// The op as change events write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeOp::Create => "create",
+            ChangeOp::Update => "update",
+            ChangeOp::Delete => "delete",
+        }
+    }
+}
+
 /// What caused a change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -106,6 +119,16 @@ pub enum Origin {
     Input,
     /// A journey action changed it.
     Action,
+}
+
+impl Origin {
+    /// The origin as change events write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Input => "input",
+            Origin::Action => "action",
+        }
+    }
 }
 
 /// One net change of an account, person or opportunity (topic `caravan.changes`, `changes.ndjson`).

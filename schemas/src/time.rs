@@ -102,6 +102,13 @@ impl Timestamp {
 
     /// Formats as RFC 3339 in UTC with `Z`, with milliseconds, or with as many fraction digits as needed.
     pub fn to_rfc3339(self) -> String {
+        let mut text = Vec::with_capacity(30);
+        self.write_rfc3339(&mut text);
+        String::from_utf8(text).expect("only ASCII digits and separators were written")
+    }
+
+    /// Appends [`Timestamp::to_rfc3339`]'s text to `text`, without allocating.
+    pub fn write_rfc3339(self, text: &mut Vec<u8>) {
         let secs = self.0.div_euclid(NANOS_PER_SEC);
         let nanos = self.0.rem_euclid(NANOS_PER_SEC);
         let days = secs.div_euclid(86_400);
@@ -113,11 +120,10 @@ impl Timestamp {
                 text.push(b'0' + (v / 10i64.pow(i) % 10) as u8);
             }
         }
-        let mut text = Vec::with_capacity(30);
-        digits(&mut text, y, 4);
+        digits(text, y, 4);
         for (sep, v) in [(b'-', m), (b'-', d), (b'T', sod / 3600), (b':', (sod / 60) % 60), (b':', sod % 60)] {
             text.push(sep);
-            digits(&mut text, v, 2);
+            digits(text, v, 2);
         }
         let (frac, width) = if nanos % 1_000_000 == 0 {
             (nanos / 1_000_000, 3)
@@ -127,9 +133,8 @@ impl Timestamp {
             (nanos, 9)
         };
         text.push(b'.');
-        digits(&mut text, frac, width);
+        digits(text, frac, width);
         text.push(b'Z');
-        String::from_utf8(text).expect("only ASCII digits and separators were written")
     }
 
     /// This timestamp moved by `nanos`, saturating at the ends of the range.

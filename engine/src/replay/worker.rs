@@ -132,7 +132,8 @@ fn key_of(c: &Cached) -> u64 {
 
 impl AccountCache {
     fn find(&mut self, key: u64, tenant: &str, account: &str) -> Option<&mut Cached> {
-        self.accounts.find_mut(key, |c| c.state.account_id == account && c.state.tenant == tenant)
+        self.accounts
+            .find_mut(key, |c| caravan_schemas::same_id(&c.state.account_id, account) && c.state.tenant == tenant)
     }
 
     /// The account, loaded from the store on a miss, and marked as changed in `batch`.
@@ -144,7 +145,11 @@ impl AccountCache {
         account: &str,
         batch: u64,
     ) -> Result<&mut Cached, EngineError> {
-        let entry = self.accounts.entry(key, |c| c.state.account_id == account && c.state.tenant == tenant, key_of);
+        let entry = self.accounts.entry(
+            key,
+            |c| caravan_schemas::same_id(&c.state.account_id, account) && c.state.tenant == tenant,
+            key_of,
+        );
         let cached = match entry {
             hashbrown::hash_table::Entry::Occupied(e) => e.into_mut(),
             hashbrown::hash_table::Entry::Vacant(e) => {
@@ -272,17 +277,14 @@ impl<'s> Worker<'s> {
         }
         let (a0, c0) = (part.actions.len(), part.changes.len());
         for a in self.effects.actions.drain(..) {
-            // Output records hold only strings, numbers and JSON values: serialization cannot fail.
-            if serde_json::to_writer(&mut part.actions, &a).is_ok() {
-                part.actions.push(b'\n');
-                part.tally.action(&a);
-            }
+            a.write_json(&mut part.actions);
+            part.actions.push(b'\n');
+            part.tally.action(&a);
         }
         for c in self.effects.changes.drain(..) {
-            if serde_json::to_writer(&mut part.changes, &c).is_ok() {
-                part.changes.push(b'\n');
-                part.tally.change(&c);
-            }
+            c.write_json(&mut part.changes);
+            part.changes.push(b'\n');
+            part.tally.change(&c);
         }
         part.groups.push(Group { seq, timer, actions: a0..part.actions.len(), changes: c0..part.changes.len() });
     }
