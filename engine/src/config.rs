@@ -175,7 +175,6 @@ impl StateConfig {
             write_buffer_total_bytes: memtables,
             write_buffer_bytes: memtables / 4,
             sync_commits: self.sync,
-            wal: true,
         }
     }
 }

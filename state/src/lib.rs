@@ -106,12 +106,6 @@ pub struct StoreOptions {
     pub write_buffer_total_bytes: usize,
     /// fsync every commit (survives power loss, not only process crashes).
     pub sync_commits: bool,
-    /// Log every commit to RocksDB's write-ahead log. Without it, a crash loses the commits since the last
-    /// memtable flush, and flushes are atomic across column families (`atomic_flush`), so the store reopens
-    /// at an older but whole commit: enough for a writer that can redo its work from any commit it finds
-    /// (a replay re-reads its input from the checkpoint), and it saves the log's writes and checksums.
-    /// Ignored (the log is kept) with `sync_commits`.
-    pub wal: bool,
 }
 
 impl Default for StoreOptions {
@@ -121,7 +115,6 @@ impl Default for StoreOptions {
             write_buffer_bytes: 16 << 20,
             write_buffer_total_bytes: 64 << 20,
             sync_commits: false,
-            wal: true,
         }
     }
 }
@@ -499,9 +492,6 @@ impl Store {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_db_write_buffer_size(options.write_buffer_total_bytes);
-        let wal = options.wal || options.sync_commits;
-        // Without the log, only flushes that cover every column family at once keep a crash consistent.
-        db_opts.set_atomic_flush(!wal);
         // The de-duplication window is random hashes, written once and deleted oldest first: compressing it
         // only burns CPU, and its epochs do not need the bloom filters of point reads.
         let mut dedup_opts = cf_opts.clone();
@@ -512,7 +502,6 @@ impl Store {
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(options.sync_commits);
-        write_opts.disable_wal(!wal);
         Ok(Store { db, cache, write_opts, poisoned: AtomicBool::new(false) })
     }
 
@@ -550,20 +539,6 @@ impl Store {
             self.poisoned.store(true, Ordering::Release);
             StateError::Rocks(e)
         })
-    }
-
-    /// Starts writing every column family's memtables to disk, at one point for all of them, without waiting.
-    /// Without the write-ahead log ([`StoreOptions::wal`]) this is what a crash falls back to, so a writer
-    /// calls it now and then to bound the work a crash makes it redo.
-    ///
-    /// # Errors
-    /// [`StateError::Rocks`] when RocksDB refuses, or [`StateError::Poisoned`] after an earlier failure.
-    pub fn start_flush(&self) -> Result<()> {
-        self.check()?;
-        let cfs: Vec<&rocksdb::ColumnFamily> = (0..COLUMN_FAMILIES.len()).map(|i| self.cf(i)).collect();
-        let mut opts = rocksdb::FlushOptions::default();
-        opts.set_wait(false);
-        Ok(self.db.flush_cfs_opt(&cfs, &opts)?)
     }
 
     /// Applies a delta that has already committed elsewhere (Kafka mode: to the changelog topic) and records

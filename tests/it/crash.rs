@@ -79,9 +79,7 @@ fn kill_at_random_points_then_resume_gives_identical_outputs() {
     eprintln!("crash test seed {seed} (set CARAVAN_CRASH_SEED to replay it); uninterrupted run took {full:?}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (out, state) = (dir.path().join("out"), dir.path().join("state"));
-    // Small memtables: they flush several times a run, so kills land both before any flush (the rerun
-    // starts over) and after some (it resumes from the last flushed commit: the store keeps no WAL).
-    let extra = ["--workers", "2", "--commit-interval", "5ms", "--commit-records", "2000", "--memtables-mib", "4"];
+    let extra = ["--workers", "2", "--commit-interval", "5ms", "--commit-records", "2000"];
     let killed_mid_run = kill_at_random_progress(&mut rng, 8, &reference, &out, || {
         spawn_replay(&defs, &input, &out, &state, &extra, false)
     });

@@ -9,9 +9,7 @@
 //!
 //! On restart the files are cut back to the lengths of the last checkpoint and input resumes from its
 //! position. A crash between 1 and 2 leaves output bytes past the checkpoint; they are cut and produced
-//! again, identical, because processing is deterministic. The store keeps no write-ahead log here: a crash
-//! reopens it at its last memtable flush, an older commit but a whole one (flushes cover every column family
-//! at once), and the same cut-and-redo takes the rerun from there. This replaces the outbox of DESIGN.md with the same
+//! again, identical, because processing is deterministic. This replaces the outbox of DESIGN.md with the same
 //! guarantee and without writing every output twice (see ARCHITECTURE.md). It is not a scheduler: it
 //! never changes state itself.
 
@@ -28,9 +26,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// How often the committer flushes the store's memtables: a crash makes a rerun redo at most about this much.
-const FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The three output files of a replay, in checkpoint order.
 pub(crate) const OUTPUT_FILES: [&str; 3] = ["actions.ndjson", "changes.ndjson", "rejected.ndjson"];
@@ -97,8 +92,6 @@ pub(crate) struct Committer<'s> {
     last_batch: u64,
     epoch_records: u64,
     epoch_started: Instant,
-    /// When the store's memtables were last flushed (or the run began).
-    last_flush: Instant,
     tally: Tally,
     /// The epoch's batches: when each one's chunk was read, and its records.
     reads: Vec<(Instant, u64)>,
@@ -128,7 +121,6 @@ impl<'s> Committer<'s> {
             last_batch: 0,
             epoch_records: 0,
             epoch_started: Instant::now(),
-            last_flush: Instant::now(),
             tally: Tally::default(),
             reads: Vec::new(),
         }
@@ -243,12 +235,6 @@ impl<'s> Committer<'s> {
         }
         self.store.commit(&delta, &self.checkpoint)?;
         self.committed.store(self.last_batch, Ordering::Release);
-        // The store keeps no write-ahead log in a replay: a crash falls back to the last flush. Flushing now
-        // and then bounds what a crash makes the rerun redo when the input is slow to fill the memtables.
-        if self.last_flush.elapsed() >= FLUSH_INTERVAL {
-            self.store.start_flush()?;
-            self.last_flush = Instant::now();
-        }
         let tally = std::mem::take(&mut self.tally);
         telemetry::record_commit(&tally, delta.len(), started.elapsed(), self.reads.first().map(|r| r.0));
         for (read, n) in self.reads.drain(..) {

@@ -191,9 +191,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
             temp_state.path().to_path_buf()
         }
     };
-    // No write-ahead log: after a crash the store reopens at the last flushed commit, whole (atomic flush), and
-    // the replay redoes the input from that commit's checkpoint, truncating the outputs back to it.
-    let store = Arc::new(Store::open(&state_dir, &StoreOptions { wal: false, ..opts.store.clone() })?);
+    let store = Arc::new(Store::open(&state_dir, &opts.store)?);
     let checkpoint = store.checkpoint()?;
     let fresh = checkpoint.is_none();
     let checkpoint = checkpoint.unwrap_or_default();
