@@ -150,17 +150,8 @@ impl Serialize for Attrs {
     /// Stored as JSON text, so that binary codecs that are not self-describing can carry any value.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut text = Vec::with_capacity(16 + 24 * self.0.len());
-        text.push(b'{');
-        for (i, (k, v)) in self.0.iter().enumerate() {
-            if i > 0 {
-                text.push(b',');
-            }
-            serde_json::to_writer(&mut text, k.as_str()).map_err(serde::ser::Error::custom)?;
-            text.push(b':');
-            serde_json::to_writer(&mut text, v).map_err(serde::ser::Error::custom)?;
-        }
-        text.push(b'}');
-        // serde_json writes UTF-8 only.
+        crate::output::ndjson::object(&mut text, self);
+        // Written from `str`s and serde_json's own output: UTF-8 only.
         let text = String::from_utf8(text).map_err(serde::ser::Error::custom)?;
         s.serialize_str(&text)
     }

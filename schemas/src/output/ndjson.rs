@@ -43,8 +43,9 @@ fn value(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
-/// An attribute map as a JSON object, in key order (as `attrs::serialize_as_object` writes it).
-fn object(out: &mut Vec<u8>, attrs: &Attrs) {
+/// An attribute map as a JSON object, in key order (as `attrs::serialize_as_object` writes it; the state
+/// store keeps attributes as this text too).
+pub(crate) fn object(out: &mut Vec<u8>, attrs: &Attrs) {
     out.push(b'{');
     for (i, (k, v)) in attrs.iter().enumerate() {
         if i > 0 {
