@@ -199,8 +199,8 @@ impl Definitions {
 pub struct PersonSlot {
     /// The stored record.
     pub record: PersonRecord,
-    /// Changed since the engine last took the dirty set.
-    pub dirty: bool,
+    /// Changed since the engine last took the dirty set (set through [`AccountState`], which keeps count).
+    dirty: bool,
 }
 
 /// One opportunity of an account, with a flag telling the engine it must be written back.
@@ -208,8 +208,17 @@ pub struct PersonSlot {
 pub struct OpportunitySlot {
     /// The stored record.
     pub record: OpportunityRecord,
-    /// Changed since the engine last took the dirty set.
-    pub dirty: bool,
+    /// Changed since the engine last took the dirty set (set through [`AccountState`], which keeps count).
+    dirty: bool,
+}
+
+/// A changed person or opportunity record of an account, to write back ([`AccountState::take_dirty_slots`]).
+#[derive(Debug)]
+pub enum DirtySlot<'a> {
+    /// A person's record.
+    Person(&'a PersonRecord),
+    /// An opportunity's record.
+    Opportunity(&'a OpportunityRecord),
 }
 
 /// A person or an opportunity moving from one account to another, with its record.
@@ -236,6 +245,9 @@ pub struct AccountState {
     pub persons: Vec<PersonSlot>,
     /// The account's opportunities (and tombstones of deleted ones), sorted by id.
     pub opportunities: Vec<OpportunitySlot>,
+    /// Some person or opportunity slot is dirty: the engine's write-back looks at the slots only then (most
+    /// records, activities, change no person, and the slots of an account span many cache lines).
+    slots_dirty: bool,
 }
 
 impl AccountState {
@@ -248,6 +260,7 @@ impl AccountState {
             record_dirty: false,
             persons: Vec::new(),
             opportunities: Vec::new(),
+            slots_dirty: false,
         }
     }
 
@@ -269,6 +282,7 @@ impl AccountState {
             record_dirty: false,
             persons: persons.into_iter().map(|record| PersonSlot { record, dirty: false }).collect(),
             opportunities: opportunities.into_iter().map(|record| OpportunitySlot { record, dirty: false }).collect(),
+            slots_dirty: false,
         }
     }
 
@@ -281,7 +295,43 @@ impl AccountState {
     fn insert_opportunity(&mut self, record: OpportunityRecord) -> usize {
         let at = self.opportunities.partition_point(|o| o.record.opportunity_id < record.opportunity_id);
         self.opportunities.insert(at, OpportunitySlot { record, dirty: true });
+        self.slots_dirty = true;
         at
+    }
+
+    /// Marks a person to be written back.
+    pub(crate) fn mark_person(&mut self, ix: usize) {
+        self.persons[ix].dirty = true;
+        self.slots_dirty = true;
+    }
+
+    /// Marks an opportunity to be written back.
+    pub(crate) fn mark_opportunity(&mut self, ix: usize) {
+        self.opportunities[ix].dirty = true;
+        self.slots_dirty = true;
+    }
+
+    /// Adds a person last, to be written back. Returns its index.
+    fn push_person(&mut self, record: PersonRecord) -> usize {
+        self.persons.push(PersonSlot { record, dirty: true });
+        self.slots_dirty = true;
+        self.persons.len() - 1
+    }
+
+    /// Hands every person and opportunity changed since the last call to `write` (the engine writes them
+    /// back) and clears the marks. Looks at no slot when none is marked.
+    pub fn take_dirty_slots(&mut self, mut write: impl FnMut(DirtySlot<'_>)) {
+        if !std::mem::take(&mut self.slots_dirty) {
+            return;
+        }
+        for p in self.persons.iter_mut().filter(|p| p.dirty) {
+            write(DirtySlot::Person(&p.record));
+            p.dirty = false;
+        }
+        for o in self.opportunities.iter_mut().filter(|o| o.dirty) {
+            write(DirtySlot::Opportunity(&o.record));
+            o.dirty = false;
+        }
     }
 
     /// Removes a person or an opportunity from this account (it moves to another one, or is re-created
@@ -490,12 +540,12 @@ impl Tracker {
                 Entity::Account => acct.record_dirty = true,
                 Entity::Person => {
                     if let Some(ix) = acct.person_ix(&t.id) {
-                        acct.persons[ix].dirty = true;
+                        acct.mark_person(ix);
                     }
                 }
                 Entity::Opportunity => {
                     if let Some(ix) = acct.opportunity_ix(&t.id) {
-                        acct.opportunities[ix].dirty = true;
+                        acct.mark_opportunity(ix);
                     }
                 }
             }
@@ -569,14 +619,13 @@ pub fn apply_event(
                 (Some(ix), _) => (ix, !acct.persons[ix].record.present),
                 (None, Some((Moved::Person(record), from))) => {
                     let (present, attrs) = (record.present, record.attributes.clone());
-                    acct.persons.push(PersonSlot { record, dirty: true });
+                    let ix = acct.push_person(record);
                     tracker.touch(Entity::Person, person_id, present, &attrs, &from, Origin::Input, None);
-                    (acct.persons.len() - 1, true)
+                    (ix, true)
                 }
                 (None, _) => {
                     let record = PersonRecord { person_id: person_id.clone(), ..PersonRecord::default() };
-                    acct.persons.push(PersonSlot { record, dirty: true });
-                    (acct.persons.len() - 1, true)
+                    (acct.push_person(record), true)
                 }
             };
             let p = &acct.persons[ix].record;
@@ -587,7 +636,7 @@ pub fn apply_event(
             }
             slot.record.present = true;
             slot.record.attributes.merge(attributes);
-            slot.dirty = true;
+            acct.mark_person(ix);
             // Keep join order: a person who (re)joins goes last.
             let slot = acct.persons.remove(ix);
             let at = acct.persons.partition_point(|p| p.record.joined <= slot.record.joined);
@@ -601,7 +650,7 @@ pub fn apply_event(
                 let slot = &mut acct.persons[ix];
                 slot.record.present = false;
                 slot.record.attributes.clear();
-                slot.dirty = true;
+                acct.mark_person(ix);
                 roles = Some(Recompute::Person(ix));
             }
         }
@@ -638,7 +687,7 @@ pub fn apply_event(
             if let Some(retention) = defs.activity_retention(&acct.tenant, activity)
                 && let Some(ix) = acct.person_ix(person_id).filter(|&ix| acct.persons[ix].record.present)
             {
-                record_activity(&mut acct.persons[ix], activity, ev.ts, retention);
+                record_activity(acct, ix, activity, ev.ts, retention);
             }
             roles = acct.person_ix(person_id).map(|ix| Recompute::Activity(ix, activity.as_str()));
         }
@@ -669,7 +718,7 @@ pub fn apply_event(
             let slot = &mut acct.opportunities[ix];
             slot.record.present = true;
             slot.record.attributes.merge(attributes);
-            slot.dirty = true;
+            acct.mark_opportunity(ix);
         }
         EventBody::OpportunityDeleted { opportunity_id } => {
             if let Some(ix) = acct.opportunity_ix(opportunity_id).filter(|&ix| acct.opportunities[ix].record.present) {
@@ -686,7 +735,7 @@ pub fn apply_event(
                 let slot = &mut acct.opportunities[ix];
                 slot.record.present = false;
                 slot.record.attributes.clear();
-                slot.dirty = true;
+                acct.mark_opportunity(ix);
             }
         }
     }
@@ -756,8 +805,8 @@ pub fn stop_journey(acct: &mut AccountState, journey_id: &str, out: &mut Effects
 }
 
 /// Adds one activity to a person's history of its kind.
-fn record_activity(slot: &mut PersonSlot, kind: &str, ts: Timestamp, retention: i64) {
-    let history = &mut slot.record.extra_mut().activity;
+fn record_activity(acct: &mut AccountState, ix: usize, kind: &str, ts: Timestamp, retention: i64) {
+    let history = &mut acct.persons[ix].record.extra_mut().activity;
     let at = match history.binary_search_by(|h| h.kind.as_str().cmp(kind)) {
         Ok(at) => at,
         Err(at) => {
@@ -766,5 +815,5 @@ fn record_activity(slot: &mut PersonSlot, kind: &str, ts: Timestamp, retention: 
         }
     };
     history[at].record(ts.0, ts.0, retention);
-    slot.dirty = true;
+    acct.mark_person(ix);
 }

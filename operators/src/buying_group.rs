@@ -412,7 +412,7 @@ fn assign_role(defs: &Definitions, acct: &mut AccountState, t: &Template, ix: us
         _ => false,
     };
     if changed {
-        acct.persons[ix].dirty = true;
+        acct.mark_person(ix);
     }
     changed
 }

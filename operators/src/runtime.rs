@@ -660,24 +660,24 @@ fn execute(
                 } else {
                     p.record.attributes.insert(field, value.clone());
                 }
-                p.dirty = true;
+                acct.mark_person(ix);
             }
             ActionKind::ChangePersonScore { field, by: delta } => {
                 touch(tracker);
                 let p = &mut acct.persons[ix];
                 let score = add_numbers(p.record.attributes.get(field), delta);
                 p.record.attributes.insert(field, score);
-                p.dirty = true;
+                acct.mark_person(ix);
             }
             ActionKind::AddToList { list } => {
                 add_to(&mut acct.persons[ix].record.extra_mut().lists, list);
-                acct.persons[ix].dirty = true;
+                acct.mark_person(ix);
             }
             ActionKind::RemoveFromList { list } => {
                 if acct.persons[ix].record.lists().iter().any(|l| l == list) {
                     remove_from(&mut acct.persons[ix].record.extra_mut().lists, list);
                 }
-                acct.persons[ix].dirty = true;
+                acct.mark_person(ix);
             }
             _ => {}
         }

@@ -356,6 +356,50 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// The write-back contract the engine relies on: after every record, the slots `take_dirty_slots` hands
+    /// over, laid on what it handed before, are exactly the account's people and opportunities.
+    #[test]
+    fn every_changed_slot_is_handed_back_once(script in proptest::collection::vec((0u8..6, 0u8..4), 1..40)) {
+        use crate::account::DirtySlot;
+        // A journey counting clicks makes the tenant keep activity history on people (a change that emits
+        // no change event).
+        let mut defs = reference_defs();
+        let counting = "kind: journey\ntenant: t\nid: counts\nversion: 1\naudience: other\nstart: s\nnodes:\n  s:\n    split_accounts:\n      - when: activity(\"email.clicked\", \"30d\") > 0\n        next: done\n    otherwise: done\n  done:\n    exit: {}\n";
+        defs.publish(compile_journey(&read_document(counting).expect("parses")).expect("valid")).expect("publishes");
+        let mut s = Script::new(defs);
+        let mut persons = std::collections::BTreeMap::new();
+        let mut opportunities = std::collections::BTreeMap::new();
+        for (i, (kind, n)) in script.iter().enumerate() {
+            let when = at(i as i64 * 3600 * NANOS_PER_SEC);
+            let eid = format!("e{i}");
+            let e = match kind {
+                0 => json!({"type":"person.upserted","event_id":eid,"ts":when,"person_id":format!("p{n}"),"account_id":"a","attributes":{"i":i}}),
+                1 => json!({"type":"person.deleted","event_id":eid,"ts":when,"person_id":format!("p{n}")}),
+                2 => json!({"type":"person.activity","event_id":eid,"ts":when,"person_id":format!("p{n}"),"account_id":"a","activity":"email.clicked"}),
+                3 => json!({"type":"opportunity.upserted","event_id":eid,"ts":when,"opportunity_id":format!("o{n}"),"account_id":"a","attributes":{"i":i}}),
+                4 => json!({"type":"opportunity.deleted","event_id":eid,"ts":when,"opportunity_id":format!("o{n}")}),
+                _ => json!({"type":"account.audience","event_id":eid,"ts":when,"account_id":"a","audience_id":"target","status":"entered"}),
+            };
+            s.apply(e);
+            s.acct.take_dirty_slots(|slot| match slot {
+                DirtySlot::Person(p) => { persons.insert(p.person_id.clone(), p.clone()); }
+                DirtySlot::Opportunity(o) => { opportunities.insert(o.opportunity_id.clone(), o.clone()); }
+            });
+            let live_persons: std::collections::BTreeMap<_, _> =
+                s.acct.persons.iter().map(|p| (p.record.person_id.clone(), p.record.clone())).collect();
+            let live_opportunities: std::collections::BTreeMap<_, _> =
+                s.acct.opportunities.iter().map(|o| (o.record.opportunity_id.clone(), o.record.clone())).collect();
+            prop_assert_eq!(&persons, &live_persons);
+            prop_assert_eq!(&opportunities, &live_opportunities);
+            let mut again = 0;
+            s.acct.take_dirty_slots(|_| again += 1);
+            prop_assert_eq!(again, 0, "a second take hands nothing");
+        }
+    }
+}
+
 #[test]
 fn opportunities_change_move_and_feed_conditions() {
     let yaml = "kind: journey\ntenant: t\nid: o\nversion: 1\naudience: target\nstart: s\nnodes:\n  s:\n    split_accounts:\n      - {when: 'opportunities.exists(o, o.stage == \"won\")', next: yes}\n    otherwise: no\n  yes: {action: {send_alert: {template: won}}}\n  no: {action: {send_alert: {template: open}}}\n";

@@ -10,8 +10,8 @@ use super::keys;
 use super::messages::{Batch, CommitMsg, Group, WorkerMsg, WorkerPart};
 use crate::EngineError;
 use crate::telemetry::Tally;
-use caravan_operators::account::Moved;
 use caravan_operators::account::{AccountState, Cause, Definitions, Effects, TimerHandle, apply_event, fire_timer};
+use caravan_operators::account::{DirtySlot, Moved};
 use caravan_schemas::Id;
 use caravan_schemas::output::Entity;
 use caravan_schemas::state::TimerRecord;
@@ -29,14 +29,10 @@ pub(crate) fn write_dirty(delta: &mut Delta, tenant: &str, account: &str, state:
         delta.put_account(tenant, account, &state.record);
         state.record_dirty = false;
     }
-    for p in state.persons.iter_mut().filter(|p| p.dirty) {
-        delta.put_person(tenant, account, &p.record);
-        p.dirty = false;
-    }
-    for o in state.opportunities.iter_mut().filter(|o| o.dirty) {
-        delta.put_opportunity(tenant, account, &o.record);
-        o.dirty = false;
-    }
+    state.take_dirty_slots(|slot| match slot {
+        DirtySlot::Person(p) => delta.put_person(tenant, account, p),
+        DirtySlot::Opportunity(o) => delta.put_opportunity(tenant, account, o),
+    });
 }
 
 /// The `cause_event_id` of a timer of `timer_tenant` firing in the pass after a record: the record's event
