@@ -175,6 +175,7 @@ impl StateConfig {
             write_buffer_total_bytes: memtables,
             write_buffer_bytes: memtables / 4,
             sync_commits: self.sync,
+            ..caravan_state::StoreOptions::default()
         }
     }
 }

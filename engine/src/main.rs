@@ -388,6 +388,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             block_cache_bytes: args.block_cache_mib.max(1) << 20,
             write_buffer_total_bytes: args.memtables_mib.max(4) << 20,
             write_buffer_bytes: (args.memtables_mib.max(4) << 20) / 4,
+            ..caravan_state::StoreOptions::default()
         },
         sync: args.sync,
         progress: !args.no_progress && std::io::stderr().is_terminal(),

@@ -106,6 +106,9 @@ pub struct StoreOptions {
     pub write_buffer_total_bytes: usize,
     /// fsync every commit (survives power loss, not only process crashes).
     pub sync_commits: bool,
+    /// The most event ids the de-duplication window can need stored at once: its capacity plus the largest
+    /// commit (whose epoch is kept whole). Sizes the FIFO limit of the `dedup` column family.
+    pub dedup_ids: u64,
 }
 
 impl Default for StoreOptions {
@@ -115,6 +118,7 @@ impl Default for StoreOptions {
             write_buffer_bytes: 16 << 20,
             write_buffer_total_bytes: 64 << 20,
             sync_commits: false,
+            dedup_ids: 1_250_000,
         }
     }
 }
@@ -496,6 +500,16 @@ impl Store {
         // only burns CPU, and its epochs do not need the bloom filters of point reads.
         let mut dedup_opts = cf_opts.clone();
         dedup_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        // Epochs are written in key (time) order and deleted oldest first, so they need no compaction: FIFO
+        // drops whole files, oldest first, once the column family passes its size limit, and never rewrites
+        // one. Under level compaction, rewriting this churn was most of RocksDB's compaction work. The limit
+        // is eight times what the window can hold alive (24 bytes an id), at least 256 MiB, so that only
+        // files whose epochs were already deleted can go; no TTL (a state may rest for months).
+        dedup_opts.set_compaction_style(rocksdb::DBCompactionStyle::Fifo);
+        let mut fifo = rocksdb::FifoCompactOptions::default();
+        fifo.set_max_table_files_size(options.dedup_ids.saturating_mul(24 * 8).max(256 << 20));
+        dedup_opts.set_fifo_compaction_options(&fifo);
+        dedup_opts.set_ttl(0);
         let cfs = COLUMN_FAMILIES
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, if *n == "dedup" { dedup_opts.clone() } else { cf_opts.clone() }));

@@ -191,7 +191,9 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
             temp_state.path().to_path_buf()
         }
     };
-    let store = Arc::new(Store::open(&state_dir, &opts.store)?);
+    // The de-duplication column family keeps at most the window and the epoch being committed.
+    let dedup_ids = (opts.dedup_window as u64).saturating_add(opts.commit_records);
+    let store = Arc::new(Store::open(&state_dir, &StoreOptions { dedup_ids, ..opts.store.clone() })?);
     let checkpoint = store.checkpoint()?;
     let fresh = checkpoint.is_none();
     let checkpoint = checkpoint.unwrap_or_default();

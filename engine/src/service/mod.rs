@@ -59,7 +59,11 @@ fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineErro
         dedup_max_age_ns: cfg.input.dedup_max_age_ns(),
         cache_accounts: (cfg.state.cache_accounts / partitions.max(1)).max(16),
         cache_persons: (cfg.state.cache_persons / partitions.max(1)).max(16),
-        store: cfg.state.store_options(),
+        // A task commits a transaction at least every commit interval: far fewer ids than the window.
+        store: caravan_state::StoreOptions {
+            dedup_ids: (cfg.input.dedup_window as u64).saturating_mul(2),
+            ..cfg.state.store_options()
+        },
         processing_time: cfg.time.mode == TimeMode::Processing,
         partitions,
         unknown_person_wait_ns: cfg.input.unknown_person_wait_ns(),
