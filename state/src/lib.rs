@@ -242,10 +242,26 @@ impl Delta {
     /// effect when committed, fewer memtable inserts (hot accounts are written by many batches of an
     /// epoch), and sorted inserts, which RocksDB's skip list takes much faster than random ones.
     pub fn compact(&mut self) {
-        // Stable: of equal keys, the later write stays later.
-        self.ops.sort_by(|a, b| (a.cf, &a.key).cmp(&(b.cf, &b.key)));
-        let mut kept: Vec<Op> = Vec::with_capacity(self.ops.len());
-        for op in self.ops.drain(..) {
+        // Sorted through a small index whose first 16 key bytes are an integer: keys share long prefixes
+        // (tenant, account), and comparing whole keys with `memcmp` was ~4% of a replay's CPU. Zero padding
+        // keeps the integer order the byte order, and ties fall back to the whole key, then to the write
+        // order (the later write of a key wins).
+        fn head(key: &[u8]) -> u128 {
+            let mut b = [0u8; 16];
+            let n = key.len().min(16);
+            b[..n].copy_from_slice(&key[..n]);
+            u128::from_be_bytes(b)
+        }
+        let ops = &self.ops;
+        let mut order: Vec<(usize, u128, usize)> =
+            ops.iter().enumerate().map(|(i, op)| (op.cf, head(&op.key), i)).collect();
+        order.sort_unstable_by(|a, b| {
+            (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| ops[a.2].key.cmp(&ops[b.2].key)).then(a.2.cmp(&b.2))
+        });
+        let mut slots: Vec<Option<Op>> = std::mem::take(&mut self.ops).into_iter().map(Some).collect();
+        let mut kept: Vec<Op> = Vec::with_capacity(slots.len());
+        for (_, _, i) in order {
+            let Some(op) = slots[i].take() else { continue };
             match kept.last_mut() {
                 Some(last) if last.cf == op.cf && last.key == op.key => *last = op,
                 _ => kept.push(op),

@@ -323,3 +323,31 @@ fn routes_and_parked_records_round_trip_through_the_changelog() {
         assert_eq!(got, want.map(|(t, e, p, s, o)| (t.to_owned(), e, p.to_owned(), s, o)), "in key order");
     }
 }
+
+proptest! {
+    /// Compaction keeps the last write of every key, in column family and key order: the same as a stable
+    /// sort of whole keys followed by keeping each key's last write.
+    #[test]
+    fn compact_keeps_the_last_write_of_each_key_in_key_order(
+        ops in proptest::collection::vec((0usize..3, proptest::collection::vec(0u8..4, 0..20), any::<Option<u8>>()), 0..60)
+    ) {
+        let mut delta = Delta::default();
+        for (cf, key, value) in &ops {
+            delta.ops.push(Op { cf: *cf, key: key.clone(), value: value.map(|v| vec![v]) });
+        }
+        let mut want: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut sorted: Vec<&(usize, Vec<u8>, Option<u8>)> = ops.iter().collect();
+        sorted.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (cf, key, value) in sorted {
+            let value = value.map(|v| vec![v]);
+            match want.last_mut() {
+                Some(last) if last.0 == *cf && last.1 == *key => last.2 = value,
+                _ => want.push((*cf, key.clone(), value)),
+            }
+        }
+        delta.compact();
+        let got: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> =
+            delta.ops.iter().map(|op| (op.cf, op.key.clone(), op.value.clone())).collect();
+        prop_assert_eq!(got, want);
+    }
+}
