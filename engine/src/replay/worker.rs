@@ -126,10 +126,14 @@ fn key_of(c: &Cached) -> u64 {
     keys::account_key(&c.state.tenant, &c.state.account_id)
 }
 
+/// Whether a cached entry is this account (the key already matched).
+fn is_account(c: &Cached, tenant: &str, account: &str) -> bool {
+    caravan_schemas::same_id(&c.state.account_id, account) && c.state.tenant == tenant
+}
+
 impl AccountCache {
     fn find(&mut self, key: u64, tenant: &str, account: &str) -> Option<&mut Cached> {
-        self.accounts
-            .find_mut(key, |c| caravan_schemas::same_id(&c.state.account_id, account) && c.state.tenant == tenant)
+        self.accounts.find_mut(key, |c| is_account(c, tenant, account))
     }
 
     /// The account, loaded from the store on a miss, and marked as changed in `batch`.
@@ -141,11 +145,7 @@ impl AccountCache {
         account: &str,
         batch: u64,
     ) -> Result<&mut Cached, EngineError> {
-        let entry = self.accounts.entry(
-            key,
-            |c| caravan_schemas::same_id(&c.state.account_id, account) && c.state.tenant == tenant,
-            key_of,
-        );
+        let entry = self.accounts.entry(key, |c| is_account(c, tenant, account), key_of);
         let cached = match entry {
             hashbrown::hash_table::Entry::Occupied(e) => e.into_mut(),
             hashbrown::hash_table::Entry::Vacant(e) => {
