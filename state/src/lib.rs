@@ -160,6 +160,9 @@ pub type DedupEpoch = (u64, Vec<(u128, i64)>);
 /// Second byte of a de-duplication epoch whose entries carry their event time.
 const DEDUP_TIMED: u8 = 1;
 
+/// Bytes of one stored de-duplication entry: the id's 128-bit hash and its event time.
+const DEDUP_ENTRY_BYTES: usize = 24;
+
 fn key2(a: &str, b: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + b.len() + 1);
     k.extend_from_slice(a.as_bytes());
@@ -359,7 +362,7 @@ impl Delta {
 
     /// Records the event-id hashes applied in an epoch.
     pub fn put_dedup_epoch(&mut self, epoch: u64, entries: &[(u128, i64)]) {
-        let mut v = Vec::with_capacity(2 + entries.len() * 24);
+        let mut v = Vec::with_capacity(2 + entries.len() * DEDUP_ENTRY_BYTES);
         v.extend_from_slice(&[codec::FORMAT_VERSION, DEDUP_TIMED]);
         for (h, ts) in entries {
             v.extend_from_slice(&h.to_le_bytes());
@@ -519,11 +522,11 @@ impl Store {
         // Epochs are written in key (time) order and deleted oldest first, so they need no compaction: FIFO
         // drops whole files, oldest first, once the column family passes its size limit, and never rewrites
         // one. Under level compaction, rewriting this churn was most of RocksDB's compaction work. The limit
-        // is eight times what the window can hold alive (24 bytes an id), at least 256 MiB, so that only
+        // is eight times what the window can hold alive, at least 256 MiB, so that only
         // files whose epochs were already deleted can go; no TTL (a state may rest for months).
         dedup_opts.set_compaction_style(rocksdb::DBCompactionStyle::Fifo);
         let mut fifo = rocksdb::FifoCompactOptions::default();
-        fifo.set_max_table_files_size(options.dedup_ids.saturating_mul(24 * 8).max(256 << 20));
+        fifo.set_max_table_files_size(options.dedup_ids.saturating_mul(DEDUP_ENTRY_BYTES as u64 * 8).max(256 << 20));
         dedup_opts.set_fifo_compaction_options(&fifo);
         dedup_opts.set_ttl(0);
         let cfs = COLUMN_FAMILIES
@@ -882,8 +885,8 @@ impl Store {
             let hash = |c: &[u8]| u128::from_le_bytes(c[..16].try_into().expect("16 bytes"));
             // Timed values are 2 + 24n bytes, the older hash-only ones 1 + 16n: never the same length mod 8.
             let entries = match v.split_first() {
-                Some((&codec::FORMAT_VERSION, [DEDUP_TIMED, body @ ..])) if body.len() % 24 == 0 => body
-                    .chunks_exact(24)
+                Some((&codec::FORMAT_VERSION, [DEDUP_TIMED, body @ ..])) if body.len() % DEDUP_ENTRY_BYTES == 0 => body
+                    .chunks_exact(DEDUP_ENTRY_BYTES)
                     .map(|c| (hash(c), i64::from_le_bytes(c[16..].try_into().expect("8 bytes"))))
                     .collect(),
                 Some((&codec::FORMAT_VERSION, body)) if body.len() % 16 == 0 => {

@@ -58,19 +58,31 @@ pub(crate) fn object(out: &mut Vec<u8>, attrs: &Attrs) {
     out.push(b'}');
 }
 
-/// A `u64` in decimal.
-fn number(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// `,"name":"text"`.
+fn field(out: &mut Vec<u8>, name: &str, text: &str) {
+    key(out, name);
+    string(out, text);
+}
+
+/// `,"name":"text"` when there is a text.
+fn optional(out: &mut Vec<u8>, name: &str, text: Option<&str>) {
+    if let Some(text) = text {
+        field(out, name, text);
     }
-    out.extend_from_slice(&digits[start..]);
+}
+
+/// `,"name":123`.
+fn number(out: &mut Vec<u8>, name: &str, n: u64) {
+    key(out, name);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `,"ts":"<RFC 3339>"`.
+fn timestamp(out: &mut Vec<u8>, ts: crate::time::Timestamp) {
+    key(out, "ts");
+    out.push(b'"');
+    ts.write_rfc3339(out);
+    out.push(b'"');
 }
 
 impl ActionRecord {
@@ -78,30 +90,17 @@ impl ActionRecord {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"tenant\":");
         string(out, &self.tenant);
-        key(out, "action_id");
-        string(out, &self.action_id);
-        key(out, "type");
-        string(out, &self.kind);
+        field(out, "action_id", &self.action_id);
+        field(out, "type", &self.kind);
         key(out, "params");
         value(out, &self.params);
-        key(out, "journey_id");
-        string(out, &self.journey_id);
-        key(out, "journey_version");
-        number(out, u64::from(self.journey_version));
-        key(out, "node_id");
-        string(out, &self.node_id);
-        key(out, "account_id");
-        string(out, &self.account_id);
-        if let Some(person) = &self.person_id {
-            key(out, "person_id");
-            string(out, person);
-        }
-        key(out, "ts");
-        out.push(b'"');
-        self.ts.0.write_rfc3339(out);
-        out.push(b'"');
-        key(out, "cause_event_id");
-        string(out, &self.cause_event_id);
+        field(out, "journey_id", &self.journey_id);
+        number(out, "journey_version", u64::from(self.journey_version));
+        field(out, "node_id", &self.node_id);
+        field(out, "account_id", &self.account_id);
+        optional(out, "person_id", self.person_id.as_deref());
+        timestamp(out, self.ts.0);
+        field(out, "cause_event_id", &self.cause_event_id);
         out.push(b'}');
     }
 }
@@ -111,38 +110,21 @@ impl ChangeEvent {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"tenant\":");
         string(out, &self.tenant);
-        key(out, "change_id");
-        string(out, &self.change_id);
-        key(out, "entity");
-        string(out, self.entity.as_str());
-        key(out, "entity_id");
-        string(out, &self.entity_id);
-        key(out, "account_id");
-        string(out, &self.account_id);
-        key(out, "op");
-        string(out, self.op.as_str());
+        field(out, "change_id", &self.change_id);
+        field(out, "entity", self.entity.as_str());
+        field(out, "entity_id", &self.entity_id);
+        field(out, "account_id", &self.account_id);
+        field(out, "op", self.op.as_str());
         key(out, "before");
         object(out, &self.before);
         key(out, "after");
         object(out, &self.after);
-        key(out, "version");
-        number(out, self.version);
-        key(out, "ts");
-        out.push(b'"');
-        self.ts.0.write_rfc3339(out);
-        out.push(b'"');
-        key(out, "origin");
-        string(out, self.origin.as_str());
-        key(out, "cause_event_id");
-        string(out, &self.cause_event_id);
-        if let Some(journey) = &self.journey_id {
-            key(out, "journey_id");
-            string(out, journey);
-        }
-        if let Some(node) = &self.node_id {
-            key(out, "node_id");
-            string(out, node);
-        }
+        number(out, "version", self.version);
+        timestamp(out, self.ts.0);
+        field(out, "origin", self.origin.as_str());
+        field(out, "cause_event_id", &self.cause_event_id);
+        optional(out, "journey_id", self.journey_id.as_deref());
+        optional(out, "node_id", self.node_id.as_deref());
         out.push(b'}');
     }
 }
@@ -246,8 +228,8 @@ mod tests {
     fn numbers_of_every_width() {
         for n in [0, 7, 10, 99, 1_000_000, u64::from(u32::MAX), u64::MAX] {
             let mut out = Vec::new();
-            number(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
+            number(&mut out, "v", n);
+            assert_eq!(out, format!(",\"v\":{n}").into_bytes());
         }
     }
 }
