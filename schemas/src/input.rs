@@ -290,21 +290,25 @@ enum Key {
 impl Key {
     /// The key of a top-level field name, matched without allocating (both readers use it).
     fn from_name(name: &str) -> Option<Key> {
-        Some(match name {
-            "tenant" => Key::Tenant,
-            "type" => Key::Type,
-            "event_id" => Key::EventId,
-            "ts" => Key::Ts,
-            "account_id" => Key::AccountId,
-            "person_id" => Key::PersonId,
-            "opportunity_id" => Key::OpportunityId,
-            "audience_id" => Key::AudienceId,
-            "status" => Key::Status,
-            "activity" => Key::Activity,
-            "attributes" => Key::Attributes,
-            "properties" => Key::Properties,
+        // By length and a byte or two, then one comparison with the name itself: a chain of string
+        // comparisons cost more than the rest of reading a key.
+        let b = name.as_bytes();
+        let key = match (b.len(), *b.first()?) {
+            (2, _) => Key::Ts,
+            (4, _) => Key::Type,
+            (6, b't') => Key::Tenant,
+            (6, _) => Key::Status,
+            (8, b'e') => Key::EventId,
+            (8, _) => Key::Activity,
+            (9, _) => Key::PersonId,
+            (10, b'p') => Key::Properties,
+            (10, _) if b.get(1) == Some(&b'c') => Key::AccountId,
+            (10, _) => Key::Attributes,
+            (11, _) => Key::AudienceId,
+            (14, _) => Key::OpportunityId,
             _ => return None,
-        })
+        };
+        (KEYS[key as usize].0 == name).then_some(key)
     }
 }
 
@@ -518,9 +522,27 @@ pub(crate) fn invalid(name: &str, why: &str) -> Rejection {
     Rejection::new(RejectReason::InvalidField, format!("field `{name}` {why}"))
 }
 
+/// Whether every byte is printable ASCII (`0x20..=0x7e`), eight bytes at a time: a byte below `0x20` borrows
+/// when `0x20` is subtracted, `0x7f` carries into the high bit when `1` is added, and bytes from `0x80` have
+/// it already. Borrows and carries only spill into bytes after a true hit, so the answer is exact.
+fn printable_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(word);
+        let x = u64::from_le_bytes(le);
+        if ((x.wrapping_sub(ONES * 0x20) & !x) | x | x.wrapping_add(ONES)) & HIGHS != 0 {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|b| (0x20..0x7f).contains(b))
+}
+
 /// Checks the text of an id named `name`: non-empty, without control characters.
 pub(crate) fn checked_id(name: &str, s: &str) -> Result<Id, Rejection> {
-    let control = if s.is_ascii() { s.bytes().any(|b| b < 0x20 || b == 0x7f) } else { s.chars().any(char::is_control) };
+    let control = !printable_ascii(s.as_bytes()) && s.chars().any(char::is_control);
     if s.is_empty() {
         Err(invalid(name, "is empty"))
     } else if control {
@@ -678,6 +700,24 @@ mod tests {
     }
 
     const ENV: &str = r#""tenant":"t","event_id":"e1","ts":"2026-01-01T00:00:00Z""#;
+
+    proptest! {
+        /// The word-at-a-time check agrees with its definition on bytes around every boundary it tests
+        /// (`0x1f`/`0x20`, `0x7e`/`0x7f`/`0x80`, `0xff`), at every offset and length.
+        #[test]
+        fn printable_ascii_agrees_with_its_definition(
+            bytes in proptest::collection::vec(
+                prop_oneof![
+                    8 => 0x20u8..0x7f,
+                    1 => prop_oneof![Just(0x1fu8), Just(0), Just(0x7e), Just(0x7f), Just(0x80), Just(0xff), Just(0x20)],
+                    1 => any::<u8>(),
+                ],
+                0..30,
+            )
+        ) {
+            prop_assert_eq!(printable_ascii(&bytes), bytes.iter().all(|b| (0x20..=0x7e).contains(b)), "{:?}", bytes);
+        }
+    }
 
     #[test]
     fn each_bad_record_gets_its_reason() {

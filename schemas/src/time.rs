@@ -27,11 +27,70 @@ impl Timestamp {
     /// The smallest timestamp; the watermark before any record.
     pub const MIN: Timestamp = Timestamp(i64::MIN);
 
+    /// The form nearly every event has, `YYYY-MM-DDTHH:MM:SS.mmmZ`, read at fixed places with no error
+    /// text; `None` for anything else (including an invalid date or time), which the general reader then
+    /// reads or explains. The same value as the general reader by construction (the property test
+    /// `millisecond_form_reads_like_the_general_reader` holds it to that).
+    fn parse_millis_utc(b: &[u8]) -> Option<Timestamp> {
+        let &[
+            y0,
+            y1,
+            y2,
+            y3,
+            b'-',
+            m0,
+            m1,
+            b'-',
+            d0,
+            d1,
+            b'T',
+            h0,
+            h1,
+            b':',
+            i0,
+            i1,
+            b':',
+            s0,
+            s1,
+            b'.',
+            f0,
+            f1,
+            f2,
+            b'Z',
+        ] = b
+        else {
+            return None;
+        };
+        let digits = [y0, y1, y2, y3, m0, m1, d0, d1, h0, h1, i0, i1, s0, s1, f0, f1, f2];
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = |d: &[u8]| d.iter().fold(0i64, |v, &c| v * 10 + i64::from(c - b'0'));
+        let (year, month, day) = (n(&[y0, y1, y2, y3]), n(&[m0, m1]), n(&[d0, d1]));
+        let (hour, minute, second, millis) = (n(&[h0, h1]), n(&[i0, i1]), n(&[s0, s1]), n(&[f0, f1, f2]));
+        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+            return None;
+        }
+        if hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+        secs.checked_mul(NANOS_PER_SEC)?.checked_add(millis * 1_000_000).map(Timestamp)
+    }
+
     /// Parses a strict RFC 3339 timestamp.
     ///
     /// # Errors
     /// A message naming what is wrong, when the text is not a strict RFC 3339 date-time.
     pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
+        match Self::parse_millis_utc(s.as_bytes()) {
+            Some(ts) => Ok(ts),
+            None => Self::parse_any_rfc3339(s),
+        }
+    }
+
+    /// Every strict RFC 3339 form (any fraction, `Z` or an offset), with a message for what is wrong.
+    fn parse_any_rfc3339(s: &str) -> Result<Timestamp, String> {
         let b = s.as_bytes();
         let bad = || format!("`{s}` is not an RFC 3339 timestamp");
         if b.len() < 20 {
@@ -97,7 +156,11 @@ impl Timestamp {
         };
         let days = days_from_civil(year, month, day);
         let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-        Ok(Timestamp(secs * NANOS_PER_SEC + nanos))
+        // Years past 2262 (or before 1677) do not fit in i64 nanoseconds.
+        secs.checked_mul(NANOS_PER_SEC)
+            .and_then(|n| n.checked_add(nanos))
+            .map(Timestamp)
+            .ok_or_else(|| format!("`{s}` is outside the representable range (1677 to 2262)"))
     }
 
     /// Formats as RFC 3339 in UTC with `Z`, with milliseconds, or with as many fraction digits as needed.
@@ -274,6 +337,37 @@ mod tests {
     }
 
     proptest! {
+        /// The fixed-place reader of `YYYY-MM-DDTHH:MM:SS.mmmZ` reads what the general reader reads, and
+        /// declines (to the general reader) every text of that shape that is not a valid instant: a digit
+        /// position holding something else, month 13, 30 February, hour 24...
+        #[test]
+        fn millisecond_form_reads_like_the_general_reader(
+            digits in proptest::collection::vec(prop_oneof![8 => b'0'..=b'9', 1 => Just(b'x'), 1 => Just(b'/')], 17),
+            small in (0i64..3, 0i64..40, 0i64..30),
+        ) {
+            let d = |i: usize| char::from(digits[i]);
+            // Months and days around their limits half of the time, any digits the rest.
+            let (month, day) = if small.0 > 0 {
+                (format!("{:02}", small.1 % 14), format!("{:02}", small.2 + small.1 % 3))
+            } else {
+                (format!("{}{}", d(4), d(5)), format!("{}{}", d(6), d(7)))
+            };
+            let text = format!(
+                "{}{}{}{}-{month}-{day}T{}{}:{}{}:{}{}.{}{}{}Z",
+                d(0), d(1), d(2), d(3), d(8), d(9), d(10), d(11), d(12), d(13), d(14), d(15), d(16)
+            );
+            let general = Timestamp::parse_any_rfc3339(&text).ok();
+            prop_assert_eq!(Timestamp::parse_millis_utc(text.as_bytes()), general, "{}", text);
+        }
+
+        /// Every instant written with milliseconds takes the fixed-place path.
+        #[test]
+        fn millisecond_instants_take_the_fixed_place_path(millis in 0i64..9_200_000_000_000) {
+            let ts = Timestamp(millis * 1_000_000);
+            let text = ts.to_rfc3339();
+            prop_assert_eq!(Timestamp::parse_millis_utc(text.as_bytes()), Some(ts), "{}", text);
+        }
+
         #[test]
         fn format_then_parse_round_trips(nanos in 0i64..4_102_444_800_000_000_000) {
             let t = Timestamp(nanos);

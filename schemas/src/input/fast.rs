@@ -15,6 +15,13 @@ use crate::attrs::Attrs;
 use serde_json::{Number, Value};
 use std::borrow::Cow;
 
+/// The length of the plain string text at the start of `bytes`, up to its closing quote; `None` when an
+/// escape or a control character comes first, or no quote ends it.
+#[inline]
+fn plain_run(bytes: &[u8]) -> Option<usize> {
+    crate::json::first_to_escape(bytes).filter(|&at| bytes[at] == b'"')
+}
+
 struct Scanner<'a> {
     text: &'a str,
     pos: usize,
@@ -38,23 +45,14 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string without escapes or control characters, borrowed from the text.
+    #[inline]
     fn string(&mut self) -> Option<&'a str> {
         self.ws();
         if self.peek()? != b'"' {
             return None;
         }
         let start = self.pos + 1;
-        let bytes = self.text.as_bytes();
-        // One pass, byte by byte: the strings of a record are ids and short values, for which this beats a
-        // vectorized search (whose set-up costs more than the few bytes it would skip).
-        let mut end = start;
-        loop {
-            match *bytes.get(end)? {
-                b'"' => break,
-                b'\\' | 0..0x20 => return None,
-                _ => end += 1,
-            }
-        }
+        let end = start + plain_run(self.text.as_bytes().get(start..)?)?;
         self.pos = end + 1;
         // `start` and the closing quote sit next to ASCII quotes, so both are character boundaries.
         self.text.get(start..end)
