@@ -230,6 +230,14 @@ pub enum Moved {
     Opportunity(OpportunityRecord),
 }
 
+/// The key of a person id in an account's person index: a hash (a match is confirmed on the id itself).
+fn person_key(person_id: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(person_id.as_bytes());
+    h.finish()
+}
+
 /// Everything the state machine reads and writes for one account.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AccountState {
@@ -241,8 +249,13 @@ pub struct AccountState {
     pub record: AccountRecord,
     /// The account record changed since the engine last took the dirty set.
     pub record_dirty: bool,
-    /// The account's people (and tombstones of deleted ones), in the order they joined.
-    pub persons: Vec<PersonSlot>,
+    /// The account's people (and tombstones of deleted ones), in the order they joined. Only this module adds,
+    /// removes or reorders them (keeping `person_keys` beside them); others read them through
+    /// [`AccountState::persons`] or change a record in place.
+    pub(crate) persons: Vec<PersonSlot>,
+    /// [`person_key`] of each of `persons`, in the same order: finding a person (every activity does) reads
+    /// this one short array instead of a slot per person, whose records span many cache lines.
+    person_keys: Vec<u64>,
     /// The account's opportunities (and tombstones of deleted ones), sorted by id.
     pub opportunities: Vec<OpportunitySlot>,
     /// Some person or opportunity slot is dirty: the engine's write-back looks at the slots only then (most
@@ -259,6 +272,7 @@ impl AccountState {
             record: AccountRecord::default(),
             record_dirty: false,
             persons: Vec::new(),
+            person_keys: Vec::new(),
             opportunities: Vec::new(),
             slots_dirty: false,
         }
@@ -280,6 +294,7 @@ impl AccountState {
             account_id: Id::from(account_id),
             record,
             record_dirty: false,
+            person_keys: persons.iter().map(|p| person_key(&p.person_id)).collect(),
             persons: persons.into_iter().map(|record| PersonSlot { record, dirty: false }).collect(),
             opportunities: opportunities.into_iter().map(|record| OpportunitySlot { record, dirty: false }).collect(),
             slots_dirty: false,
@@ -313,6 +328,7 @@ impl AccountState {
 
     /// Adds a person last, to be written back. Returns its index.
     fn push_person(&mut self, record: PersonRecord) -> usize {
+        self.person_keys.push(person_key(&record.person_id));
         self.persons.push(PersonSlot { record, dirty: true });
         self.slots_dirty = true;
         self.persons.len() - 1
@@ -347,15 +363,40 @@ impl AccountState {
         }
     }
 
+    /// The account's people (and tombstones of deleted ones), in the order they joined.
+    pub fn persons(&self) -> &[PersonSlot] {
+        &self.persons
+    }
+
     fn person_ix(&self, person_id: &str) -> Option<usize> {
-        self.persons.iter().position(|p| caravan_schemas::same_id(&p.record.person_id, person_id))
+        let key = person_key(person_id);
+        (0..self.person_keys.len()).find(|&ix| {
+            self.person_keys[ix] == key && caravan_schemas::same_id(&self.persons[ix].record.person_id, person_id)
+        })
     }
 
     /// Removes a person from this account (it moves to another one) and hands back its record.
     /// The engine writes the removal (a delete of the person's key here) with the same commit.
     fn detach_person(&mut self, person_id: &str) -> Option<PersonRecord> {
         let ix = self.person_ix(person_id)?;
+        self.person_keys.remove(ix);
         Some(self.persons.remove(ix).record)
+    }
+
+    /// Moves the person at `ix` to its place in join order (after everyone who joined at or before it) and
+    /// returns its new index.
+    fn reorder_person(&mut self, ix: usize) -> usize {
+        let (slot, key) = (self.persons.remove(ix), self.person_keys.remove(ix));
+        let at = self.persons.partition_point(|p| p.record.joined <= slot.record.joined);
+        self.persons.insert(at, slot);
+        self.person_keys.insert(at, key);
+        at
+    }
+
+    /// Whether `person_keys` matches `persons` (the invariant every change above keeps).
+    #[cfg(test)]
+    pub(crate) fn person_keys_match(&self) -> bool {
+        self.person_keys.iter().copied().eq(self.persons.iter().map(|p| person_key(&p.record.person_id)))
     }
 }
 
@@ -638,10 +679,7 @@ pub fn apply_event(
             slot.record.attributes.merge(attributes);
             acct.mark_person(ix);
             // Keep join order: a person who (re)joins goes last.
-            let slot = acct.persons.remove(ix);
-            let at = acct.persons.partition_point(|p| p.record.joined <= slot.record.joined);
-            acct.persons.insert(at, slot);
-            roles = Some(Recompute::Person(at));
+            roles = Some(Recompute::Person(acct.reorder_person(ix)));
         }
         EventBody::PersonDeleted { person_id } => {
             if let Some(ix) = acct.person_ix(person_id).filter(|&ix| acct.persons[ix].record.present) {

@@ -20,7 +20,7 @@
 //! let mut acct = AccountState::new("t", "a");
 //! let mut out = Effects::default();
 //! apply_event(&Definitions::default(), &mut acct, &ev, None, &Cause::record(1, ev.ts, "e"), &mut out);
-//! assert_eq!(acct.persons.len(), 1);
+//! assert_eq!(acct.persons().len(), 1);
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]

@@ -4,7 +4,7 @@ use crate::account::{AccountState, Cause, Definitions, Effects, Moved, TimerHand
 use crate::journey::compile_journey;
 use caravan_schemas::definition::read_document;
 use caravan_schemas::input::{DecodeLimits, InputEvent, decode};
-use caravan_schemas::output::{ChangeOp, Origin};
+use caravan_schemas::output::{ChangeOp, Entity, Origin};
 use caravan_schemas::time::{NANOS_PER_SEC, Timestamp};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -361,7 +361,7 @@ proptest! {
     /// The write-back contract the engine relies on: after every record, the slots `take_dirty_slots` hands
     /// over, laid on what it handed before, are exactly the account's people and opportunities.
     #[test]
-    fn every_changed_slot_is_handed_back_once(script in proptest::collection::vec((0u8..6, 0u8..4), 1..40)) {
+    fn every_changed_slot_is_handed_back_once(script in proptest::collection::vec((0u8..8, 0u8..4), 1..40)) {
         use crate::account::DirtySlot;
         // A journey counting clicks makes the tenant keep activity history on people (a change that emits
         // no change event).
@@ -380,9 +380,33 @@ proptest! {
                 2 => json!({"type":"person.activity","event_id":eid,"ts":when,"person_id":format!("p{n}"),"account_id":"a","activity":"email.clicked"}),
                 3 => json!({"type":"opportunity.upserted","event_id":eid,"ts":when,"opportunity_id":format!("o{n}"),"account_id":"a","attributes":{"i":i}}),
                 4 => json!({"type":"opportunity.deleted","event_id":eid,"ts":when,"opportunity_id":format!("o{n}")}),
-                _ => json!({"type":"account.audience","event_id":eid,"ts":when,"account_id":"a","audience_id":"target","status":"entered"}),
+                5 => json!({"type":"account.audience","event_id":eid,"ts":when,"account_id":"a","audience_id":"target","status":"entered"}),
+                6 => {
+                    // The person moves to another account: the engine deletes its record here.
+                    if s.acct.detach(Entity::Person, &format!("p{n}")).is_some() {
+                        persons.remove(format!("p{n}").as_str());
+                    }
+                    prop_assert!(s.acct.person_keys_match());
+                    continue;
+                }
+                _ => {
+                    // Evicted and reloaded from what was written back.
+                    let a = &s.acct;
+                    let reloaded = AccountState::from_records(
+                        &a.tenant,
+                        &a.account_id,
+                        a.record.clone(),
+                        persons.values().cloned().collect(),
+                        opportunities.values().cloned().collect(),
+                    );
+                    prop_assert_eq!(&reloaded.persons, &s.acct.persons);
+                    s.acct = reloaded;
+                    prop_assert!(s.acct.person_keys_match());
+                    continue;
+                }
             };
             s.apply(e);
+            prop_assert!(s.acct.person_keys_match(), "the person index follows every change");
             s.acct.take_dirty_slots(|slot| match slot {
                 DirtySlot::Person(p) => { persons.insert(p.person_id.clone(), p.clone()); }
                 DirtySlot::Opportunity(o) => { opportunities.insert(o.opportunity_id.clone(), o.clone()); }
