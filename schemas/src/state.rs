@@ -33,11 +33,18 @@ pub enum CodecError {
 /// # Panics
 /// Never for the types of this module: they always serialize.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
-    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .expect("state types are plain serde types and always encode");
-    out.extend_from_slice(&body);
-    out
+    // Encoded in a reused buffer, then copied once at its exact size: bincode writes a field (often one
+    // byte) at a time, and a fresh vector grew through many reallocations, each a copy.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.push(FORMAT_VERSION);
+        bincode::serde::encode_into_std_write(value, buf, bincode::config::standard())
+            .expect("state types are plain serde types and always encode");
+        buf.clone()
+    })
 }
 
 /// Decodes a value written by [`encode`].

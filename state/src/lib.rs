@@ -238,7 +238,12 @@ impl Delta {
 
     /// Appends another delta's writes after these (later writes to a key win).
     pub fn extend(&mut self, other: Delta) {
-        self.ops.extend(other.ops);
+        if self.ops.is_empty() {
+            // Taken as it is: no copy of its writes into a vector that would grow for them.
+            self.ops = other.ops;
+        } else {
+            self.ops.extend(other.ops);
+        }
     }
 
     /// Keeps only the last write of each key and orders the writes by column family and key: the same

@@ -197,6 +197,9 @@ pub(crate) struct Worker<'s> {
     commit: Sender<CommitMsg>,
     committed: Arc<AtomicU64>,
     effects: Effects,
+    /// Bytes of actions and changes the last batch wrote: the next batch's buffers start that large, instead
+    /// of growing to it through reallocations that copy everything written so far.
+    last_output: (usize, usize),
 }
 
 impl<'s> Worker<'s> {
@@ -220,6 +223,7 @@ impl<'s> Worker<'s> {
             commit,
             committed,
             effects: Effects::default(),
+            last_output: (0, 0),
         }
     }
 
@@ -290,8 +294,8 @@ impl<'s> Worker<'s> {
         let mut part = WorkerPart {
             batch: batch.id,
             groups: Vec::new(),
-            actions: Vec::new(),
-            changes: Vec::new(),
+            actions: Vec::with_capacity(self.last_output.0),
+            changes: Vec::with_capacity(self.last_output.1),
             delta: Delta::default(),
             tally: Tally::default(),
         };
@@ -331,6 +335,7 @@ impl<'s> Worker<'s> {
                 }
             }
         }
+        self.last_output = (part.actions.len(), part.changes.len());
         // The state delta of this batch: every account changed in it, as it stands now.
         part.delta = std::mem::take(&mut self.pending);
         for (key, tenant, account) in std::mem::take(&mut self.cache.dirty) {
