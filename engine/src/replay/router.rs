@@ -120,7 +120,9 @@ impl<'s> Router<'s> {
                 let lines = Arc::new(chunk.lines);
                 self.part.read_at = chunk.read_at;
                 self.lines = Arc::clone(&lines);
+                // Sized once for the chunk: grown push by push, these copied themselves over and over.
                 self.steps.reserve(lines.len());
+                self.part.dedup.reserve(lines.len());
                 for (ix, line) in lines.iter().enumerate() {
                     self.route_line(line, ix as u32)?;
                 }

@@ -197,9 +197,9 @@ pub(crate) struct Worker<'s> {
     commit: Sender<CommitMsg>,
     committed: Arc<AtomicU64>,
     effects: Effects,
-    /// Bytes of actions and changes the last batch wrote: the next batch's buffers start that large, instead
-    /// of growing to it through reallocations that copy everything written so far.
-    last_output: (usize, usize),
+    /// Bytes of actions and changes, and output groups, of the last batch: the next batch's buffers start
+    /// that large, instead of growing to it through reallocations that copy everything written so far.
+    last_output: (usize, usize, usize),
 }
 
 impl<'s> Worker<'s> {
@@ -223,7 +223,7 @@ impl<'s> Worker<'s> {
             commit,
             committed,
             effects: Effects::default(),
-            last_output: (0, 0),
+            last_output: (0, 0, 0),
         }
     }
 
@@ -293,7 +293,7 @@ impl<'s> Worker<'s> {
         let _span = tracing::trace_span!("batch", worker = me, batch = batch.id, steps = batch.steps.len()).entered();
         let mut part = WorkerPart {
             batch: batch.id,
-            groups: Vec::new(),
+            groups: Vec::with_capacity(self.last_output.2),
             actions: Vec::with_capacity(self.last_output.0),
             changes: Vec::with_capacity(self.last_output.1),
             delta: Delta::default(),
@@ -335,7 +335,7 @@ impl<'s> Worker<'s> {
                 }
             }
         }
-        self.last_output = (part.actions.len(), part.changes.len());
+        self.last_output = (part.actions.len(), part.changes.len(), part.groups.len());
         // The state delta of this batch: every account changed in it, as it stands now.
         part.delta = std::mem::take(&mut self.pending);
         for (key, tenant, account) in std::mem::take(&mut self.cache.dirty) {
