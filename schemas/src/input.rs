@@ -522,27 +522,9 @@ pub(crate) fn invalid(name: &str, why: &str) -> Rejection {
     Rejection::new(RejectReason::InvalidField, format!("field `{name}` {why}"))
 }
 
-/// Whether every byte is printable ASCII (`0x20..=0x7e`), eight bytes at a time: a byte below `0x20` borrows
-/// when `0x20` is subtracted, `0x7f` carries into the high bit when `1` is added, and bytes from `0x80` have
-/// it already. Borrows and carries only spill into bytes after a true hit, so the answer is exact.
-fn printable_ascii(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        let mut le = [0u8; 8];
-        le.copy_from_slice(word);
-        let x = u64::from_le_bytes(le);
-        if ((x.wrapping_sub(ONES * 0x20) & !x) | x | x.wrapping_add(ONES)) & HIGHS != 0 {
-            return false;
-        }
-    }
-    words.remainder().iter().all(|b| (0x20..0x7f).contains(b))
-}
-
 /// Checks the text of an id named `name`: non-empty, without control characters.
 pub(crate) fn checked_id(name: &str, s: &str) -> Result<Id, Rejection> {
-    let control = !printable_ascii(s.as_bytes()) && s.chars().any(char::is_control);
+    let control = !crate::swar::printable_ascii(s.as_bytes()) && s.chars().any(char::is_control);
     if s.is_empty() {
         Err(invalid(name, "is empty"))
     } else if control {
@@ -700,24 +682,6 @@ mod tests {
     }
 
     const ENV: &str = r#""tenant":"t","event_id":"e1","ts":"2026-01-01T00:00:00Z""#;
-
-    proptest! {
-        /// The word-at-a-time check agrees with its definition on bytes around every boundary it tests
-        /// (`0x1f`/`0x20`, `0x7e`/`0x7f`/`0x80`, `0xff`), at every offset and length.
-        #[test]
-        fn printable_ascii_agrees_with_its_definition(
-            bytes in proptest::collection::vec(
-                prop_oneof![
-                    8 => 0x20u8..0x7f,
-                    1 => prop_oneof![Just(0x1fu8), Just(0), Just(0x7e), Just(0x7f), Just(0x80), Just(0xff), Just(0x20)],
-                    1 => any::<u8>(),
-                ],
-                0..30,
-            )
-        ) {
-            prop_assert_eq!(printable_ascii(&bytes), bytes.iter().all(|b| (0x20..=0x7e).contains(b)), "{:?}", bytes);
-        }
-    }
 
     #[test]
     fn each_bad_record_gets_its_reason() {

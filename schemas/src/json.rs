@@ -1,5 +1,4 @@
-//! JSON helpers shared by the record formats: a strict value reader, JSON-value equality, and the scan for
-//! the bytes a JSON string cannot hold as they are.
+//! JSON helpers shared by the record formats: a strict value reader and JSON-value equality.
 //!
 //! It owns two rules of SPEC §7: an object with a duplicate key is malformed, and values compare as JSON
 //! values (`1 == 1.0`, `true != 1`). It is not a parser: `serde_json` parses; this only adds the checks.
@@ -7,35 +6,6 @@
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use std::fmt;
-
-/// The index of the first byte of `bytes` that a JSON string must escape (`"`, `\\`, or a control byte below
-/// `0x20`), if any: where the readers' fast paths stop (a closing quote, or an escape they leave to
-/// `serde_json`) and whether the writers can copy a string as it is.
-///
-/// Eight bytes at a time (SWAR): a byte equal to `"` or `\\` is a zero byte after an XOR, and a zero byte or
-/// a control byte borrows when `0x01`/`0x20` is subtracted from it. A borrow only spills into the bytes after
-/// a true hit, so the lowest flagged byte is always the first hit.
-pub(crate) fn first_to_escape(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v;
-    let mut words = bytes.chunks_exact(8);
-    let mut at = 0;
-    for word in &mut words {
-        let mut le = [0u8; 8];
-        le.copy_from_slice(word);
-        let x = u64::from_le_bytes(le);
-        let hits = (zero_bytes(x ^ (ONES * u64::from(b'"')))
-            | zero_bytes(x ^ (ONES * u64::from(b'\\')))
-            | (x.wrapping_sub(ONES * 0x20) & !x))
-            & HIGHS;
-        if hits != 0 {
-            return Some(at + (hits.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    words.remainder().iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).map(|i| at + i)
-}
 
 /// A JSON value read with duplicate object keys refused at every depth.
 pub struct StrictValue(pub Value);
@@ -135,31 +105,7 @@ pub fn opt_json_eq(a: Option<&Value>, b: Option<&Value>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use serde_json::json;
-
-    proptest! {
-        /// Strings of every byte that matters, at every offset of the 8-byte words: the word-at-a-time scan
-        /// finds the same first byte as a byte loop (bytes >= 0x80 next to a hit included, where a borrow
-        /// could mislead a careless mask).
-        #[test]
-        fn first_to_escape_agrees_with_a_byte_loop(
-            bytes in proptest::collection::vec(
-                prop_oneof![
-                    6 => 0x20u8..0x7f,
-                    1 => Just(b'"'),
-                    1 => Just(b'\\'),
-                    1 => 0u8..0x20,
-                    1 => 0x80u8..=0xff,
-                    1 => prop_oneof![Just(0x21u8), Just(0x1f), Just(0x5b), Just(0x5d), Just(0x23), Just(0x7f)],
-                ],
-                0..40,
-            )
-        ) {
-            let by_bytes = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
-            prop_assert_eq!(first_to_escape(&bytes), by_bytes, "{:?}", bytes);
-        }
-    }
 
     #[test]
     fn duplicate_keys_are_refused_at_any_depth() {

@@ -26,6 +26,7 @@ pub mod input;
 pub mod json;
 pub mod output;
 pub mod state;
+mod swar;
 pub mod time;
 pub mod xdm;
 

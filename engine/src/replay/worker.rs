@@ -182,6 +182,14 @@ impl AccountCache {
     }
 }
 
+/// Bytes of actions and changes, and output groups, of a worker's batch part.
+#[derive(Clone, Copy, Default)]
+struct OutputSizes {
+    actions: usize,
+    changes: usize,
+    groups: usize,
+}
+
 /// Settings of a worker.
 pub(crate) struct WorkerConfig {
     pub(crate) cache_capacity: usize,
@@ -197,9 +205,9 @@ pub(crate) struct Worker<'s> {
     commit: Sender<CommitMsg>,
     committed: Arc<AtomicU64>,
     effects: Effects,
-    /// Bytes of actions and changes, and output groups, of the last batch: the next batch's buffers start
-    /// that large, instead of growing to it through reallocations that copy everything written so far.
-    last_output: (usize, usize, usize),
+    /// The sizes of the last batch's outputs: the next batch's buffers start that large, instead of growing
+    /// to it through reallocations that copy everything written so far.
+    last_output: OutputSizes,
 }
 
 impl<'s> Worker<'s> {
@@ -223,7 +231,7 @@ impl<'s> Worker<'s> {
             commit,
             committed,
             effects: Effects::default(),
-            last_output: (0, 0, 0),
+            last_output: OutputSizes::default(),
         }
     }
 
@@ -293,9 +301,9 @@ impl<'s> Worker<'s> {
         let _span = tracing::trace_span!("batch", worker = me, batch = batch.id, steps = batch.steps.len()).entered();
         let mut part = WorkerPart {
             batch: batch.id,
-            groups: Vec::with_capacity(self.last_output.2),
-            actions: Vec::with_capacity(self.last_output.0),
-            changes: Vec::with_capacity(self.last_output.1),
+            groups: Vec::with_capacity(self.last_output.groups),
+            actions: Vec::with_capacity(self.last_output.actions),
+            changes: Vec::with_capacity(self.last_output.changes),
             delta: Delta::default(),
             tally: Tally::default(),
         };
@@ -335,7 +343,8 @@ impl<'s> Worker<'s> {
                 }
             }
         }
-        self.last_output = (part.actions.len(), part.changes.len(), part.groups.len());
+        self.last_output =
+            OutputSizes { actions: part.actions.len(), changes: part.changes.len(), groups: part.groups.len() };
         // The state delta of this batch: every account changed in it, as it stands now.
         part.delta = std::mem::take(&mut self.pending);
         for (key, tenant, account) in std::mem::take(&mut self.cache.dirty) {

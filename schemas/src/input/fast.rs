@@ -19,7 +19,7 @@ use std::borrow::Cow;
 /// escape or a control character comes first, or no quote ends it.
 #[inline]
 fn plain_run(bytes: &[u8]) -> Option<usize> {
-    crate::json::first_to_escape(bytes).filter(|&at| bytes[at] == b'"')
+    crate::swar::first_to_escape(bytes).filter(|&at| bytes[at] == b'"')
 }
 
 struct Scanner<'a> {

@@ -19,7 +19,7 @@ fn serde_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 
 /// A JSON string. Ids and names rarely need an escape: those go to `serde_json`, the rest is copied.
 fn string(out: &mut Vec<u8>, s: &str) {
-    if crate::json::first_to_escape(s.as_bytes()).is_none() {
+    if crate::swar::first_to_escape(s.as_bytes()).is_none() {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
