@@ -310,6 +310,25 @@ impl Key {
         };
         (KEYS[key as usize].0 == name).then_some(key)
     }
+
+    /// The key whose name and closing quote start `rest` (the text just after an opening quote), with the
+    /// length of both; `None` when no key's does (an unknown name, or one written with escapes). The fast
+    /// reader matches names in place this way instead of scanning each for its closing quote first.
+    fn from_quoted(rest: &[u8]) -> Option<(Key, usize)> {
+        let candidates: &[Key] = match *rest.first()? {
+            b't' => &[Key::Tenant, Key::Type, Key::Ts],
+            b'e' => &[Key::EventId],
+            b'a' => &[Key::AccountId, Key::Activity, Key::Attributes, Key::AudienceId],
+            b'p' => &[Key::PersonId, Key::Properties],
+            b'o' => &[Key::OpportunityId],
+            b's' => &[Key::Status],
+            _ => return None,
+        };
+        candidates.iter().find_map(|&key| {
+            let name = KEYS[key as usize].0.as_bytes();
+            (rest.get(name.len()) == Some(&b'"') && rest.starts_with(name)).then_some((key, name.len() + 1))
+        })
+    }
 }
 
 /// The name of each key, by its number.

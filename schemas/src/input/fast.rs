@@ -58,6 +58,17 @@ impl<'a> Scanner<'a> {
         self.text.get(start..end)
     }
 
+    /// A top-level key, matched in place against the known names (`Key::from_quoted`).
+    fn key(&mut self) -> Option<Key> {
+        self.ws();
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let (key, len) = Key::from_quoted(self.text.as_bytes().get(self.pos + 1..)?)?;
+        self.pos += 1 + len;
+        Some(key)
+    }
+
     /// A number as `serde_json` reads it (an integer as `u64`/`i64`, a decimal as the nearest `f64`), for
     /// the plain forms only.
     fn number(&mut self) -> Option<Value> {
@@ -165,7 +176,7 @@ pub(super) fn read(text: &str) -> Option<WireRecord<'_>> {
         s.pos += 1;
     } else {
         loop {
-            let key = Key::from_name(s.string()?)?;
+            let key = s.key()?;
             s.eat(b':')?;
             s.ws();
             match key {
@@ -375,6 +386,14 @@ mod tests {
             assert!(super::Key::from_name(name) == Some(key), "{name}");
         }
         assert!(super::Key::from_name("tenants").is_none());
+        for (name, key) in super::super::KEYS {
+            let quoted = format!("{name}\":1");
+            assert!(super::Key::from_quoted(quoted.as_bytes()) == Some((key, name.len() + 1)), "{name}");
+            // A longer name, a cut one, and one without its closing quote are no key.
+            for odd in [format!("{name}s\""), format!("{}\"", &name[..name.len() - 1]), name.to_string()] {
+                assert!(super::Key::from_quoted(odd.as_bytes()).is_none(), "{odd}");
+            }
+        }
     }
 
     #[test]
