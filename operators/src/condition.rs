@@ -176,6 +176,19 @@ impl Condition {
         self.whole.contains(&var) || self.fields.iter().any(|(v, f)| *v == var && f == field)
     }
 
+    /// What of a variable's value the expression can read: all of it when it uses the variable whole, else
+    /// only the fields it selects (no other can be read). Converting a whole account to a CEL map for
+    /// `account.employees >= 1000` cost ~50k instructions an evaluation, growing with the account.
+    fn readable_part(&self, var: Var, value: Value) -> Value {
+        match value {
+            Value::Object(mut map) if !self.whole.contains(&var) => {
+                map.retain(|k, _| self.fields.iter().any(|(v, f)| *v == var && f == k));
+                Value::Object(map)
+            }
+            other => other,
+        }
+    }
+
     /// The facts the condition reads.
     pub fn facts(&self) -> &[Fact] {
         &self.facts
@@ -187,7 +200,7 @@ impl Condition {
             let mut scope = root.new_inner_scope();
             for var in &self.vars {
                 let name = VARS.iter().find(|(_, v)| v == var).map_or("", |(n, _)| *n);
-                match cel::to_value(facts.var(*var)) {
+                match cel::to_value(self.readable_part(*var, facts.var(*var))) {
                     Ok(v) => scope.add_variable_from_value(name, v),
                     Err(_) => return false,
                 }
@@ -684,6 +697,19 @@ mod tests {
         let n = account(json!({"i": 1, "f": 1.0, "b": true}));
         assert!(holds("account.i == account.f && account.i + 0.5 == 1.5", Scope::Account, &n));
         assert!(holds("account.b != 1", Scope::Account, &n));
+    }
+
+    #[test]
+    fn a_variable_used_whole_keeps_every_field_and_one_only_selected_reads_the_same() {
+        let a = account(json!({"employees": 1200, "country": "GB", "name": "Acme", "tier": 2}));
+        // Only selected: the value is cut to the selected fields, with the same answers.
+        assert!(holds("account.employees >= 1000 && account.country == \"GB\"", Scope::Account, &a));
+        assert!(!holds("account.employees < 1000", Scope::Account, &a));
+        assert!(holds("!has(account.nope) && has(account.tier)", Scope::Account, &a));
+        // Used whole (a comprehension, `in`, `size`) next to a selection: nothing may be cut.
+        assert!(holds("account.tier == 2 && account.exists(k, k == \"name\")", Scope::Account, &a));
+        assert!(holds("account.tier == 2 && \"country\" in account", Scope::Account, &a));
+        assert!(holds("account.tier == 2 && size(account) == 4", Scope::Account, &a));
     }
 
     #[test]
