@@ -52,6 +52,9 @@ pub(crate) struct Batch {
     pub(crate) id: u64,
     /// The decoded lines of the chunk the batch comes from (shared with the chunk's other batches).
     pub(crate) lines: Arc<Vec<ParsedLine>>,
+    /// The decoder that built the lines: holders give their references back to it
+    /// ([`LineReturns`](super::reader::LineReturns)).
+    pub(crate) decoder: usize,
     /// The applied records of the batch, in input order.
     pub(crate) steps: Vec<Step>,
     pub(crate) extras: Vec<Extra>,

@@ -297,25 +297,29 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
                 })
                 .map_err(|e| EngineError::io("starting a thread".into(), e))?
         };
+        let (returns, returned) = reader::LineReturns::new(decoders);
         let mut decoder_handles = Vec::new();
         let rules = reader::EdgeRules {
             limits: opts.limits.clone(),
             tenants: Arc::new(opts.tenants.clone()),
             xdm_tenant: opts.xdm_tenant.as_deref().map(caravan_schemas::Id::from),
         };
-        for i in 0..decoders {
+        for (i, returned) in returned.into_iter().enumerate() {
             let (rx, tx, rules) = (chunk_rx.clone(), parsed_tx.clone(), rules.clone());
             decoder_handles.push(
                 std::thread::Builder::new()
                     .name(format!("caravan-decode-{i}"))
-                    .spawn_scoped(scope, move || reader::decode_chunks(&rx, &tx, &rules))
+                    .spawn_scoped(scope, move || reader::decode_chunks(&rx, &tx, &rules, i, &returned))
                     .map_err(|e| EngineError::io("starting a thread".into(), e))?,
             );
         }
         drop((chunk_rx, parsed_tx));
         let mut worker_handles = Vec::new();
         for (me, (rx, timers)) in worker_rxs.into_iter().zip(timers).enumerate() {
-            let cfg = worker::WorkerConfig { cache_capacity: (opts.cache_accounts / workers).max(16) };
+            let cfg = worker::WorkerConfig {
+                cache_capacity: (opts.cache_accounts / workers).max(16),
+                returns: returns.clone(),
+            };
             let w = worker::Worker::new(
                 cfg,
                 Arc::clone(&defs),
@@ -351,6 +355,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
             allowed_disorder_ns: opts.allowed_disorder_ns,
             index_capacity: opts.cache_persons.max(16),
             source_name,
+            returns,
         };
         let router = router::Router::new(
             router_cfg,

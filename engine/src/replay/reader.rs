@@ -53,9 +53,37 @@ pub(crate) struct ParsedLine {
     pub(crate) parsed: Parsed,
 }
 
+/// The decoded lines of a chunk, shared by the batches cut from it.
+pub(crate) type SharedLines = std::sync::Arc<Vec<ParsedLine>>;
+
+/// Hands decoded lines back to the decoder that built them, which frees them: an event's strings and
+/// attribute vectors freed on the thread that allocated them take the allocator's local path, where the
+/// workers' frees (the last holders) took its cross-thread one (~1k instructions an event, callgrind).
+/// Only what is handed back is freed there; correctness never depends on it.
+#[derive(Clone)]
+pub(crate) struct LineReturns(Vec<Sender<SharedLines>>);
+
+impl LineReturns {
+    /// One return lane per decoder: the senders, and each decoder's receiver.
+    pub(crate) fn new(decoders: usize) -> (LineReturns, Vec<Receiver<SharedLines>>) {
+        let (txs, rxs) = (0..decoders).map(|_| crossbeam_channel::unbounded()).unzip();
+        (LineReturns(txs), rxs)
+    }
+
+    /// Gives a holder's reference to lines back to `decoder`. A decoder that has ended (end of input) no
+    /// longer takes any: the reference is then dropped here.
+    pub(crate) fn give_back(&self, decoder: usize, lines: SharedLines) {
+        if let Some(tx) = self.0.get(decoder) {
+            let _ = tx.send(lines);
+        }
+    }
+}
+
 /// A decoded chunk.
 pub(crate) struct ParsedChunk {
     pub(crate) id: u64,
+    /// The decoder that built its lines (and frees them when they come back).
+    pub(crate) decoder: usize,
     pub(crate) lines: Vec<ParsedLine>,
     /// When its bytes were read.
     pub(crate) read_at: std::time::Instant,
@@ -175,9 +203,17 @@ pub(crate) fn decode_record(raw: &[u8], rules: &EdgeRules) -> Parsed {
     }
 }
 
-/// Decodes chunks until the input channel closes.
-pub(crate) fn decode_chunks(input: &Receiver<Chunk>, out: &Sender<ParsedChunk>, rules: &EdgeRules) {
+/// Decodes chunks until the input channel closes, as decoder number `me`, freeing the lines that come back
+/// on `returned` between chunks.
+pub(crate) fn decode_chunks(
+    input: &Receiver<Chunk>,
+    out: &Sender<ParsedChunk>,
+    rules: &EdgeRules,
+    me: usize,
+    returned: &Receiver<SharedLines>,
+) {
     for chunk in input {
+        returned.try_iter().for_each(drop);
         let mut lines = Vec::with_capacity(chunk.data.len() / 150 + 1);
         let mut pos = 0usize;
         let mut line = chunk.first_record;
@@ -194,9 +230,10 @@ pub(crate) fn decode_chunks(input: &Receiver<Chunk>, out: &Sender<ParsedChunk>, 
             lines.push(ParsedLine { line, end_byte: chunk.start_byte + next as u64, parsed });
             pos = end + 1;
         }
-        if out.send(ParsedChunk { id: chunk.id, lines, read_at: chunk.read_at }).is_err() {
+        if out.send(ParsedChunk { id: chunk.id, decoder: me, lines, read_at: chunk.read_at }).is_err() {
             return;
         }
+        returned.try_iter().for_each(drop);
     }
 }
 
@@ -224,7 +261,8 @@ mod tests {
             ctx.send(c).expect("send");
         }
         drop(ctx);
-        decode_chunks(&crx, &ptx, &EdgeRules::default());
+        let (_, returned) = crossbeam_channel::unbounded();
+        decode_chunks(&crx, &ptx, &EdgeRules::default(), 0, &returned);
         drop(ptx);
         let mut lines: Vec<ParsedLine> = prx.iter().flat_map(|p| p.lines).collect();
         lines.sort_by_key(|l| l.line);

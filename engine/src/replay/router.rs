@@ -9,7 +9,7 @@
 
 use super::keys::{self, index_key, worker_of};
 use super::messages::{Batch, CommitMsg, Extra, RouterPart, Step, WorkerMsg};
-use super::reader::{Decoded, Parsed, ParsedChunk, ParsedLine};
+use super::reader::{Decoded, LineReturns, Parsed, ParsedChunk, ParsedLine};
 use crate::EngineError;
 use crate::dedup::DedupWindow;
 use crate::telemetry::Tally;
@@ -37,6 +37,8 @@ pub(crate) struct RouterConfig {
     pub(crate) allowed_disorder_ns: i64,
     pub(crate) index_capacity: usize,
     pub(crate) source_name: String,
+    /// Where the router's reference to a routed chunk's lines goes back to be freed.
+    pub(crate) returns: LineReturns,
 }
 
 pub(crate) struct Router<'s> {
@@ -56,6 +58,8 @@ pub(crate) struct Router<'s> {
     batch: u64,
     /// The decoded lines of the chunk being routed; batches share them.
     lines: Arc<Vec<ParsedLine>>,
+    /// The decoder that built `lines`.
+    lines_decoder: usize,
     steps: Vec<Step>,
     extras: Vec<Extra>,
     part: RouterPart,
@@ -101,6 +105,7 @@ impl<'s> Router<'s> {
             committed,
             batch: 1,
             lines: Arc::new(Vec::new()),
+            lines_decoder: 0,
             steps: Vec::new(),
             extras: Vec::new(),
             part: empty_part(1, start.0, start.1, max_ts, Instant::now()),
@@ -119,7 +124,9 @@ impl<'s> Router<'s> {
             while let Some(chunk) = pending.remove(&next) {
                 let lines = Arc::new(chunk.lines);
                 self.part.read_at = chunk.read_at;
-                self.lines = Arc::clone(&lines);
+                let done = std::mem::replace(&mut self.lines, Arc::clone(&lines));
+                self.cfg.returns.give_back(self.lines_decoder, done);
+                self.lines_decoder = chunk.decoder;
                 // Sized once for the chunk: grown push by push, these copied themselves over and over.
                 self.steps.reserve(lines.len());
                 self.part.dedup.reserve(lines.len());
@@ -311,6 +318,7 @@ impl<'s> Router<'s> {
         let shared = Arc::new(Batch {
             id: batch,
             lines: Arc::clone(&self.lines),
+            decoder: self.lines_decoder,
             steps: std::mem::take(&mut self.steps),
             extras: std::mem::take(&mut self.extras),
         });

@@ -193,6 +193,8 @@ struct OutputSizes {
 /// Settings of a worker.
 pub(crate) struct WorkerConfig {
     pub(crate) cache_capacity: usize,
+    /// Where the worker's reference to a batch's lines goes back to be freed.
+    pub(crate) returns: super::reader::LineReturns,
 }
 
 pub(crate) struct Worker<'s> {
@@ -238,7 +240,14 @@ impl<'s> Worker<'s> {
     pub(crate) fn run(mut self, me: usize, input: &Receiver<WorkerMsg>) -> Result<(), EngineError> {
         for msg in input {
             match msg {
-                WorkerMsg::Batch(batch) => self.batch(me, &batch)?,
+                WorkerMsg::Batch(batch) => {
+                    self.batch(me, &batch)?;
+                    // The batch (and with it, its reference) is dropped first, so that the last reference
+                    // to the lines is always one given back, never the batch's.
+                    let (lines, decoder) = (Arc::clone(&batch.lines), batch.decoder);
+                    drop(batch);
+                    self.cfg.returns.give_back(decoder, lines);
+                }
                 WorkerMsg::Detach { entity, tenant, account_id, account_key, id, reply } => {
                     let result = self.detach(entity, account_key, &tenant, &account_id, &id).map_err(|e| e.to_string());
                     let failed = result.is_err();
