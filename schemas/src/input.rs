@@ -288,43 +288,30 @@ enum Key {
 }
 
 impl Key {
-    /// The key of a top-level field name, matched without allocating (both readers use it).
-    fn from_name(name: &str) -> Option<Key> {
-        // By length and a byte or two, then one comparison with the name itself: a chain of string
-        // comparisons cost more than the rest of reading a key.
-        let b = name.as_bytes();
-        let key = match (b.len(), *b.first()?) {
-            (2, _) => Key::Ts,
-            (4, _) => Key::Type,
-            (6, b't') => Key::Tenant,
-            (6, _) => Key::Status,
-            (8, b'e') => Key::EventId,
-            (8, _) => Key::Activity,
-            (9, _) => Key::PersonId,
-            (10, b'p') => Key::Properties,
-            (10, _) if b.get(1) == Some(&b'c') => Key::AccountId,
-            (10, _) => Key::Attributes,
-            (11, _) => Key::AudienceId,
-            (14, _) => Key::OpportunityId,
-            _ => return None,
-        };
-        (KEYS[key as usize].0 == name).then_some(key)
-    }
-
-    /// The key whose name and closing quote start `rest` (the text just after an opening quote), with the
-    /// length of both; `None` when no key's does (an unknown name, or one written with escapes). The fast
-    /// reader matches names in place this way instead of scanning each for its closing quote first.
-    fn from_quoted(rest: &[u8]) -> Option<(Key, usize)> {
-        let candidates: &[Key] = match *rest.first()? {
+    /// The keys whose names start with `first`: a name is compared with these only.
+    fn starting_with(first: u8) -> &'static [Key] {
+        match first {
             b't' => &[Key::Tenant, Key::Type, Key::Ts],
             b'e' => &[Key::EventId],
             b'a' => &[Key::AccountId, Key::Activity, Key::Attributes, Key::AudienceId],
             b'p' => &[Key::PersonId, Key::Properties],
             b'o' => &[Key::OpportunityId],
             b's' => &[Key::Status],
-            _ => return None,
-        };
-        candidates.iter().find_map(|&key| {
+            _ => &[],
+        }
+    }
+
+    /// The key of a top-level field name, matched without allocating (the `serde_json` reader uses it).
+    fn from_name(name: &str) -> Option<Key> {
+        let candidates = Key::starting_with(*name.as_bytes().first()?);
+        candidates.iter().copied().find(|&key| KEYS[key as usize].0 == name)
+    }
+
+    /// The key whose name and closing quote start `rest` (the text just after an opening quote), with the
+    /// length of both; `None` when no key's does (an unknown name, or one written with escapes). The fast
+    /// reader matches names in place this way instead of scanning each for its closing quote first.
+    fn from_quoted(rest: &[u8]) -> Option<(Key, usize)> {
+        Key::starting_with(*rest.first()?).iter().find_map(|&key| {
             let name = KEYS[key as usize].0.as_bytes();
             (rest.get(name.len()) == Some(&b'"') && rest.starts_with(name)).then_some((key, name.len() + 1))
         })

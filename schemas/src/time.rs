@@ -32,49 +32,13 @@ impl Timestamp {
     /// reads or explains. The same value as the general reader by construction (the property test
     /// `millisecond_form_reads_like_the_general_reader` holds it to that).
     fn parse_millis_utc(b: &[u8]) -> Option<Timestamp> {
-        let &[
-            y0,
-            y1,
-            y2,
-            y3,
-            b'-',
-            m0,
-            m1,
-            b'-',
-            d0,
-            d1,
-            b'T',
-            h0,
-            h1,
-            b':',
-            i0,
-            i1,
-            b':',
-            s0,
-            s1,
-            b'.',
-            f0,
-            f1,
-            f2,
-            b'Z',
-        ] = b
-        else {
-            return None;
-        };
-        let digits = [y0, y1, y2, y3, m0, m1, d0, d1, h0, h1, i0, i1, s0, s1, f0, f1, f2];
-        if !digits.iter().all(u8::is_ascii_digit) {
+        if b.len() != 24 || [b[4], b[7], b[10], b[13], b[16], b[19], b[23]] != *b"--T::.Z" {
             return None;
         }
-        let n = |d: &[u8]| d.iter().fold(0i64, |v, &c| v * 10 + i64::from(c - b'0'));
-        let (year, month, day) = (n(&[y0, y1, y2, y3]), n(&[m0, m1]), n(&[d0, d1]));
-        let (hour, minute, second, millis) = (n(&[h0, h1]), n(&[i0, i1]), n(&[s0, s1]), n(&[f0, f1, f2]));
-        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-            return None;
-        }
-        if hour > 23 || minute > 59 || second > 59 {
-            return None;
-        }
-        let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+        let n = |from, len| digits(b, from, len);
+        let (year, month, day) = (n(0, 4)?, n(5, 2)?, n(8, 2)?);
+        let (hour, minute, second, millis) = (n(11, 2)?, n(14, 2)?, n(17, 2)?, n(20, 3)?);
+        let secs = civil_seconds(year, month, day, hour, minute, second).ok()?;
         secs.checked_mul(NANOS_PER_SEC)?.checked_add(millis * 1_000_000).map(Timestamp)
     }
 
@@ -96,16 +60,7 @@ impl Timestamp {
         if b.len() < 20 {
             return Err(bad());
         }
-        let num = |from: usize, len: usize| -> Option<i64> {
-            let mut v = 0i64;
-            for &c in b.get(from..from + len)? {
-                if !c.is_ascii_digit() {
-                    return None;
-                }
-                v = v * 10 + i64::from(c - b'0');
-            }
-            Some(v)
-        };
+        let num = |from, len| digits(b, from, len);
         let sep = |i: usize, c: u8| b.get(i) == Some(&c);
         if !(sep(4, b'-') && sep(7, b'-') && sep(10, b'T') && sep(13, b':') && sep(16, b':')) {
             return Err(bad());
@@ -115,12 +70,10 @@ impl Timestamp {
         else {
             return Err(bad());
         };
-        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-            return Err(format!("`{s}` is not a calendar date"));
-        }
-        if hour > 23 || minute > 59 || second > 59 {
-            return Err(format!("`{s}` has an out-of-range time of day"));
-        }
+        let civil = civil_seconds(year, month, day, hour, minute, second).map_err(|e| match e {
+            CivilError::Date => format!("`{s}` is not a calendar date"),
+            CivilError::TimeOfDay => format!("`{s}` has an out-of-range time of day"),
+        })?;
         let mut i = 19;
         let mut nanos = 0i64;
         if b.get(i) == Some(&b'.') {
@@ -154,8 +107,7 @@ impl Timestamp {
             }
             _ => return Err(bad()),
         };
-        let days = days_from_civil(year, month, day);
-        let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+        let secs = civil - offset_secs;
         // Years past 2262 (or before 1677) do not fit in i64 nanoseconds.
         secs.checked_mul(NANOS_PER_SEC)
             .and_then(|n| n.checked_add(nanos))
@@ -236,6 +188,29 @@ fn days_in_month(y: i64, m: i64) -> i64 {
         _ if is_leap(y) => 29,
         _ => 28,
     }
+}
+
+/// The number written by the `len` ASCII digits of `b` at `from`; `None` if any is not a digit (or missing).
+fn digits(b: &[u8], from: usize, len: usize) -> Option<i64> {
+    b.get(from..from + len)?.iter().try_fold(0i64, |v, &c| c.is_ascii_digit().then(|| v * 10 + i64::from(c - b'0')))
+}
+
+/// Why a date and time of day name no instant.
+enum CivilError {
+    Date,
+    TimeOfDay,
+}
+
+/// Seconds since 1970-01-01T00:00:00 of a date and a time of day (UTC), checked against the calendar and
+/// the clock.
+fn civil_seconds(year: i64, month: i64, day: i64, hour: i64, minute: i64, second: i64) -> Result<i64, CivilError> {
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return Err(CivilError::Date);
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return Err(CivilError::TimeOfDay);
+    }
+    Ok(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).

@@ -3,7 +3,7 @@
 //! Batches, not records, cross threads. Every batch has a number; the committer needs one part from the
 //! router and one from every worker for each batch number before the batch can commit.
 
-use super::reader::{Parsed, ParsedLine};
+use super::reader::{Parsed, SharedLines};
 use crate::telemetry::Tally;
 use caravan_operators::account::Moved;
 use caravan_schemas::Id;
@@ -51,10 +51,9 @@ pub(crate) struct Extra {
 pub(crate) struct Batch {
     pub(crate) id: u64,
     /// The decoded lines of the chunk the batch comes from (shared with the chunk's other batches).
-    pub(crate) lines: Arc<Vec<ParsedLine>>,
-    /// The decoder that built the lines: holders give their references back to it
+    /// Holders give their references back to the decoder that built them
     /// ([`LineReturns`](super::reader::LineReturns)).
-    pub(crate) decoder: usize,
+    pub(crate) lines: SharedLines,
     /// The applied records of the batch, in input order.
     pub(crate) steps: Vec<Step>,
     pub(crate) extras: Vec<Extra>,
@@ -63,7 +62,7 @@ pub(crate) struct Batch {
 impl Batch {
     /// The event of a step (always there: the router makes steps of events only).
     pub(crate) fn event(&self, step: &Step) -> Option<&InputEvent> {
-        match &self.lines.get(step.line as usize)?.parsed {
+        match &self.lines.lines.get(step.line as usize)?.parsed {
             Parsed::Event(d) => Some(&d.event),
             _ => None,
         }

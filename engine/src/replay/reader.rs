@@ -53,8 +53,14 @@ pub(crate) struct ParsedLine {
     pub(crate) parsed: Parsed,
 }
 
-/// The decoded lines of a chunk, shared by the batches cut from it.
-pub(crate) type SharedLines = std::sync::Arc<Vec<ParsedLine>>;
+/// The decoded lines of a chunk, with the decoder that built them (and frees them: [`LineReturns`]).
+pub(crate) struct ChunkLines {
+    pub(crate) decoder: usize,
+    pub(crate) lines: Vec<ParsedLine>,
+}
+
+/// A chunk's lines, shared by the router and the batches cut from it.
+pub(crate) type SharedLines = std::sync::Arc<ChunkLines>;
 
 /// Hands decoded lines back to the decoder that built them, which frees them: an event's strings and
 /// attribute vectors freed on the thread that allocated them take the allocator's local path, where the
@@ -70,10 +76,10 @@ impl LineReturns {
         (LineReturns(txs), rxs)
     }
 
-    /// Gives a holder's reference to lines back to `decoder`. A decoder that has ended (end of input) no
-    /// longer takes any: the reference is then dropped here.
-    pub(crate) fn give_back(&self, decoder: usize, lines: SharedLines) {
-        if let Some(tx) = self.0.get(decoder) {
+    /// Gives a holder's reference to lines back to the decoder that built them. A decoder that has ended
+    /// (end of input) no longer takes any: the reference is then dropped here.
+    pub(crate) fn give_back(&self, lines: SharedLines) {
+        if let Some(tx) = self.0.get(lines.decoder) {
             let _ = tx.send(lines);
         }
     }
@@ -82,9 +88,7 @@ impl LineReturns {
 /// A decoded chunk.
 pub(crate) struct ParsedChunk {
     pub(crate) id: u64,
-    /// The decoder that built its lines (and frees them when they come back).
-    pub(crate) decoder: usize,
-    pub(crate) lines: Vec<ParsedLine>,
+    pub(crate) lines: ChunkLines,
     /// When its bytes were read.
     pub(crate) read_at: std::time::Instant,
 }
@@ -230,7 +234,10 @@ pub(crate) fn decode_chunks(
             lines.push(ParsedLine { line, end_byte: chunk.start_byte + next as u64, parsed });
             pos = end + 1;
         }
-        if out.send(ParsedChunk { id: chunk.id, decoder: me, lines, read_at: chunk.read_at }).is_err() {
+        if out
+            .send(ParsedChunk { id: chunk.id, lines: ChunkLines { decoder: me, lines }, read_at: chunk.read_at })
+            .is_err()
+        {
             return;
         }
         returned.try_iter().for_each(drop);
@@ -264,7 +271,7 @@ mod tests {
         let (_, returned) = crossbeam_channel::unbounded();
         decode_chunks(&crx, &ptx, &EdgeRules::default(), 0, &returned);
         drop(ptx);
-        let mut lines: Vec<ParsedLine> = prx.iter().flat_map(|p| p.lines).collect();
+        let mut lines: Vec<ParsedLine> = prx.iter().flat_map(|p| p.lines.lines).collect();
         lines.sort_by_key(|l| l.line);
         assert_eq!(lines.iter().map(|l| l.line).collect::<Vec<_>>(), [1, 2, 3, 4]);
         assert!(matches!(lines[1].parsed, Parsed::Blank));

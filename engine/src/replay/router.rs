@@ -9,7 +9,7 @@
 
 use super::keys::{self, index_key, worker_of};
 use super::messages::{Batch, CommitMsg, Extra, RouterPart, Step, WorkerMsg};
-use super::reader::{Decoded, LineReturns, Parsed, ParsedChunk, ParsedLine};
+use super::reader::{ChunkLines, Decoded, LineReturns, Parsed, ParsedChunk, ParsedLine, SharedLines};
 use crate::EngineError;
 use crate::dedup::DedupWindow;
 use crate::telemetry::Tally;
@@ -57,9 +57,7 @@ pub(crate) struct Router<'s> {
     committed: Arc<AtomicU64>,
     batch: u64,
     /// The decoded lines of the chunk being routed; batches share them.
-    lines: Arc<Vec<ParsedLine>>,
-    /// The decoder that built `lines`.
-    lines_decoder: usize,
+    lines: SharedLines,
     steps: Vec<Step>,
     extras: Vec<Extra>,
     part: RouterPart,
@@ -104,8 +102,7 @@ impl<'s> Router<'s> {
             commit,
             committed,
             batch: 1,
-            lines: Arc::new(Vec::new()),
-            lines_decoder: 0,
+            lines: Arc::new(ChunkLines { decoder: 0, lines: Vec::new() }),
             steps: Vec::new(),
             extras: Vec::new(),
             part: empty_part(1, start.0, start.1, max_ts, Instant::now()),
@@ -125,12 +122,11 @@ impl<'s> Router<'s> {
                 let lines = Arc::new(chunk.lines);
                 self.part.read_at = chunk.read_at;
                 let done = std::mem::replace(&mut self.lines, Arc::clone(&lines));
-                self.cfg.returns.give_back(self.lines_decoder, done);
-                self.lines_decoder = chunk.decoder;
+                self.cfg.returns.give_back(done);
                 // Sized once for the chunk: grown push by push, these copied themselves over and over.
-                self.steps.reserve(lines.len());
-                self.part.dedup.reserve(lines.len());
-                for (ix, line) in lines.iter().enumerate() {
+                self.steps.reserve(lines.lines.len());
+                self.part.dedup.reserve(lines.lines.len());
+                for (ix, line) in lines.lines.iter().enumerate() {
                     self.route_line(line, ix as u32)?;
                 }
                 self.flush()?;
@@ -318,7 +314,6 @@ impl<'s> Router<'s> {
         let shared = Arc::new(Batch {
             id: batch,
             lines: Arc::clone(&self.lines),
-            decoder: self.lines_decoder,
             steps: std::mem::take(&mut self.steps),
             extras: std::mem::take(&mut self.extras),
         });

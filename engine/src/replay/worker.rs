@@ -244,9 +244,9 @@ impl<'s> Worker<'s> {
                     self.batch(me, &batch)?;
                     // The batch (and with it, its reference) is dropped first, so that the last reference
                     // to the lines is always one given back, never the batch's.
-                    let (lines, decoder) = (Arc::clone(&batch.lines), batch.decoder);
+                    let lines = Arc::clone(&batch.lines);
                     drop(batch);
-                    self.cfg.returns.give_back(decoder, lines);
+                    self.cfg.returns.give_back(lines);
                 }
                 WorkerMsg::Detach { entity, tenant, account_id, account_key, id, reply } => {
                     let result = self.detach(entity, account_key, &tenant, &account_id, &id).map_err(|e| e.to_string());
