@@ -727,7 +727,13 @@ pub fn apply_event(
             {
                 record_activity(acct, ix, activity, ev.ts, retention);
             }
-            roles = acct.person_ix(person_id).map(|ix| Recompute::Activity(ix, activity.as_str()));
+            // Only buying groups need to know whose activity it is: without templates, finding the person
+            // (a cache miss or two on a large state) is skipped.
+            roles = if defs.has_templates(&acct.tenant) {
+                acct.person_ix(person_id).map(|ix| Recompute::Activity(ix, activity.as_str()))
+            } else {
+                None
+            };
         }
         EventBody::OpportunityUpserted { opportunity_id, attributes, .. } => {
             let ix = match (acct.opportunity_ix(opportunity_id), attach) {
