@@ -212,7 +212,7 @@ pub(super) fn read(text: &str) -> Option<WireRecord<'_>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{DecodeLimits, TYPES, decode_text, decode_wire};
+    use super::super::{DecodeLimits, EventBody, decode_text, decode_wire};
     use super::read;
     use proptest::prelude::*;
 
@@ -285,7 +285,7 @@ mod tests {
             format!("{{{}}}", members.join(","))
         }
         fn record(&mut self) -> String {
-            let mut types = TYPES.to_vec();
+            let mut types = EventBody::TYPE_NAMES.to_vec();
             types.push("nope");
             let mut members: Vec<String> = Vec::new();
             let mut field = |b: &mut Self, key: &str, value: String| {
