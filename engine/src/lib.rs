@@ -29,6 +29,7 @@ mod dedup;
 pub mod definitions;
 mod error;
 mod outputs;
+mod prefetch;
 pub mod replay;
 mod routing;
 pub mod service;

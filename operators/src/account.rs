@@ -334,6 +334,12 @@ impl AccountState {
         self.persons.len() - 1
     }
 
+    /// Whether anything changed since the engine last took the dirty set: the record, or a person or
+    /// opportunity slot.
+    pub fn is_dirty(&self) -> bool {
+        self.record_dirty || self.slots_dirty
+    }
+
     /// Hands every person and opportunity changed since the last call to `write` (the engine writes them
     /// back) and clears the marks. Looks at no slot when none is marked.
     pub fn take_dirty_slots(&mut self, mut write: impl FnMut(DirtySlot<'_>)) {

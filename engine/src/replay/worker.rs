@@ -7,8 +7,9 @@
 //! durable until the committer commits the batch.
 
 use super::keys;
-use super::messages::{Batch, CommitMsg, Group, WorkerMsg, WorkerPart};
+use super::messages::{Batch, CommitMsg, Group, Step, WorkerMsg, WorkerPart};
 use crate::EngineError;
+use crate::prefetch;
 use crate::telemetry::Tally;
 use caravan_operators::account::{AccountState, Cause, Definitions, Effects, TimerHandle, apply_event, fire_timer};
 use caravan_operators::account::{DirtySlot, Moved};
@@ -136,15 +137,8 @@ impl AccountCache {
         self.accounts.find_mut(key, |c| is_account(c, tenant, account))
     }
 
-    /// The account, loaded from the store on a miss, and marked as changed in `batch`.
-    fn get(
-        &mut self,
-        store: &Store,
-        key: u64,
-        tenant: &str,
-        account: &str,
-        batch: u64,
-    ) -> Result<&mut Cached, EngineError> {
+    /// The account, loaded from the store on a miss.
+    fn get(&mut self, store: &Store, key: u64, tenant: &str, account: &str) -> Result<&mut Cached, EngineError> {
         let entry = self.accounts.entry(key, |c| is_account(c, tenant, account), key_of);
         let cached = match entry {
             hashbrown::hash_table::Entry::Occupied(e) => e.into_mut(),
@@ -157,11 +151,18 @@ impl AccountCache {
                 e.insert(Cached { state, dirty_batch: 0, detached: Vec::new() }).into_mut()
             }
         };
-        if cached.dirty_batch != batch {
+        Ok(cached)
+    }
+
+    /// Puts an account that a step of `batch` may have changed on the batch's write-back list, if the step
+    /// did change it and it is not there yet. Only changed accounts are listed: the write-back finds each
+    /// again, long after its cache lines are gone, and most records (activities) change nothing.
+    fn note_change(&mut self, key: u64, tenant: &str, account: &str, batch: u64) {
+        let Some(cached) = self.find(key, tenant, account) else { return };
+        if (cached.state.is_dirty() || !cached.detached.is_empty()) && cached.dirty_batch != batch {
             cached.dirty_batch = batch;
             self.dirty.push((key, Id::from(tenant), Id::from(account)));
         }
-        Ok(cached)
     }
 
     /// Keeps the cache within `capacity`: drops accounts whose last change has committed.
@@ -181,6 +182,11 @@ impl AccountCache {
         self.complete = false;
     }
 }
+
+/// How many steps ahead of the one being applied the worker starts loading a step's line and account: far
+/// enough for the loads to arrive (a step of the worker's own takes a few thousand cycles), near enough that
+/// they are still cached when it gets there.
+const PREFETCH_AHEAD: usize = 8;
 
 /// Bytes of actions and changes, and output groups, of a worker's batch part.
 #[derive(Clone, Copy, Default)]
@@ -272,11 +278,12 @@ impl<'s> Worker<'s> {
         account: &str,
         id: &str,
     ) -> Result<Option<Moved>, EngineError> {
-        let cached = self.cache.get(self.store, key, tenant, account, u64::MAX)?;
+        let cached = self.cache.get(self.store, key, tenant, account)?;
         let moved = cached.state.detach(entity, id);
         if moved.is_some() {
             cached.detached.push((entity, id.to_owned()));
         }
+        self.cache.note_change(key, tenant, account, u64::MAX);
         Ok(moved)
     }
 
@@ -306,6 +313,17 @@ impl<'s> Worker<'s> {
         part.groups.push(Group { seq, timer, actions: a0..part.actions.len(), changes: c0..part.changes.len() });
     }
 
+    /// Starts loading what applying a step will read first: its decoded line, and its account's cache entry
+    /// (found by the key alone, without reading any entry: a wrong guess only wastes the hint).
+    fn prefetch(&self, batch: &Batch, step: &Step) {
+        if let Some(line) = batch.lines.lines.get(step.line as usize) {
+            prefetch::lines(line, 4);
+        }
+        if let Some(cached) = self.cache.accounts.find(step.account_key, |_| true) {
+            prefetch::lines(cached, 4);
+        }
+    }
+
     fn batch(&mut self, me: usize, batch: &Batch) -> Result<(), EngineError> {
         let _span = tracing::trace_span!("batch", worker = me, batch = batch.id, steps = batch.steps.len()).entered();
         let mut part = WorkerPart {
@@ -318,7 +336,12 @@ impl<'s> Worker<'s> {
         };
         let defs = Arc::clone(&self.defs);
         let me = me as u32;
-        for step in &batch.steps {
+        for (i, step) in batch.steps.iter().enumerate() {
+            if let Some(ahead) = batch.steps.get(i + PREFETCH_AHEAD)
+                && ahead.worker == me
+            {
+                self.prefetch(batch, ahead);
+            }
             // Another worker's record is not even read: only its step (owner, watermark) is.
             if step.worker == me
                 && let Some(event) = batch.event(step)
@@ -326,9 +349,10 @@ impl<'s> Worker<'s> {
                 let (tenant, account) = (event.tenant.as_str(), batch.account_id(step, event));
                 let cause = Cause::record(step.seq, event.ts, &event.event_id);
                 self.effects.clear();
-                let cached = self.cache.get(self.store, step.account_key, tenant, account, batch.id)?;
+                let cached = self.cache.get(self.store, step.account_key, tenant, account)?;
                 let attach = batch.extra(step).and_then(|x| x.attach.as_deref()).cloned();
                 apply_event(&defs, &mut cached.state, event, attach, &cause, &mut self.effects);
+                self.cache.note_change(step.account_key, tenant, account, batch.id);
                 self.note_timers(step.account_key, tenant, account);
                 self.take_outputs(step.seq, None, &mut part);
             }
@@ -340,8 +364,10 @@ impl<'s> Worker<'s> {
                 let cause_id = batch.event(step).map_or("", |e| timer_cause_id(&e.tenant, &e.event_id, &q.tenant));
                 let cause = Cause::timer(step.seq, &handle.timer, cause_id);
                 self.effects.clear();
-                let cached = self.cache.get(self.store, q.account_key, &q.tenant, &q.account_id, batch.id)?;
-                if fire_timer(&defs, &mut cached.state, &handle, &cause, &mut self.effects) {
+                let cached = self.cache.get(self.store, q.account_key, &q.tenant, &q.account_id)?;
+                let fired = fire_timer(&defs, &mut cached.state, &handle, &cause, &mut self.effects);
+                self.cache.note_change(q.account_key, &q.tenant, &q.account_id, batch.id);
+                if fired {
                     self.pending.delete_timer(
                         &q.tenant,
                         &q.account_id,
