@@ -208,6 +208,11 @@ const META: usize = 5;
 const DEFINITIONS: usize = 8;
 /// `meta` key of the changelog offset a store reflects (never itself on the changelog).
 const LOCAL_CHANGELOG_NEXT: &[u8] = b"local.changelog_next";
+/// A RocksDB write batch's header: sequence number and count.
+const WRITE_BATCH_HEADER: usize = 12;
+/// The most a write batch record adds to its key and value: a type byte, the column family and both
+/// lengths as varints.
+const WRITE_BATCH_RECORD_OVERHEAD: usize = 1 + 5 + 5 + 5;
 const OPPORTUNITIES: usize = 6;
 const OPPORTUNITY_INDEX: usize = 7;
 const ROUTES: usize = 9;
@@ -547,6 +552,7 @@ impl Store {
         if self.poisoned.load(Ordering::Acquire) { Err(StateError::Poisoned) } else { Ok(()) }
     }
 
+    /// A column family's handle (a lookup by name: resolve once per write, not per record).
     fn cf(&self, ix: usize) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(COLUMN_FAMILIES[ix]).expect("every column family is created at open")
     }
@@ -564,9 +570,17 @@ impl Store {
     /// failure.
     fn write_with(&self, delta: &Delta, cf: usize, key: &[u8], value: &[u8]) -> Result<()> {
         self.check()?;
-        let mut batch = WriteBatch::default();
+        // Sized once: grown by doubling, an epoch's batch (tens of MB) was copied again at every doubling, into
+        // fresh pages each time (perf: a sixth of the committer's time in those copies and their page faults).
+        let bytes = WRITE_BATCH_HEADER
+            + key.len()
+            + value.len()
+            + delta.ops.iter().map(|op| op.key.len() + op.value.as_ref().map_or(0, Vec::len)).sum::<usize>()
+            + (delta.ops.len() + 1) * WRITE_BATCH_RECORD_OVERHEAD;
+        let mut batch = WriteBatch::with_capacity_bytes(bytes);
+        let cfs: Vec<&rocksdb::ColumnFamily> = (0..COLUMN_FAMILIES.len()).map(|ix| self.cf(ix)).collect();
         for op in &delta.ops {
-            let cf = self.cf(op.cf);
+            let cf = cfs[op.cf];
             match &op.value {
                 Some(v) => batch.put_cf(cf, &op.key, v),
                 None => batch.delete_cf(cf, &op.key),
