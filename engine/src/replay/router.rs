@@ -25,6 +25,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+/// How many lines ahead of the one being routed the router starts loading an event's slot in the
+/// de-duplication window (a random place in tens of megabytes): far enough for the load to arrive before the
+/// insert, near enough that it is still cached then.
+const PREFETCH_AHEAD: usize = 8;
+
 struct IndexSlot {
     rec: Option<IndexRecord>,
     /// The batch that last changed it (0: clean since loaded). Not evicted before that batch commits.
@@ -127,6 +132,9 @@ impl<'s> Router<'s> {
                 self.steps.reserve(lines.lines.len());
                 self.part.dedup.reserve(lines.lines.len());
                 for (ix, line) in lines.lines.iter().enumerate() {
+                    if let Some(Parsed::Event(ahead)) = lines.lines.get(ix + PREFETCH_AHEAD).map(|l| &l.parsed) {
+                        self.dedup.prefetch(ahead.dedup);
+                    }
                     self.route_line(line, ix as u32)?;
                 }
                 self.flush()?;
