@@ -12,6 +12,7 @@ use super::messages::{Batch, CommitMsg, Extra, RouterPart, Step, WorkerMsg};
 use super::reader::{ChunkLines, Decoded, LineReturns, Parsed, ParsedChunk, ParsedLine, SharedLines};
 use crate::EngineError;
 use crate::dedup::DedupWindow;
+use crate::prefetch;
 use crate::telemetry::Tally;
 use caravan_schemas::Id;
 use caravan_schemas::input::RejectReason;
@@ -132,6 +133,11 @@ impl<'s> Router<'s> {
                 self.steps.reserve(lines.lines.len());
                 self.part.dedup.reserve(lines.lines.len());
                 for (ix, line) in lines.lines.iter().enumerate() {
+                    // Two stages: the line (written by a decoder on another core) twice as far ahead, then,
+                    // from that line, the event's slot in the window.
+                    if let Some(far) = lines.lines.get(ix + 2 * PREFETCH_AHEAD) {
+                        prefetch::lines(far, 4);
+                    }
                     if let Some(Parsed::Event(ahead)) = lines.lines.get(ix + PREFETCH_AHEAD).map(|l| &l.parsed) {
                         self.dedup.prefetch(ahead.dedup);
                     }
