@@ -341,12 +341,42 @@ impl Key {
     /// length of both; `None` when no key's does (an unknown name, or one written with escapes). The fast
     /// reader matches names in place this way instead of scanning each for its closing quote first.
     fn from_quoted(rest: &[u8]) -> Option<(Key, usize)> {
-        Key::starting_with(*rest.first()?).iter().find_map(|&key| {
+        let candidates = Key::starting_with(*rest.first()?);
+        if let Some(word) = rest.first_chunk::<16>() {
+            // The usual case: sixteen bytes hold every name with its quote; one masked compare a candidate,
+            // where comparing byte slices called memcmp (perf: a seventh of the decoders' time).
+            let word = u128::from_le_bytes(*word);
+            return candidates.iter().find_map(|&key| {
+                let (text, mask, len) = QUOTED_KEYS[key as usize];
+                (word & mask == text).then_some((key, len))
+            });
+        }
+        candidates.iter().find_map(|&key| {
             let name = KEYS[key as usize].0.as_bytes();
             (rest.get(name.len()) == Some(&b'"') && rest.starts_with(name)).then_some((key, name.len() + 1))
         })
     }
 }
+
+/// Each key's name and closing quote as a little-endian word, the mask of its bytes, and its length.
+const QUOTED_KEYS: [(u128, u128, usize); KEYS.len()] = {
+    let mut out = [(0, 0, 0); KEYS.len()];
+    let mut k = 0;
+    while k < KEYS.len() {
+        let name = KEYS[k].0.as_bytes();
+        assert!(name.len() < 16, "a key name with its quote must fit in sixteen bytes");
+        let (mut text, mut mask, mut i) = (0u128, 0u128, 0);
+        while i <= name.len() {
+            let byte = if i < name.len() { name[i] } else { b'"' };
+            text |= (byte as u128) << (8 * i);
+            mask |= 0xff << (8 * i);
+            i += 1;
+        }
+        out[k] = (text, mask, name.len() + 1);
+        k += 1;
+    }
+    out
+};
 
 /// The name of each key, by its number.
 const KEYS: [(&str, Key); 12] = [

@@ -386,12 +386,16 @@ mod tests {
             assert!(super::Key::from_name(name) == Some(key), "{name}");
         }
         assert!(super::Key::from_name("tenants").is_none());
-        for (name, key) in super::super::KEYS {
-            let quoted = format!("{name}\":1");
-            assert!(super::Key::from_quoted(quoted.as_bytes()) == Some((key, name.len() + 1)), "{name}");
-            // A longer name, a cut one, and one without its closing quote are no key.
-            for odd in [format!("{name}s\""), format!("{}\"", &name[..name.len() - 1]), name.to_string()] {
-                assert!(super::Key::from_quoted(odd.as_bytes()).is_none(), "{odd}");
+        // Near the end of a line (fewer than sixteen bytes left) and within it: two ways of comparing.
+        for tail in ["", ":\"a long enough value\"}"] {
+            for (name, key) in super::super::KEYS {
+                let quoted = format!("{name}\":1{tail}");
+                assert!(super::Key::from_quoted(quoted.as_bytes()) == Some((key, name.len() + 1)), "{quoted}");
+                // A longer name, a cut one, and one without its closing quote are no key.
+                let cut = &name[..name.len() - 1];
+                for odd in [format!("{name}s\"{tail}"), format!("{cut}\"{tail}"), format!("{name}{tail}")] {
+                    assert!(super::Key::from_quoted(odd.as_bytes()).is_none(), "{odd}");
+                }
             }
         }
     }
