@@ -146,6 +146,9 @@ struct ReplayArgs {
     /// Commit at least every this many input records.
     #[arg(long, default_value_t = 250_000)]
     commit_records: u64,
+    /// Commit at least whenever the epoch's state writes take this many MiB of memory.
+    #[arg(long, default_value_t = 16)]
+    commit_state_mib: usize,
     /// Largest accepted record, in bytes [default: 1048576].
     #[arg(long)]
     max_record_bytes: Option<usize>,
@@ -381,6 +384,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         xdm_tenant,
         commit_interval: args.commit_interval,
         commit_records: args.commit_records.max(1),
+        commit_state_bytes: args.commit_state_mib.max(1) << 20,
         cache_accounts: args.cache_accounts,
         limits,
         store: caravan_state::StoreOptions {

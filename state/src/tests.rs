@@ -46,6 +46,30 @@ fn commit_is_durable_across_reopen() {
 }
 
 #[test]
+fn a_delta_counts_the_memory_its_writes_hold() {
+    let measured =
+        |d: &Delta| d.ops.iter().map(|op| OP_BYTES + op.key.len() + op.value.as_ref().map_or(0, Vec::len)).sum();
+    let mut a = Delta::default();
+    assert_eq!(a.bytes(), 0);
+    a.put_person("t", "a1", &person("p1", 1));
+    a.put_person("t", "a1", &person("p1", 2));
+    a.delete_person("t", "a1", "p2");
+    let mut b = Delta::default();
+    b.put_person("t", "a2", &person("p3", 3));
+    b.push_changelog_record(&[0, b'k'], Some(b"v")).expect("a changelog record");
+    assert_eq!((a.bytes(), b.bytes()), (measured(&a), measured(&b)));
+    let before = a.bytes() + b.bytes();
+    a.extend(b);
+    assert_eq!(a.bytes(), before);
+    assert_eq!(a.bytes(), measured(&a));
+    // Compacting keeps the last write of p1 only: the count follows.
+    a.compact();
+    assert_eq!(a.len(), 4);
+    assert!(a.bytes() < before);
+    assert_eq!(a.bytes(), measured(&a));
+}
+
+#[test]
 fn prefix_scans_never_leak_across_accounts_or_tenants() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());

@@ -52,6 +52,32 @@ fn a_small_account_cache_gives_the_same_outputs() {
 }
 
 #[test]
+fn a_state_memory_budget_commits_more_often_with_the_same_outputs() {
+    // With 1 MiB of state writes per epoch and no time or record bound that could trigger first, the memory
+    // bound alone must cut the run into many epochs; what commits, and when, must not change a byte.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("w.ndjson");
+    generate(&input, 2_000, 3, 20_000, 12, 5);
+    let mut runs = Vec::new();
+    for budget in ["1024", "1"] {
+        let (out, state) = (dir.path().join(format!("out{budget}")), dir.path().join(format!("state{budget}")));
+        let flags = ["--commit-interval", "1h", "--commit-records", "100000000", "--commit-state-mib", budget];
+        replay(&reference_definitions(), &input, &out, Some(&state), &flags);
+        runs.push(output_bytes(&out));
+        let shown = caravan(&["inspect", "--state", &state.display().to_string()]);
+        let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("inspect prints JSON");
+        let epochs = shown["checkpoint"]["epoch"].as_u64().expect("an epoch number");
+        if budget == "1" {
+            assert!(epochs > 2, "{epochs} epochs with a 1 MiB budget");
+        } else {
+            assert!(epochs <= 2, "{epochs} epochs with no bound reached");
+        }
+    }
+    assert!(!runs[0][1].is_empty());
+    assert!(runs[0] == runs[1], "outputs differ with a small state budget");
+}
+
+#[test]
 fn a_finished_run_resumed_adds_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("w.ndjson");

@@ -64,6 +64,7 @@ pub(crate) struct CommitterConfig {
     pub(crate) workers: usize,
     pub(crate) commit_interval: Duration,
     pub(crate) commit_records: u64,
+    pub(crate) commit_state_bytes: usize,
     pub(crate) sync_outputs: bool,
     /// The watermark trails the largest event time by this much.
     pub(crate) allowed_disorder_ns: i64,
@@ -166,6 +167,7 @@ impl<'s> Committer<'s> {
                 self.next_batch += 1;
                 if self.epoch_started.elapsed() >= self.cfg.commit_interval
                     || self.epoch_records >= self.cfg.commit_records
+                    || self.delta.bytes() >= self.cfg.commit_state_bytes
                 {
                     self.commit()?;
                 }

@@ -51,6 +51,9 @@ pub struct ReplayOptions {
     pub commit_interval: Duration,
     /// Commit at least every this many input records.
     pub commit_records: u64,
+    /// Commit at least whenever the state writes gathered for the epoch take this many bytes: what an epoch
+    /// holds in memory until it commits (an epoch of upserts writes a record for nearly every input record).
+    pub commit_state_bytes: usize,
     /// Allowed disorder of event time: the watermark is the largest `ts` minus this (nanoseconds).
     pub allowed_disorder_ns: i64,
     /// Event ids remembered for de-duplication (0 turns it off).
@@ -93,6 +96,7 @@ impl Default for ReplayOptions {
             chunk_bytes: 1 << 20,
             commit_interval: Duration::from_secs(1),
             commit_records: 250_000,
+            commit_state_bytes: 16 << 20,
             allowed_disorder_ns: 5_000_000_000,
             dedup_window: 1_000_000,
             dedup_max_age_ns: 0,
@@ -341,6 +345,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
                 workers,
                 commit_interval: opts.commit_interval,
                 commit_records: opts.commit_records,
+                commit_state_bytes: opts.commit_state_bytes,
                 sync_outputs: opts.sync,
                 allowed_disorder_ns: opts.allowed_disorder_ns,
             };
