@@ -66,16 +66,26 @@ impl IdTable {
         (slot.number != 0).then_some(slot)
     }
 
-    /// Sets `id`'s number and time, adding it when absent (growing the table first when it is full).
-    fn set(&mut self, id: u128, number: u64, ts: i64) {
+    /// The slot for `id`, found or empty, after growing the table if one more entry would overfill it.
+    fn slot_for(&mut self, id: u128) -> usize {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
-        let i = self.probe(id);
+        self.probe(id)
+    }
+
+    /// Puts `id` with its number and time into slot `i` (from [`IdTable::slot_for`]).
+    fn put_at(&mut self, i: usize, id: u128, number: u64, ts: i64) {
         if self.slots[i].number == 0 {
             self.len += 1;
         }
         self.slots[i] = Slot { id, number, ts };
+    }
+
+    /// Sets `id`'s number and time, adding it when absent.
+    fn set(&mut self, id: u128, number: u64, ts: i64) {
+        let i = self.slot_for(id);
+        self.put_at(i, id, number, ts);
     }
 
     /// Empties slot `i` and moves back the entries after it in its cluster that may no longer be found
@@ -188,14 +198,14 @@ impl DedupWindow {
             return true;
         }
         let (window_start, oldest) = (self.window_start(), self.oldest_ts());
-        if let Some(slot) = self.seen.get(h)
-            && slot.number > window_start
-            && slot.ts >= oldest
-        {
+        // One probe answers and places: the slot found is where the id goes.
+        let i = self.seen.slot_for(h);
+        let slot = self.seen.slots[i];
+        if slot.number != 0 && slot.number > window_start && slot.ts >= oldest {
             return false;
         }
         self.count += 1;
-        self.seen.set(h, self.count, ts);
+        self.seen.put_at(i, h, self.count, ts);
         self.last_ts = ts;
         true
     }

@@ -104,6 +104,19 @@ impl Queued {
     }
 }
 
+impl Cached {
+    /// Whether a step of `batch` changed the account and it is not yet on the batch's write-back list (it is
+    /// then marked as changed in `batch`). Only changed accounts are listed: the write-back finds each again,
+    /// long after its cache lines are gone, and most records (activities) change nothing.
+    fn newly_changed_in(&mut self, batch: u64) -> bool {
+        let first = (self.state.is_dirty() || !self.detached.is_empty()) && self.dirty_batch != batch;
+        if first {
+            self.dirty_batch = batch;
+        }
+        first
+    }
+}
+
 struct Cached {
     state: AccountState,
     /// The batch that last changed it (0: clean). Not evicted before that batch commits.
@@ -154,15 +167,9 @@ impl AccountCache {
         Ok(cached)
     }
 
-    /// Puts an account that a step of `batch` may have changed on the batch's write-back list, if the step
-    /// did change it and it is not there yet. Only changed accounts are listed: the write-back finds each
-    /// again, long after its cache lines are gone, and most records (activities) change nothing.
-    fn note_change(&mut self, key: u64, tenant: &str, account: &str, batch: u64) {
-        let Some(cached) = self.find(key, tenant, account) else { return };
-        if (cached.state.is_dirty() || !cached.detached.is_empty()) && cached.dirty_batch != batch {
-            cached.dirty_batch = batch;
-            self.dirty.push((key, Id::from(tenant), Id::from(account)));
-        }
+    /// Puts an account on the write-back list of `batch` (once).
+    fn note_change(&mut self, key: u64, tenant: &str, account: &str) {
+        self.dirty.push((key, Id::from(tenant), Id::from(account)));
     }
 
     /// Keeps the cache within `capacity`: drops accounts whose last change has committed.
@@ -283,7 +290,9 @@ impl<'s> Worker<'s> {
         if moved.is_some() {
             cached.detached.push((entity, id.to_owned()));
         }
-        self.cache.note_change(key, tenant, account, u64::MAX);
+        if cached.newly_changed_in(u64::MAX) {
+            self.cache.note_change(key, tenant, account);
+        }
         Ok(moved)
     }
 
@@ -352,7 +361,9 @@ impl<'s> Worker<'s> {
                 let cached = self.cache.get(self.store, step.account_key, tenant, account)?;
                 let attach = batch.extra(step).and_then(|x| x.attach.as_deref()).cloned();
                 apply_event(&defs, &mut cached.state, event, attach, &cause, &mut self.effects);
-                self.cache.note_change(step.account_key, tenant, account, batch.id);
+                if cached.newly_changed_in(batch.id) {
+                    self.cache.note_change(step.account_key, tenant, account);
+                }
                 self.note_timers(step.account_key, tenant, account);
                 self.take_outputs(step.seq, None, &mut part);
             }
@@ -366,7 +377,9 @@ impl<'s> Worker<'s> {
                 self.effects.clear();
                 let cached = self.cache.get(self.store, q.account_key, &q.tenant, &q.account_id)?;
                 let fired = fire_timer(&defs, &mut cached.state, &handle, &cause, &mut self.effects);
-                self.cache.note_change(q.account_key, &q.tenant, &q.account_id, batch.id);
+                if cached.newly_changed_in(batch.id) {
+                    self.cache.note_change(q.account_key, &q.tenant, &q.account_id);
+                }
                 if fired {
                     self.pending.delete_timer(
                         &q.tenant,
