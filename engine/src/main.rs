@@ -25,6 +25,29 @@ fn tune_glibc_malloc() {
     }
 }
 
+/// How long mimalloc keeps memory freed by the program before it returns it to the OS, unless
+/// `MIMALLOC_PURGE_DELAY` says otherwise. Its default (1 s) is shorter than the life of the buffers that go
+/// round the pipeline (a decoded chunk, a batch's outputs and state writes, an epoch): their memory was given
+/// back and taken again all the time, and zeroing the refaulted pages was ~10% of a replay's CPU (perf, 2M
+/// workload). 10 s keeps it for reuse while a stream flows and still returns it once the process is idle.
+/// Reference workload, 3 alternating rounds: CPU 37.9 vs 39.4 s, peak RSS 898 vs 863 MiB.
+const MIMALLOC_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+
+/// `mi_option_purge_delay` in mimalloc's `mi_option_t` (v3's `mimalloc.h`): the one option the sys crate
+/// declares no constant for (it comes just before `mi_option_use_numa_nodes`, which it does declare).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
+
+#[allow(unsafe_code)]
+fn tune_mimalloc() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: mi_option_set only stores an option value that mimalloc reads on its next purge; it is
+        // called before any other thread starts.
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, MIMALLOC_PURGE_DELAY_MS);
+        }
+    }
+}
+
 /// Caravan: B2B account journeys as an event-sourced stream processor.
 #[derive(Parser)]
 #[command(name = "caravan", version, about)]
@@ -175,6 +198,7 @@ struct ReplayArgs {
 
 fn main() -> ExitCode {
     tune_glibc_malloc();
+    tune_mimalloc();
     let cli = Cli::parse();
     // The service logs as its configuration says (read first); the other commands log warnings.
     if !matches!(cli.command, Command::Run { .. }) {
