@@ -125,6 +125,31 @@ fn change_events_are_net_versioned_and_minimal() {
     assert_eq!(out.changes[0].change_id, crate::ids::change_id("t", "account", "a", 4));
 }
 
+/// A journey's change to an entity after an input upsert of it, in the same cause, lands in the same one
+/// change event: `before` as before the upsert, `after` with both changes.
+#[test]
+fn an_upsert_then_an_action_on_the_same_entity_give_one_net_change() {
+    use crate::account::Tracker;
+    use caravan_schemas::attrs::Attrs;
+    let attrs = |v: Value| Attrs::from(v.as_object().cloned().expect("object"));
+    let mut s = Script::new(Definitions::default());
+    s.apply(json!({"type":"account.upserted","event_id":"e1","account_id":"a","attributes":{"x":1,"y":"k","z":0}}));
+    let mut tracker = Tracker::default();
+    let acct = &mut s.acct;
+    let upsert = attrs(json!({"x":2,"z":0.0,"w":null}));
+    tracker.upsert(Entity::Account, "a", true, &mut acct.record.attributes, &upsert, "a");
+    tracker.touch_account(acct, Origin::Action, Some(("j", "n")));
+    acct.record.attributes.insert("y", json!("m"));
+    acct.record.attributes.insert("v", json!(true));
+    let mut out = Effects::default();
+    tracker.finish(acct, &Cause::record(9, ts(T0), "e9"), &mut out);
+    assert_eq!(out.changes.len(), 1);
+    let c = &out.changes[0];
+    assert_eq!((c.op, c.version, c.origin), (ChangeOp::Update, 2, Origin::Input));
+    assert_eq!(Value::Object(c.before.to_map()), json!({"v":null,"x":1,"y":"k"}));
+    assert_eq!(Value::Object(c.after.to_map()), json!({"v":true,"x":2,"y":"m"}));
+}
+
 #[test]
 fn person_changes_delete_and_recreate() {
     let mut s = Script::new(Definitions::default());

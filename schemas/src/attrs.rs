@@ -19,6 +19,11 @@ use crate::Id;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+/// What [`Attrs::merge_undoable`] replaced: the keys it changed, in key order, with their values before
+/// (`None`: absent).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UndoLog(Vec<(Id, Option<Value>)>);
+
 /// Attributes sorted by key, without duplicates.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Attrs(Vec<(Id, Value)>);
@@ -80,6 +85,57 @@ impl Attrs {
                 self.insert(k, v.clone());
             }
         }
+    }
+
+    /// [`Attrs::merge`], returning what it replaced: each key it changed with its value before (`None`:
+    /// absent), in key order. The old values are moved out, not copied: with [`Attrs::undo`] and
+    /// [`Attrs::diff_undone`], the log stands for a copy of the attributes as they were before.
+    pub fn merge_undoable(&mut self, from: &Attrs) -> UndoLog {
+        let mut log = Vec::new();
+        for (k, v) in &from.0 {
+            match self.find(k) {
+                Ok(i) if v.is_null() => {
+                    let (key, old) = self.0.remove(i);
+                    log.push((key, Some(old)));
+                }
+                Ok(i) => {
+                    if !crate::json::json_eq(&self.0[i].1, v) {
+                        let old = std::mem::replace(&mut self.0[i].1, v.clone());
+                        log.push((k.clone(), Some(old)));
+                    }
+                }
+                Err(_) if v.is_null() => {}
+                Err(i) => {
+                    self.0.insert(i, (k.clone(), v.clone()));
+                    log.push((k.clone(), None));
+                }
+            }
+        }
+        UndoLog(log)
+    }
+
+    /// Puts back what [`Attrs::merge_undoable`] replaced (nothing else may have changed since).
+    pub fn undo(&mut self, log: UndoLog) {
+        for (k, old) in log.0.into_iter().rev() {
+            match old {
+                Some(v) => self.insert(&k, v),
+                None => self.remove(&k),
+            }
+        }
+    }
+
+    /// [`Attrs::diff`] of the attributes before [`Attrs::merge_undoable`] wrote `log` and `self` (nothing
+    /// else may have changed since), without rebuilding them: only the logged keys can differ.
+    pub fn diff_undone(&self, log: &UndoLog) -> (Attrs, Attrs) {
+        let (mut old, mut new) = (Vec::new(), Vec::new());
+        for (k, was) in &log.0 {
+            let now = self.get(k);
+            if !crate::json::opt_json_eq(was.as_ref(), now) {
+                old.push((k.clone(), was.clone().unwrap_or(Value::Null)));
+                new.push((k.clone(), now.cloned().unwrap_or(Value::Null)));
+            }
+        }
+        (Attrs(old), Attrs(new))
     }
 
     /// Builds from pairs in any order.
@@ -195,6 +251,20 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The undo log of an upsert stands for a copy of the attributes before it: the same merge, the same
+        /// diff, and undoing restores them exactly.
+        #[test]
+        fn an_undo_log_stands_for_the_attributes_before(old in small_attrs(), upsert in small_attrs()) {
+            let mut merged = old.clone();
+            merged.merge(&upsert);
+            let mut logged = old.clone();
+            let log = logged.merge_undoable(&upsert);
+            proptest::prop_assert_eq!(&logged, &merged);
+            proptest::prop_assert_eq!(logged.diff_undone(&log), old.diff(&merged));
+            logged.undo(log);
+            proptest::prop_assert_eq!(logged, old);
+        }
+
         /// The walk finds exactly the keys a lookup of every key of either side finds different.
         #[test]
         fn diff_lists_every_changed_key_once(old in small_attrs(), new in small_attrs()) {
