@@ -169,7 +169,8 @@ struct ReplayArgs {
     /// Commit at least every this many input records.
     #[arg(long, default_value_t = 250_000)]
     commit_records: u64,
-    /// Commit at least whenever the epoch's state writes take this many MiB of memory.
+    /// Commit at least whenever the epoch's state writes reach this many MiB (reckoned at 256 bytes for each
+    /// applied record other than an activity).
     #[arg(long, default_value_t = 16)]
     commit_state_mib: usize,
     /// Largest accepted record, in bytes [default: 1048576].

@@ -2,7 +2,8 @@
 //!
 //! It owns the output files and the commit protocol of replay mode. It gathers, for each batch number, the
 //! router's part and every worker's part, puts the outputs in their global order (record, then the timers
-//! that fired after it by due time and arming order), and every epoch (a run of whole batches):
+//! that fired after it by due time and arming order), and every epoch (a run of whole batches, ended by one
+//! the router sealed):
 //! 1. appends the epoch's outputs to the three files (through buffers as batches arrive, flushed here);
 //! 2. commits, in one RocksDB write batch, the state delta, the de-duplication window's new ids, and a
 //!    checkpoint holding the input position and the files' lengths after step 1.
@@ -11,21 +12,22 @@
 //! position. A crash between 1 and 2 leaves output bytes past the checkpoint; they are cut and produced
 //! again, identical, because processing is deterministic. This replaces the outbox of DESIGN.md with the same
 //! guarantee and without writing every output twice (see ARCHITECTURE.md). It is not a scheduler: it
-//! never changes state itself.
+//! never changes state itself, and it commits only at a sealed batch, the one batch where every worker's part
+//! carries all the state it changed in the epoch.
 
 use super::messages::{CommitMsg, RouterPart, WorkerPart};
 use crate::EngineError;
 use crate::dedup::EpochLog;
 use crate::telemetry::{self, Tally};
 use caravan_state::{Checkpoint, Delta, Store};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The three output files of a replay, in checkpoint order.
 pub(crate) const OUTPUT_FILES: [&str; 3] = ["actions.ndjson", "changes.ndjson", "rejected.ndjson"];
@@ -62,9 +64,6 @@ pub(crate) fn open_outputs(dir: &Path, lengths: Option<[u64; 3]>) -> Result<[Fil
 /// Settings of the committer.
 pub(crate) struct CommitterConfig {
     pub(crate) workers: usize,
-    pub(crate) commit_interval: Duration,
-    pub(crate) commit_records: u64,
-    pub(crate) commit_state_bytes: usize,
     pub(crate) sync_outputs: bool,
     /// The watermark trails the largest event time by this much.
     pub(crate) allowed_disorder_ns: i64,
@@ -91,8 +90,6 @@ pub(crate) struct Committer<'s> {
     delta: Delta,
     dedup: Vec<(u128, i64)>,
     last_batch: u64,
-    epoch_records: u64,
-    epoch_started: Instant,
     tally: Tally,
     /// The epoch's batches: when each one's chunk was read, and its records.
     reads: Vec<(Instant, u64)>,
@@ -120,34 +117,19 @@ impl<'s> Committer<'s> {
             delta: Delta::default(),
             dedup: Vec::new(),
             last_batch: 0,
-            epoch_records: 0,
-            epoch_started: Instant::now(),
             tally: Tally::default(),
             reads: Vec::new(),
         }
     }
 
-    /// Commits until every sender is gone; returns the last checkpoint.
+    /// Absorbs batches in order and commits at each sealed one, until every sender is gone; returns the last
+    /// checkpoint. Batches absorbed after the last seal (a run that stopped on an error) are not committed:
+    /// their workers did not write their state.
     ///
     /// # Errors
     /// A failed write of the outputs or the state; the run must stop (a restart recovers).
     pub(crate) fn run(mut self, input: &Receiver<CommitMsg>) -> Result<Checkpoint, EngineError> {
-        loop {
-            // A quiet input (a pipe with nothing new) must not hold back what is gathered: commit when the
-            // interval is up even with no new batch.
-            let wait = self.cfg.commit_interval.saturating_sub(self.epoch_started.elapsed());
-            let msg = match input.recv_timeout(wait) {
-                Ok(msg) => msg,
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.last_batch > self.committed.load(Ordering::Acquire) {
-                        self.commit()?;
-                    } else {
-                        self.epoch_started = Instant::now();
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+        for msg in input {
             let batch = match &msg {
                 CommitMsg::Router(p) => p.batch,
                 CommitMsg::Worker(p) => p.batch,
@@ -163,18 +145,13 @@ impl<'s> Committer<'s> {
                 .is_some_and(|p| p.router.is_some() && p.workers.len() == self.cfg.workers)
             {
                 let Some(p) = self.pending.remove(&self.next_batch) else { break };
+                let sealed = p.router.as_ref().is_some_and(|r| r.seal);
                 self.absorb(p)?;
                 self.next_batch += 1;
-                if self.epoch_started.elapsed() >= self.cfg.commit_interval
-                    || self.epoch_records >= self.cfg.commit_records
-                    || self.delta.bytes() >= self.cfg.commit_state_bytes
-                {
+                if sealed {
                     self.commit()?;
                 }
             }
-        }
-        if self.last_batch > self.committed.load(Ordering::Acquire) {
-            self.commit()?;
         }
         Ok(self.checkpoint)
     }
@@ -198,7 +175,6 @@ impl<'s> Committer<'s> {
             self.append(1, &w.changes[g.changes.clone()])?;
         }
         self.append(2, &router.rejected)?;
-        self.epoch_records += router.records_end.saturating_sub(self.checkpoint.records);
         self.checkpoint.records = router.records_end;
         self.checkpoint.input_bytes = router.bytes_end;
         self.checkpoint.max_ts = router.max_ts;
@@ -245,8 +221,6 @@ impl<'s> Committer<'s> {
         if let Some(max_ts) = self.checkpoint.max_ts {
             telemetry::record_watermark(max_ts.saturating_sub(self.cfg.allowed_disorder_ns));
         }
-        self.epoch_records = 0;
-        self.epoch_started = Instant::now();
         Ok(())
     }
 }

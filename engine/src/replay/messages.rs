@@ -57,6 +57,9 @@ pub(crate) struct Batch {
     /// The applied records of the batch, in input order.
     pub(crate) steps: Vec<Step>,
     pub(crate) extras: Vec<Extra>,
+    /// The batch ends an epoch: every worker writes the accounts it changed since the last sealed batch into
+    /// its part of this one, and the committer commits once it has absorbed it.
+    pub(crate) seal: bool,
 }
 
 impl Batch {
@@ -148,6 +151,8 @@ pub(crate) struct RouterPart {
     pub(crate) tally: Tally,
     /// When the chunk the batch comes from was read.
     pub(crate) read_at: Instant,
+    /// The batch ends an epoch ([`Batch::seal`]).
+    pub(crate) seal: bool,
 }
 
 /// Messages to the committer.

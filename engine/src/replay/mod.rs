@@ -51,8 +51,9 @@ pub struct ReplayOptions {
     pub commit_interval: Duration,
     /// Commit at least every this many input records.
     pub commit_records: u64,
-    /// Commit at least whenever the state writes gathered for the epoch take this many bytes: what an epoch
-    /// holds in memory until it commits (an epoch of upserts writes a record for nearly every input record).
+    /// Commit at least whenever the state writes of the epoch reach this many bytes, as the router reckons
+    /// them ([`router::EpochBounds::state_bytes`]): what the epoch's commit holds in memory (an epoch of
+    /// upserts writes a record for nearly every input record).
     pub commit_state_bytes: usize,
     /// Allowed disorder of event time: the watermark is the largest `ts` minus this (nanoseconds).
     pub allowed_disorder_ns: i64,
@@ -343,9 +344,6 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         let committer = {
             let cfg = committer::CommitterConfig {
                 workers,
-                commit_interval: opts.commit_interval,
-                commit_records: opts.commit_records,
-                commit_state_bytes: opts.commit_state_bytes,
                 sync_outputs: opts.sync,
                 allowed_disorder_ns: opts.allowed_disorder_ns,
             };
@@ -357,6 +355,11 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         };
         let router_cfg = router::RouterConfig {
             workers,
+            epochs: router::EpochBounds {
+                interval: opts.commit_interval,
+                records: opts.commit_records,
+                state_bytes: opts.commit_state_bytes,
+            },
             allowed_disorder_ns: opts.allowed_disorder_ns,
             index_capacity: opts.cache_persons.max(16),
             source_name,

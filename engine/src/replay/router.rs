@@ -15,16 +15,16 @@ use crate::dedup::DedupWindow;
 use crate::prefetch;
 use crate::telemetry::Tally;
 use caravan_schemas::Id;
-use caravan_schemas::input::RejectReason;
+use caravan_schemas::input::{EventBody, RejectReason};
 use caravan_schemas::output::{Entity, RejectedRecord, SourcePosition};
 use caravan_schemas::state::IndexRecord;
 use caravan_state::{Delta, Store};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How many lines ahead of the one being routed the router starts loading an event's slot in the
 /// de-duplication window (a random place in tens of megabytes): far enough for the load to arrive before the
@@ -37,9 +37,36 @@ struct IndexSlot {
     dirty_batch: u64,
 }
 
+/// The state bytes the router reckons an applied record other than an activity adds to its epoch's writes:
+/// about what a person record, its key and its place in the write take ([`EpochBounds::state_bytes`]).
+const STATE_WRITE_ESTIMATE: usize = 256;
+
+/// When the router seals an epoch: at the first batch end where any bound is reached.
+pub(crate) struct EpochBounds {
+    pub(crate) interval: Duration,
+    pub(crate) records: u64,
+    /// The state writes the epoch may gather, in bytes, reckoned as [`STATE_WRITE_ESTIMATE`] per applied
+    /// record other than an activity (upserts, deletes, audience changes each write about one record;
+    /// activities mostly none). The writes only exist at the seal, when the workers encode what changed;
+    /// the bound keeps that moment's memory small while records are mostly upserts.
+    pub(crate) state_bytes: usize,
+}
+
+/// The epoch being gathered.
+struct Epoch {
+    started: Instant,
+    /// Input records consumed when it began.
+    records_start: u64,
+    /// Applied records other than activities.
+    writes: usize,
+    /// A batch was sent since the last seal.
+    unsealed: bool,
+}
+
 /// Settings of the router.
 pub(crate) struct RouterConfig {
     pub(crate) workers: usize,
+    pub(crate) epochs: EpochBounds,
     pub(crate) allowed_disorder_ns: i64,
     pub(crate) index_capacity: usize,
     pub(crate) source_name: String,
@@ -67,6 +94,7 @@ pub(crate) struct Router<'s> {
     steps: Vec<Step>,
     extras: Vec<Extra>,
     part: RouterPart,
+    epoch: Epoch,
 }
 
 fn empty_part(batch: u64, records_end: u64, bytes_end: u64, max_ts: Option<i64>, read_at: Instant) -> RouterPart {
@@ -80,6 +108,7 @@ fn empty_part(batch: u64, records_end: u64, bytes_end: u64, max_ts: Option<i64>,
         max_ts,
         tally: Tally::default(),
         read_at,
+        seal: false,
     }
 }
 
@@ -112,6 +141,7 @@ impl<'s> Router<'s> {
             steps: Vec::new(),
             extras: Vec::new(),
             part: empty_part(1, start.0, start.1, max_ts, Instant::now()),
+            epoch: Epoch { started: Instant::now(), records_start: start.0, writes: 0, unsealed: false },
         }
     }
 
@@ -122,7 +152,22 @@ impl<'s> Router<'s> {
     pub(crate) fn run(mut self, input: &Receiver<ParsedChunk>) -> Result<(), EngineError> {
         let mut pending: BTreeMap<u64, ParsedChunk> = BTreeMap::new();
         let mut next = 0u64;
-        for chunk in input {
+        loop {
+            // A quiet input (a pipe with nothing new) must not hold back what was routed: once the interval
+            // is up, an empty batch seals the epoch.
+            let wait = self.cfg.epochs.interval.saturating_sub(self.epoch.started.elapsed());
+            let chunk = match input.recv_timeout(wait) {
+                Ok(chunk) => chunk,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.epoch.unsealed {
+                        self.flush_with(true)?;
+                    } else {
+                        self.epoch.started = Instant::now();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             pending.insert(chunk.id, chunk);
             while let Some(chunk) = pending.remove(&next) {
                 let lines = Arc::new(chunk.lines);
@@ -149,6 +194,10 @@ impl<'s> Router<'s> {
         }
         if !pending.is_empty() {
             return Err(EngineError::Internal("input chunks were lost between decoding and routing".into()));
+        }
+        // The input ended: what was routed since the last seal commits.
+        if self.epoch.unsealed {
+            self.flush_with(true)?;
         }
         Ok(())
     }
@@ -272,6 +321,9 @@ impl<'s> Router<'s> {
         self.dedup.settle();
         self.part.dedup.push((hash, event.ts.0));
         self.part.tally.applied(tenant, &event.body);
+        if !matches!(event.body, EventBody::PersonActivity { .. }) {
+            self.epoch.writes += 1;
+        }
         let ts = event.ts.0;
         // Late: strictly behind the watermark. Still applied; it only never moves time.
         if self.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns)) {
@@ -309,8 +361,17 @@ impl<'s> Router<'s> {
         Ok(())
     }
 
-    /// Sends the current batch to every worker and the router's part to the committer.
+    /// Sends the current batch to every worker and the router's part to the committer, sealing the epoch
+    /// with it when a bound of [`EpochBounds`] is reached.
     fn flush(&mut self) -> Result<(), EngineError> {
+        let bounds = &self.cfg.epochs;
+        let seal = self.epoch.started.elapsed() >= bounds.interval
+            || self.part.records_end.saturating_sub(self.epoch.records_start) >= bounds.records
+            || self.epoch.writes.saturating_mul(STATE_WRITE_ESTIMATE) >= bounds.state_bytes;
+        self.flush_with(seal)
+    }
+
+    fn flush_with(&mut self, seal: bool) -> Result<(), EngineError> {
         let batch = self.batch;
         let mut delta = Delta::default();
         for (entity, tenant, id, key) in self.dirty.drain(..) {
@@ -325,11 +386,17 @@ impl<'s> Router<'s> {
             empty_part(batch + 1, self.part.records_end, self.part.bytes_end, self.max_ts, self.part.read_at);
         let mut part = std::mem::replace(&mut self.part, next_part);
         part.delta = delta;
+        part.seal = seal;
+        self.epoch = match seal {
+            true => Epoch { started: Instant::now(), records_start: part.records_end, writes: 0, unsealed: false },
+            false => Epoch { unsealed: true, ..self.epoch },
+        };
         let shared = Arc::new(Batch {
             id: batch,
             lines: Arc::clone(&self.lines),
             steps: std::mem::take(&mut self.steps),
             extras: std::mem::take(&mut self.extras),
+            seal,
         });
         for w in &self.workers {
             w.send(WorkerMsg::Batch(Arc::clone(&shared))).map_err(|_| EngineError::Stopped)?;
