@@ -276,6 +276,8 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     let start_bytes = checkpoint.input_bytes;
     let max_ts = checkpoint.max_ts;
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(decoders * 2);
+    // Read buffers going back from the decoders to the reader.
+    let (free_tx, free_rx) = crossbeam_channel::unbounded();
     let (parsed_tx, parsed_rx) = crossbeam_channel::bounded(decoders * 2 + 2);
     let (commit_tx, commit_rx) = crossbeam_channel::bounded((workers + 1) * 8);
     let mut worker_txs = Vec::new();
@@ -297,7 +299,8 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
                 .spawn_scoped(scope, move || {
                     let stopped = || stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
                     let progress = |pos| bar.set_position(pos);
-                    reader::read_chunks(input, chunk_bytes, start_record, start_bytes, &chunk_tx, &progress, &stopped)
+                    let (tx, free) = (&chunk_tx, &free_rx);
+                    reader::read_chunks(input, chunk_bytes, start_record, start_bytes, tx, free, &progress, &stopped)
                         .map_err(|e| EngineError::io("reading the input".into(), e))
                 })
                 .map_err(|e| EngineError::io("starting a thread".into(), e))?
@@ -310,15 +313,15 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
             xdm_tenant: opts.xdm_tenant.as_deref().map(caravan_schemas::Id::from),
         };
         for (i, returned) in returned.into_iter().enumerate() {
-            let (rx, tx, rules) = (chunk_rx.clone(), parsed_tx.clone(), rules.clone());
+            let (rx, tx, rules, free) = (chunk_rx.clone(), parsed_tx.clone(), rules.clone(), free_tx.clone());
             decoder_handles.push(
                 std::thread::Builder::new()
                     .name(format!("caravan-decode-{i}"))
-                    .spawn_scoped(scope, move || reader::decode_chunks(&rx, &tx, &rules, i, &returned))
+                    .spawn_scoped(scope, move || reader::decode_chunks(&rx, &tx, &rules, i, &returned, &free))
                     .map_err(|e| EngineError::io("starting a thread".into(), e))?,
             );
         }
-        drop((chunk_rx, parsed_tx));
+        drop((chunk_rx, parsed_tx, free_tx));
         let mut worker_handles = Vec::new();
         for (me, (rx, timers)) in worker_rxs.into_iter().zip(timers).enumerate() {
             let cfg = worker::WorkerConfig {
