@@ -212,6 +212,7 @@ impl<'s> Committer<'s> {
             *total += n;
         }
         self.store.commit(&delta, &self.checkpoint)?;
+        tracing::debug!(epoch, writes = delta.len(), bytes = delta.bytes(), "Epoch committed.");
         self.committed.store(self.last_batch, Ordering::Release);
         let tally = std::mem::take(&mut self.tally);
         telemetry::record_commit(&tally, delta.len(), started.elapsed(), self.reads.first().map(|r| r.0));
