@@ -20,6 +20,7 @@ pub(crate) struct Chunk {
     /// newline at the end of the input. The rest is left from an earlier chunk: buffers go back to the reader
     /// ([`read_chunks`]'s `free`) and are filled again without being cleared.
     pub(crate) data: Vec<u8>,
+    /// How many bytes of `data` are the chunk's.
     pub(crate) len: usize,
     /// When it was read (the start of its records' end-to-end latency).
     pub(crate) read_at: std::time::Instant,
