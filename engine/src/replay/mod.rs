@@ -52,8 +52,8 @@ pub struct ReplayOptions {
     /// Commit at least every this many input records.
     pub commit_records: u64,
     /// Commit at least whenever the state writes of the epoch reach this many bytes, as the router reckons
-    /// them ([`router::EpochBounds::state_bytes`]): what the epoch's commit holds in memory (an epoch of
-    /// upserts writes a record for nearly every input record).
+    /// them (256 bytes for each applied record other than an activity): what the epoch's commit holds in
+    /// memory (an epoch of upserts writes a record for nearly every input record).
     pub commit_state_bytes: usize,
     /// Allowed disorder of event time: the watermark is the largest `ts` minus this (nanoseconds).
     pub allowed_disorder_ns: i64,

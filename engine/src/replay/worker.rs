@@ -398,16 +398,17 @@ impl<'s> Worker<'s> {
         // A sealed batch carries the epoch's state delta: every account changed since the last seal, as it
         // stands now, and the timers armed and cancelled since.
         if batch.seal {
-            self.write_back(&mut part.delta, batch.id);
+            part.delta = self.write_back(batch.id);
         }
         self.commit.send(CommitMsg::Worker(part)).map_err(|_| EngineError::Stopped)?;
         self.cache.evict(self.cfg.cache_capacity, self.committed.load(Ordering::Acquire));
         Ok(())
     }
 
-    /// Writes every listed account into `delta`, pinned until the sealed batch `seal` commits.
-    fn write_back(&mut self, delta: &mut Delta, seal: u64) {
-        *delta = std::mem::take(&mut self.pending);
+    /// The epoch's state delta: its timer writes and every listed account, now pinned until the sealed batch
+    /// `seal` commits.
+    fn write_back(&mut self, seal: u64) -> Delta {
+        let mut delta = std::mem::take(&mut self.pending);
         for (key, tenant, account) in std::mem::take(&mut self.cache.dirty) {
             let Some(c) = self.cache.find(key, &tenant, &account) else { continue };
             c.listed = false;
@@ -418,7 +419,8 @@ impl<'s> Worker<'s> {
                     _ => delta.delete_person(&tenant, &account, &id),
                 }
             }
-            write_dirty(delta, &tenant, &account, &mut c.state);
+            write_dirty(&mut delta, &tenant, &account, &mut c.state);
         }
+        delta
     }
 }
