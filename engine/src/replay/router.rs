@@ -41,6 +41,9 @@ struct IndexSlot {
 /// about what a person record, its key and its place in the write take ([`EpochBounds::state_bytes`]).
 const STATE_WRITE_ESTIMATE: usize = 256;
 
+/// The shortest the router waits for a chunk before it checks whether a quiet input's epoch is due.
+const MIN_WAIT: Duration = Duration::from_millis(1);
+
 /// When the router seals an epoch: at the first batch end where any bound is reached.
 pub(crate) struct EpochBounds {
     pub(crate) interval: Duration,
@@ -154,8 +157,9 @@ impl<'s> Router<'s> {
         let mut next = 0u64;
         loop {
             // A quiet input (a pipe with nothing new) must not hold back what was routed: once the interval
-            // is up, an empty batch seals the epoch.
-            let wait = self.cfg.epochs.interval.saturating_sub(self.epoch.started.elapsed());
+            // is up, an empty batch seals the epoch. (At least 1 ms: a zero interval must not spin while the
+            // decoders work.)
+            let wait = self.cfg.epochs.interval.saturating_sub(self.epoch.started.elapsed()).max(MIN_WAIT);
             let chunk = match input.recv_timeout(wait) {
                 Ok(chunk) => chunk,
                 Err(RecvTimeoutError::Timeout) => {
