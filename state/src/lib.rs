@@ -152,15 +152,14 @@ struct Op {
 #[derive(Clone, Debug, Default)]
 pub struct Delta {
     ops: Vec<Op>,
-    /// [`Delta::bytes`], kept as writes are added.
-    bytes: usize,
 }
 
 /// The memory one write takes besides its key and value.
 const OP_BYTES: usize = std::mem::size_of::<Op>();
 
-fn op_bytes(op: &Op) -> usize {
-    OP_BYTES + op.key.len() + op.value.as_ref().map_or(0, Vec::len)
+/// A write's key and value bytes.
+fn payload(op: &Op) -> usize {
+    op.key.len() + op.value.as_ref().map_or(0, Vec::len)
 }
 
 /// One stored de-duplication epoch: its number, and its event-id hashes with their event times.
@@ -251,14 +250,13 @@ impl Delta {
     }
 
     /// The memory the writes take (keys, values and their bookkeeping): what holding them until a commit
-    /// costs.
+    /// costs. Counted when asked (a log line), not kept as writes are added.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.ops.iter().map(|op| OP_BYTES + payload(op)).sum()
     }
 
     /// Appends another delta's writes after these (later writes to a key win).
     pub fn extend(&mut self, other: Delta) {
-        self.bytes += other.bytes;
         if self.ops.is_empty() {
             // Taken as it is: no copy of its writes into a vector that would grow for them.
             self.ops = other.ops;
@@ -296,21 +294,15 @@ impl Delta {
                 _ => kept.push(op),
             }
         }
-        self.bytes = kept.iter().map(op_bytes).sum();
         self.ops = kept;
     }
 
-    fn push(&mut self, op: Op) {
-        self.bytes += op_bytes(&op);
-        self.ops.push(op);
-    }
-
     fn put(&mut self, cf: usize, key: Vec<u8>, value: Vec<u8>) {
-        self.push(Op { cf, key, value: Some(value) });
+        self.ops.push(Op { cf, key, value: Some(value) });
     }
 
     fn delete(&mut self, cf: usize, key: Vec<u8>) {
-        self.push(Op { cf, key, value: None });
+        self.ops.push(Op { cf, key, value: None });
     }
 
     /// Writes an account record.
@@ -433,7 +425,7 @@ impl Delta {
     pub fn push_changelog_record(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
         match key.split_first() {
             Some((&cf, rest)) if usize::from(cf) < COLUMN_FAMILIES.len() => {
-                self.push(Op { cf: usize::from(cf), key: rest.to_vec(), value: value.map(<[u8]>::to_vec) });
+                self.ops.push(Op { cf: usize::from(cf), key: rest.to_vec(), value: value.map(<[u8]>::to_vec) });
                 Ok(())
             }
             _ => Err(StateError::Codec {
@@ -597,7 +589,7 @@ impl Store {
         let bytes = WRITE_BATCH_HEADER
             + key.len()
             + value.len()
-            + delta.ops.iter().map(|op| op.key.len() + op.value.as_ref().map_or(0, Vec::len)).sum::<usize>()
+            + delta.ops.iter().map(payload).sum::<usize>()
             + (delta.ops.len() + 1) * WRITE_BATCH_RECORD_OVERHEAD;
         let mut batch = WriteBatch::with_capacity_bytes(bytes);
         let cfs: Vec<&rocksdb::ColumnFamily> = (0..COLUMN_FAMILIES.len()).map(|ix| self.cf(ix)).collect();

@@ -1,6 +1,21 @@
 //! Replay of the reference workload: counts equal the reference model, outputs are deterministic.
 
 use crate::support::*;
+use std::path::{Path, PathBuf};
+
+/// Replays `input` once per set of flags, each run into its own output and state folders under `dir`;
+/// returns each run's output bytes and state folder.
+fn replay_each<const N: usize>(dir: &Path, input: &Path, flag_sets: &[[&str; N]]) -> Vec<([Vec<u8>; 3], PathBuf)> {
+    flag_sets
+        .iter()
+        .enumerate()
+        .map(|(i, flags)| {
+            let (out, state) = (dir.join(format!("out{i}")), dir.join(format!("state{i}")));
+            replay(&reference_definitions(), input, &out, Some(&state), flags);
+            (output_bytes(&out), state)
+        })
+        .collect()
+}
 
 #[test]
 fn reference_workload_counts_equal_the_model_for_several_seeds() {
@@ -22,12 +37,8 @@ fn outputs_do_not_depend_on_the_number_of_workers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("w.ndjson");
     generate(&input, 150, 3, 15_000, 12, 3);
-    let mut runs = Vec::new();
-    for workers in ["1", "2", "5"] {
-        let out = dir.path().join(format!("out{workers}"));
-        replay(&reference_definitions(), &input, &out, None, &["--workers", workers, "--commit-interval", "5ms"]);
-        runs.push(output_bytes(&out));
-    }
+    let flags = ["1", "2", "5"].map(|workers| ["--workers", workers, "--commit-interval", "5ms"]);
+    let runs: Vec<_> = replay_each(dir.path(), &input, &flags).into_iter().map(|r| r.0).collect();
     assert!(!runs[0][0].is_empty());
     assert!(runs[0] == runs[1] && runs[1] == runs[2], "outputs differ between worker counts");
 }
@@ -40,13 +51,8 @@ fn a_small_account_cache_gives_the_same_outputs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("w.ndjson");
     generate(&input, 150, 3, 15_000, 12, 4);
-    let mut runs = Vec::new();
-    for cache in ["400000", "32"] {
-        let out = dir.path().join(format!("out{cache}"));
-        let flags = ["--workers", "2", "--commit-interval", "5ms", "--cache-accounts", cache];
-        replay(&reference_definitions(), &input, &out, Some(&dir.path().join(format!("state{cache}"))), &flags);
-        runs.push(output_bytes(&out));
-    }
+    let flags = ["400000", "32"].map(|cache| ["--workers", "2", "--commit-interval", "5ms", "--cache-accounts", cache]);
+    let runs: Vec<_> = replay_each(dir.path(), &input, &flags).into_iter().map(|r| r.0).collect();
     assert!(!runs[0][0].is_empty() && !runs[0][1].is_empty());
     assert!(runs[0] == runs[1], "outputs differ with a small account cache");
 }
@@ -58,12 +64,12 @@ fn a_state_memory_budget_commits_more_often_with_the_same_outputs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("w.ndjson");
     generate(&input, 2_000, 3, 20_000, 12, 5);
+    let budgets = ["1024", "1"];
+    let flags =
+        budgets.map(|mib| ["--commit-interval", "1h", "--commit-records", "100000000", "--commit-state-mib", mib]);
     let mut runs = Vec::new();
-    for budget in ["1024", "1"] {
-        let (out, state) = (dir.path().join(format!("out{budget}")), dir.path().join(format!("state{budget}")));
-        let flags = ["--commit-interval", "1h", "--commit-records", "100000000", "--commit-state-mib", budget];
-        replay(&reference_definitions(), &input, &out, Some(&state), &flags);
-        runs.push(output_bytes(&out));
+    for (budget, (bytes, state)) in budgets.into_iter().zip(replay_each(dir.path(), &input, &flags)) {
+        runs.push(bytes);
         let shown = caravan(&["inspect", "--state", &state.display().to_string()]);
         let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("inspect prints JSON");
         let epochs = shown["checkpoint"]["epoch"].as_u64().expect("an epoch number");
