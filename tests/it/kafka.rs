@@ -90,7 +90,7 @@ fn scenario(dir: &Path, accounts: u32, events: u32, seed: u32, partitions: usize
 
 #[test]
 fn run_gives_the_expected_counts_and_the_same_records_as_replay_account_by_account() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let Scenario { input, expect, reference, cluster } = scenario(dir.path(), 300, 30_000, 5, 3);
     let again = cluster.caravan(&["publish", &reference_definitions().join("journey.yaml").display().to_string()]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing new"), "publishing twice is a no-op");
@@ -108,7 +108,7 @@ fn run_gives_the_expected_counts_and_the_same_records_as_replay_account_by_accou
 
 #[test]
 fn sigterm_while_input_flows_commits_the_batch_in_flight_and_a_restart_loses_and_doubles_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let Scenario { input, expect, reference, cluster } = scenario(dir.path(), 200, 30_000, 17, 2);
     let end = cluster.produce_file(&input) as i64;
     let child = cluster.start(0, &dir.path().join("state"), &dir.path().join("run-a.log"));
@@ -186,41 +186,49 @@ fn slices_of(lines: &[String], parts: usize) -> Vec<Vec<String>> {
     lines.chunks(lines.len().div_ceil(parts)).map(<[String]>::to_vec).collect()
 }
 
-/// Produces the slices a second apart while `rounds` instances in turn start and die by SIGKILL at a random
-/// moment (seeded by `CARAVAN_CRASH_SEED`, else at random, printed). At least one kill lands after the
-/// instance has committed something.
-fn kill_repeatedly(cluster: &Cluster, dir: &Path, parts: &[Vec<String>], rounds: usize, env: &[(&str, &str)]) {
+/// Runs `parts.len()` instances in turn, each killed by SIGKILL, while input keeps flowing: each round starts an
+/// instance, produces its slice beside it, and kills it. Even rounds kill at a random moment (seeded by
+/// `CARAVAN_CRASH_SEED`, else at random, printed), start-up included; odd rounds first wait until the
+/// instance has committed some of the input (the group's offsets moved), then kill it a random moment later,
+/// so that kills in the middle of the work happen however slow the machine is.
+fn kill_repeatedly(cluster: &Cluster, dir: &Path, parts: &[Vec<String>], env: &[(&str, &str)]) {
     let seed: u64 = std::env::var("CARAVAN_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("kafka crash test seed {seed} (set CARAVAN_CRASH_SEED to replay it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let state = dir.join("state");
     let mut mid_run = 0;
-    std::thread::scope(|s| {
-        // Input keeps flowing while instances die.
-        let feeder = s.spawn(|| {
-            for part in parts {
-                produce_slice(cluster, part);
-                std::thread::sleep(Duration::from_millis(1000));
+    for (round, part) in parts.iter().enumerate() {
+        let before = cluster.committed();
+        // The same instance id every time: the new process fences the killed one and aborts its open
+        // transaction (the test broker never times one out), and with static membership it takes the killed
+        // member's place in the group at once (the test broker never expires a dead member).
+        let log = dir.join(format!("run-{round}.log"));
+        let mut child = cluster.start_with(0, &state, &log, env);
+        std::thread::scope(|s| {
+            let feeder = s.spawn(|| produce_slice(cluster, part));
+            if round % 2 == 0 {
+                std::thread::sleep(Duration::from_millis(rng.random_range(300..3000)));
+            } else {
+                let t = Instant::now();
+                while cluster.committed() <= before
+                    && child.try_wait().expect("status").is_none()
+                    && t.elapsed() < Duration::from_secs(120)
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                std::thread::sleep(Duration::from_millis(rng.random_range(0..1000)));
             }
-        });
-        for round in 0..rounds {
-            // The same instance id every time: the new process fences the killed one and aborts its open
-            // transaction (the test broker never times one out), and with static membership it takes the
-            // killed member's place in the group at once (the test broker never expires a dead member).
-            let log = dir.join(format!("run-{round}.log"));
-            let mut child = cluster.start_with(0, &state, &log, env);
-            std::thread::sleep(Duration::from_millis(rng.random_range(300..3000)));
             let committed = cluster.committed();
-            eprintln!("round {round}: committed {committed} when killed");
-            if child.try_wait().expect("status").is_none() && committed > 0 {
+            eprintln!("round {round}: committed {before} at the start, {committed} when killed");
+            if child.try_wait().expect("status").is_none() && committed > before {
                 mid_run += 1;
             }
             child.kill().expect("SIGKILL");
             child.wait().expect("reaped");
-        }
-        feeder.join().expect("feeder");
-    });
-    assert!(mid_run > 0, "no kill landed after the instance had committed something");
+            feeder.join().expect("feeder");
+        });
+    }
+    assert!(mid_run > 0, "no kill landed after the instance had committed something: {}", run_log(dir, "run-1.log"));
 }
 
 fn produce_slice(cluster: &Cluster, slice: &[String]) {
@@ -230,11 +238,11 @@ fn produce_slice(cluster: &Cluster, slice: &[String]) {
 
 #[test]
 fn sigkill_at_random_points_while_input_flows_loses_and_doubles_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let Scenario { input, expect, reference, cluster } = scenario(dir.path(), 300, 40_000, 9, 3);
 
     let state = dir.path().join("state");
-    kill_repeatedly(&cluster, dir.path(), &slices(&input, 8), 8, STATIC);
+    kill_repeatedly(&cluster, dir.path(), &slices(&input, 8), STATIC);
     let child = cluster.start_with(0, &state, &dir.path().join("run-last.log"), STATIC);
     // The kills may have left nothing to do: the instance must at least have started before the SIGTERM.
     admin_port(&dir.path().join("run-last.log"));
@@ -247,7 +255,7 @@ fn sigkill_at_random_points_while_input_flows_loses_and_doubles_nothing() {
 
 #[test]
 fn instances_join_and_leave_and_a_lost_state_folder_restores_from_the_changelog() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let Scenario { input, expect, reference, cluster } = scenario(dir.path(), 400, 40_000, 13, 4);
     let parts = slices(&input, 5);
     let state = |n: usize| dir.path().join(format!("state-{n}"));
@@ -285,7 +293,7 @@ fn instances_join_and_leave_and_a_lost_state_folder_restores_from_the_changelog(
 
 #[test]
 fn a_tenant_registry_rejects_other_tenants_and_bad_records_name_their_kafka_position() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let cluster = Cluster::new(dir.path(), 1);
     let mut config = std::fs::read_to_string(&cluster.config).expect("config");
     config.push_str("\n[[tenants]]\nid = \"bench\"\nsandbox = \"bench-prod\"\nsubscription = \"sub-bench\"\n");
@@ -326,7 +334,7 @@ fn a_tenant_registry_rejects_other_tenants_and_bad_records_name_their_kafka_posi
 
 #[test]
 fn processing_time_fires_a_quiet_partitions_timer_by_the_clock_exactly_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let cluster = Cluster::new(dir.path(), 2);
     let journey = dir.path().join("pause.yaml");
     std::fs::write(
@@ -365,7 +373,7 @@ fn processing_time_fires_a_quiet_partitions_timer_by_the_clock_exactly_once() {
 
 #[test]
 fn a_stop_on_the_definitions_topic_ends_a_running_journey_on_every_partition() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let input = dir.path().join("w.ndjson");
     generate(&input, 200, 3, 20_000, 20, 17);
     let cluster = Cluster::new(dir.path(), 2);
@@ -404,7 +412,7 @@ fn a_stop_on_the_definitions_topic_ends_a_running_journey_on_every_partition() {
 
 #[test]
 fn a_version_published_while_running_enters_the_accounts_already_in_its_audience_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let cluster = Cluster::new(dir.path(), 2);
     let state = dir.path().join("state");
     let child = cluster.start(0, &state, &dir.path().join("run.log"));
@@ -454,7 +462,7 @@ fn a_version_published_while_running_enters_the_accounts_already_in_its_audience
 
 #[test]
 fn an_xdm_input_topic_is_read_as_its_configured_tenant() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let cluster = Cluster::new(dir.path(), 1);
     let account = r#"{"_id":"x1","accountKey":{"sourceKey":"100@mkto.Marketo"},"accountName":"Northwind","extSourceSystemAudit":{"lastUpdatedDate":"2026-03-01T08:00:00Z"}}"#;
     let person = r#"{"_id":"x2","b2b":{"personKey":{"sourceKey":"42@mkto.Marketo"},"accountKey":{"sourceKey":"100@mkto.Marketo"}},"extSourceSystemAudit":{"lastUpdatedDate":"2026-03-01T08:01:00Z"}}"#;
@@ -604,7 +612,7 @@ fn assert_same_as_replay_per_entity(actions: &[Value], changes: &[Value], refere
 /// reach it through the person stage: the same change events as a replay of the same input.
 #[test]
 fn records_without_account_reach_the_persons_account_through_the_person_stage() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let cluster = Cluster::new(dir.path(), 3);
     let PersonKeyed { known, keyed_by_person, reference } = person_keyed(&cluster, dir.path(), 30, 1);
     let log = dir.path().join("run.log");
@@ -627,13 +635,13 @@ fn records_without_account_reach_the_persons_account_through_the_person_stage() 
 /// with the rest, so nothing is lost or doubled.
 #[test]
 fn sigkill_while_person_keyed_records_flow_loses_and_doubles_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let cluster = Cluster::new(dir.path(), 3);
     let PersonKeyed { known, keyed_by_person, reference } = person_keyed(&cluster, dir.path(), 100, 4);
     // Updates may overtake their person's creation (all is produced while instances die): they wait for it.
     let env = [STATIC[0], ("CARAVAN_INPUT__UNKNOWN_PERSON_WAIT", "1d")];
     let input: Vec<String> = [known, keyed_by_person].concat();
-    kill_repeatedly(&cluster, dir.path(), &slices_of(&input, 6), 6, &env);
+    kill_repeatedly(&cluster, dir.path(), &slices_of(&input, 6), &env);
     let child = cluster.start_with(0, &dir.path().join("state"), &dir.path().join("run-last.log"), &env);
     admin_port(&dir.path().join("run-last.log"));
     let (actions, changes) = outputs_when_complete(&cluster, &reference);
@@ -649,7 +657,7 @@ fn sigkill_while_person_keyed_records_flow_loses_and_doubles_nothing() {
 /// of their person through the person stage.
 #[test]
 fn xdm_activities_keyed_by_person_reach_their_account_through_the_person_stage() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let cluster = Cluster::new(dir.path(), 3);
     // A journey that counts clicks, so that the engine keeps each person's click history (the account view
     // shows it); no account enters it (XDM carries no audience).
@@ -715,7 +723,7 @@ fn xdm_activities_keyed_by_person_reach_their_account_through_the_person_stage()
 /// last run got SIGTERM during its start). The moments tried here do not always land in that window.
 #[test]
 fn sigterm_during_the_join_after_a_kill_exits_cleanly() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_dir();
     let cluster = Cluster::new(dir.path(), 3);
     let state = dir.path().join("state");
     for (n, ms) in [100u64, 300, 600, 1000].into_iter().enumerate() {

@@ -19,6 +19,17 @@ pub fn shared() -> PathBuf {
     std::env::var_os("CARAVAN_SHARED").map(PathBuf::from).unwrap_or_else(|| root().join("../shared"))
 }
 
+/// A test's scratch folder, removed when the test ends unless `CARAVAN_KEEP_TEST_DIRS` is set: then it stays,
+/// and its path is printed (with the logs of the instances it ran), to look into a failure after the fact.
+pub fn test_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().expect("tempdir");
+    if std::env::var_os("CARAVAN_KEEP_TEST_DIRS").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("test folder kept: {}", dir.path().display());
+    }
+    dir
+}
+
 /// The `caravan` binary.
 pub fn caravan_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CARAVAN_BIN") {
