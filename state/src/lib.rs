@@ -109,6 +109,9 @@ pub struct StoreOptions {
     /// The most event ids the de-duplication window can need stored at once: its capacity plus the largest
     /// commit (whose epoch is kept whole). Sizes the FIFO limit of the `dedup` column family.
     pub dedup_ids: u64,
+    /// Nothing will open the store again (a replay's temporary state): commits skip the write-ahead log and
+    /// closing does not flush the memtables, since no crash or restart can ever read them back.
+    pub ephemeral: bool,
 }
 
 impl Default for StoreOptions {
@@ -119,6 +122,7 @@ impl Default for StoreOptions {
             write_buffer_total_bytes: 64 << 20,
             sync_commits: false,
             dedup_ids: 1_250_000,
+            ephemeral: false,
         }
     }
 }
@@ -539,6 +543,12 @@ impl Store {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_db_write_buffer_size(options.write_buffer_total_bytes);
+        if options.ephemeral {
+            // Without the log, closing would flush every memtable to files about to be deleted. rust-rocksdb's
+            // `Options` has no setter for this one; the options string does it. (The copy it returns does not
+            // hold the block cache alive on the Rust side: `Store` does.)
+            db_opts = db_opts.get_options_from_string("avoid_flush_during_shutdown=true")?;
+        }
         // The de-duplication window is random hashes, written once and deleted oldest first: compressing it
         // only burns CPU, and its epochs do not need the bloom filters of point reads.
         let mut dedup_opts = cf_opts.clone();
@@ -558,7 +568,9 @@ impl Store {
             .map(|n| ColumnFamilyDescriptor::new(*n, if *n == "dedup" { dedup_opts.clone() } else { cf_opts.clone() }));
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
         let mut write_opts = WriteOptions::default();
-        write_opts.set_sync(options.sync_commits);
+        // RocksDB refuses a synced write without the log; an ephemeral store has nothing to sync for.
+        write_opts.set_sync(options.sync_commits && !options.ephemeral);
+        write_opts.disable_wal(options.ephemeral);
         Ok(Store { db, cache, write_opts, poisoned: AtomicBool::new(false) })
     }
 

@@ -13,6 +13,31 @@ fn person(id: &str, joined: u64) -> PersonRecord {
     PersonRecord { person_id: id.into(), present: true, attributes, version: 1, joined, ..PersonRecord::default() }
 }
 
+/// An ephemeral store serves its own reads, but writes nothing a later open could find: no log records, and
+/// no table files flushed when it closes.
+#[test]
+fn an_ephemeral_store_leaves_nothing_behind_when_it_closes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store =
+            Store::open(dir.path(), &StoreOptions { ephemeral: true, sync_commits: true, ..Default::default() })
+                .expect("store opens");
+        let mut d = Delta::default();
+        d.put_account("t", "a", &AccountRecord { exists: true, version: 1, ..AccountRecord::default() });
+        store.commit(&d, &Checkpoint { epoch: 1, ..Checkpoint::default() }).expect("commits");
+        assert_eq!(store.checkpoint().expect("reads").map(|c| c.epoch), Some(1));
+        assert!(store.load_account("t", "a").expect("reads").is_some());
+    }
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("lists")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into())
+        .collect();
+    assert!(!files.iter().any(|f| f.ends_with(".sst")), "nothing was flushed at close: {files:?}");
+    let store = open(dir.path());
+    assert_eq!(store.checkpoint().expect("reads"), None, "nothing was logged");
+    assert!(store.load_account("t", "a").expect("reads").is_none());
+}
+
 #[test]
 fn commit_is_durable_across_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");

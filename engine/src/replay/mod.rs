@@ -198,7 +198,10 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     };
     // The de-duplication column family keeps at most the window and the epoch being committed.
     let dedup_ids = (opts.dedup_window as u64).saturating_add(opts.commit_records);
-    let store = Arc::new(Store::open(&state_dir, &StoreOptions { dedup_ids, ..opts.store.clone() })?);
+    // A temporary state is never opened again, not even after a crash: what only a restart would read (the
+    // write-ahead log, the stored epochs of the de-duplication window) is not written.
+    let ephemeral = opts.state.is_none();
+    let store = Arc::new(Store::open(&state_dir, &StoreOptions { dedup_ids, ephemeral, ..opts.store.clone() })?);
     let checkpoint = store.checkpoint()?;
     let fresh = checkpoint.is_none();
     let checkpoint = checkpoint.unwrap_or_default();
@@ -243,6 +246,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     // The de-duplication window and the timers, as committed.
     let (dedup, dedup_log) =
         crate::dedup::restore(&store, opts.dedup_window, opts.dedup_max_age_ns, checkpoint.max_ts)?;
+    let dedup_log = if ephemeral { crate::dedup::EpochLog::default() } else { dedup_log };
     let mut timers: Vec<Vec<caravan_state::StoredTimer>> = (0..workers).map(|_| Vec::new()).collect();
     for t in store.timers()? {
         timers[keys::worker_of(keys::account_key(&t.tenant, &t.account_id), workers)].push(t);
@@ -365,6 +369,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
             },
             allowed_disorder_ns: opts.allowed_disorder_ns,
             index_capacity: opts.cache_persons.max(16),
+            store_ids: !ephemeral,
             source_name,
             returns,
         };

@@ -72,6 +72,8 @@ pub(crate) struct RouterConfig {
     pub(crate) epochs: EpochBounds,
     pub(crate) allowed_disorder_ns: i64,
     pub(crate) index_capacity: usize,
+    /// Applied event ids go to the committer, for the window's stored epochs (not with a temporary state).
+    pub(crate) store_ids: bool,
     pub(crate) source_name: String,
     /// Where the router's reference to a routed chunk's lines goes back to be freed.
     pub(crate) returns: LineReturns,
@@ -180,7 +182,9 @@ impl<'s> Router<'s> {
                 self.cfg.returns.give_back(done);
                 // Sized once for the chunk: grown push by push, these copied themselves over and over.
                 self.steps.reserve(lines.lines.len());
-                self.part.dedup.reserve(lines.lines.len());
+                if self.cfg.store_ids {
+                    self.part.dedup.reserve(lines.lines.len());
+                }
                 for (ix, line) in lines.lines.iter().enumerate() {
                     // Two stages: the line (written by a decoder on another core) twice as far ahead, then,
                     // from that line, the event's slot in the window.
@@ -323,7 +327,9 @@ impl<'s> Router<'s> {
             self.set_index(key, entity, tenant, id, update);
         }
         self.dedup.settle();
-        self.part.dedup.push((hash, event.ts.0));
+        if self.cfg.store_ids {
+            self.part.dedup.push((hash, event.ts.0));
+        }
         self.part.tally.applied(tenant, &event.body);
         if !matches!(event.body, EventBody::PersonActivity { .. }) {
             self.epoch.writes += 1;
