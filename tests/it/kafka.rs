@@ -291,6 +291,35 @@ fn instances_join_and_leave_and_a_lost_state_folder_restores_from_the_changelog(
     assert_outputs_right(&cluster, dir.path(), &expect, &reference);
 }
 
+/// The group's offsets moved past what the changelog holds (input skipped on purpose with the offset tools):
+/// the instance reads the changelog again for a while, in case its end was not readable yet, then goes on
+/// from the offsets with a warning; the skipped records are not processed.
+#[test]
+fn offsets_moved_past_the_changelog_win_after_a_wait_with_a_warning() {
+    let dir = test_dir();
+    let cluster = Cluster::new(dir.path(), 1);
+    let upsert = |n: usize| {
+        format!(
+            r#"{{"tenant":"t","type":"account.upserted","event_id":"e{n}","ts":"2026-03-01T08:00:0{n}Z","account_id":"a{n}","attributes":{{"n":{n}}}}}"#
+        )
+    };
+    let lines: Vec<String> = (0..10).map(upsert).collect();
+    cluster.produce(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    cluster.commit_offset(0, 6);
+    let log = dir.path().join("run.log");
+    let child = cluster.start(0, &dir.path().join("state"), &log);
+    cluster.wait_caught_up(Duration::from_secs(120));
+    assert!(terminate(child).success(), "{}", run_log(dir.path(), "run.log"));
+    let changed: Vec<String> = cluster
+        .read_committed("changes")
+        .iter()
+        .map(|c| c["entity_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(changed, ["a6", "a7", "a8", "a9"], "only the records from the committed offset on");
+    let text = run_log(dir.path(), "run.log");
+    assert!(text.contains("reading the changelog again") && text.contains("going on from the offsets"), "{text}");
+}
+
 #[test]
 fn a_tenant_registry_rejects_other_tenants_and_bad_records_name_their_kafka_position() {
     let dir = test_dir();

@@ -182,14 +182,28 @@ level = "info"
         records.len() as u64
     }
 
-    /// The offsets the group has committed, summed over the input partitions.
-    pub fn committed(&self) -> i64 {
-        let c: BaseConsumer = ClientConfig::new()
+    /// A consumer of the service's group that never joins it: to read and set the group's offsets.
+    fn group_client(&self) -> BaseConsumer {
+        ClientConfig::new()
             .set("bootstrap.servers", bootstrap())
             .set("group.id", &self.prefix)
             .set("enable.auto.commit", "false")
             .create()
-            .expect("consumer");
+            .expect("consumer")
+    }
+
+    /// Commits `offset` for the group on input partition `partition`, as the group's offset tools do while no
+    /// member runs (to skip input on purpose).
+    pub fn commit_offset(&self, partition: i32, offset: i64) {
+        let c = self.group_client();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic("input"), partition, Offset::Offset(offset)).expect("tpl");
+        c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).expect("offset committed");
+    }
+
+    /// The offsets the group has committed, summed over the input partitions.
+    pub fn committed(&self) -> i64 {
+        let c = self.group_client();
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.partitions {
             tpl.add_partition(&self.topic("input"), p as i32);

@@ -39,6 +39,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use task::{InRecord, PartitionTask, Processed, TaskConfig};
 
+/// How long a restored partition may take to catch up with the group's committed offsets.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
 /// How often the definitions topic is read for new publications.
 const DEFINITIONS_POLL: Duration = Duration::from_secs(1);
 
@@ -149,6 +152,7 @@ impl Service<'_> {
                         if !self.tasks.contains_key(&p) {
                             let t = self.restore(p)?;
                             self.tasks.insert(p, t);
+                            self.catch_up_with_offsets(p)?;
                         }
                     }
                     self.admin.set_ready(true);
@@ -158,6 +162,60 @@ impl Service<'_> {
         }
         metrics::gauge!(telemetry::PARTITIONS_OWNED).set(self.tasks.len() as f64);
         Ok(())
+    }
+
+    /// Holds a restored partition to the group's committed offsets. The same transactions wrote both, so after
+    /// a complete restore they agree. A changelog read that ended before the last commit's records could be
+    /// read (its markers not yet written) leaves the task behind the offsets, and processing on from the
+    /// offsets would apply later records to an older state: the changelog is then read again, for up to
+    /// [`CATCH_UP_WAIT`]. Past that the offsets win, with a warning: someone moved them on purpose (skipping
+    /// input with the group's offset tools). Offsets behind the task (a fetch answered before the markers)
+    /// are harmless: the task skips records it has applied.
+    fn catch_up_with_offsets(&mut self, p: i32) -> Result<(), EngineError> {
+        let started = Instant::now();
+        loop {
+            let Some(task) = self.tasks.get(&p) else { return Ok(()) };
+            let ours: Vec<(String, i64)> =
+                self.positions(task.progress.next()).into_iter().map(|(t, n)| (t.to_owned(), n)).collect();
+            let mut tpl = TopicPartitionList::new();
+            for (topic, _) in &ours {
+                tpl.add_partition(topic, p);
+            }
+            let committed = self
+                .consumer
+                .committed_offsets(tpl, REQUEST_TIMEOUT)
+                .map_err(|e| kafka_error("reading the group's committed offsets", e))?;
+            let behind: Vec<(String, i64, i64)> = ours
+                .into_iter()
+                .filter_map(|(topic, next)| match committed.find_partition(&topic, p)?.offset() {
+                    Offset::Offset(c) if c > next => Some((topic, next, c)),
+                    _ => None,
+                })
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() > CATCH_UP_WAIT {
+                tracing::warn!(
+                    partition = p,
+                    ?behind,
+                    "The restored state stays behind the group's committed offsets (topic, restored, committed): \
+                     going on from the offsets; the records between are not processed."
+                );
+                return Ok(());
+            }
+            tracing::info!(
+                partition = p,
+                ?behind,
+                "The restored state is behind the group's committed offsets: reading the changelog again."
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            // The store closes (task and admin let go of it) before the restore opens it again.
+            self.tasks.remove(&p);
+            self.admin.remove_store(p);
+            let t = self.restore(p)?;
+            self.tasks.insert(p, t);
+        }
     }
 
     /// Runs the publications of the definitions topic that a task has not applied yet, each in a

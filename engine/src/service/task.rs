@@ -340,7 +340,19 @@ impl PartitionTask {
     pub(crate) fn process(&mut self, defs: &Definitions, records: &[InRecord]) -> Result<Processed, EngineError> {
         let _span = tracing::debug_span!("batch", partition = self.partition, records = records.len()).entered();
         let mut b = self.batch();
+        let mut applied_before = 0u64;
         for rec in records {
+            // A record below the task's position was applied already: the consumer started from offsets
+            // older than the restored state (see `Service::catch_up_with_offsets`).
+            let next = match rec.source {
+                Source::Input => b.out.next.input,
+                Source::Persons => b.out.next.persons,
+                Source::Accounts => b.out.next.accounts,
+            };
+            if rec.offset < next {
+                applied_before += 1;
+                continue;
+            }
             b.out.read.push(rec.read_at);
             let raw = rec.payload.as_deref().unwrap_or_default();
             match rec.source {
@@ -358,6 +370,13 @@ impl PartitionTask {
                     self.account_message(defs, raw, rec.offset, &mut b)?;
                 }
             }
+        }
+        if applied_before > 0 {
+            tracing::warn!(
+                partition = self.partition,
+                records = applied_before,
+                "Skipped records the partition's state has applied already."
+            );
         }
         Ok(self.finish(b))
     }
