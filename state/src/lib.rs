@@ -537,7 +537,12 @@ impl Store {
         let mut cf_opts = Options::default();
         cf_opts.set_block_based_table_factory(&table);
         cf_opts.set_write_buffer_size(options.write_buffer_bytes);
-        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // An ephemeral store's files live as long as the run: compressing them would only cost CPU.
+        cf_opts.set_compression_type(if options.ephemeral {
+            rocksdb::DBCompressionType::None
+        } else {
+            rocksdb::DBCompressionType::Lz4
+        });
         let mut db_opts = cf_opts.clone();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
