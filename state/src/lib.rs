@@ -112,6 +112,11 @@ pub struct StoreOptions {
     /// Nothing will open the store again (a replay's temporary state): commits skip the write-ahead log and
     /// closing does not flush the memtables, since no crash or restart can ever read them back.
     pub ephemeral: bool,
+    /// Commits go through RocksDB's write-ahead log. Without it (a replay's state: its output files are cut
+    /// back to whatever commit the store reopens at), a crash loses the commits since the last memtable
+    /// flush, and every column family flushes together (`atomic_flush`), so the store always reopens at the
+    /// end of some commit. Closing the store flushes.
+    pub log_commits: bool,
 }
 
 impl Default for StoreOptions {
@@ -123,6 +128,7 @@ impl Default for StoreOptions {
             sync_commits: false,
             dedup_ids: 1_250_000,
             ephemeral: false,
+            log_commits: true,
         }
     }
 }
@@ -548,6 +554,9 @@ impl Store {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_db_write_buffer_size(options.write_buffer_total_bytes);
+        let logged = options.log_commits && !options.ephemeral;
+        // Without the log, a flush must take every column family at the same commit.
+        db_opts.set_atomic_flush(!logged);
         if options.ephemeral {
             // Without the log, closing would flush every memtable to files about to be deleted. rust-rocksdb's
             // `Options` has no setter for this one; the options string does it. (The copy it returns does not
@@ -573,9 +582,9 @@ impl Store {
             .map(|n| ColumnFamilyDescriptor::new(*n, if *n == "dedup" { dedup_opts.clone() } else { cf_opts.clone() }));
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
         let mut write_opts = WriteOptions::default();
-        // RocksDB refuses a synced write without the log; an ephemeral store has nothing to sync for.
-        write_opts.set_sync(options.sync_commits && !options.ephemeral);
-        write_opts.disable_wal(options.ephemeral);
+        // RocksDB refuses a synced write without the log.
+        write_opts.set_sync(options.sync_commits && logged);
+        write_opts.disable_wal(!logged);
         Ok(Store { db, cache, write_opts, poisoned: AtomicBool::new(false) })
     }
 

@@ -38,6 +38,22 @@ fn an_ephemeral_store_leaves_nothing_behind_when_it_closes() {
     assert!(store.load_account("t", "a").expect("reads").is_none());
 }
 
+/// Without the log, commits live in the memtables until a flush; closing the store flushes them all.
+#[test]
+fn a_store_without_the_log_keeps_its_commits_through_a_clean_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store =
+            Store::open(dir.path(), &StoreOptions { log_commits: false, ..Default::default() }).expect("store opens");
+        let mut d = Delta::default();
+        d.put_account("t", "a", &AccountRecord { exists: true, version: 1, ..AccountRecord::default() });
+        store.commit(&d, &Checkpoint { epoch: 3, ..Checkpoint::default() }).expect("commits");
+    }
+    let store = open(dir.path());
+    assert_eq!(store.checkpoint().expect("reads").map(|c| c.epoch), Some(3));
+    assert!(store.load_account("t", "a").expect("reads").is_some());
+}
+
 #[test]
 fn commit_is_durable_across_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");

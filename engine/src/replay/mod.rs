@@ -199,9 +199,12 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     // The de-duplication column family keeps at most the window and the epoch being committed.
     let dedup_ids = (opts.dedup_window as u64).saturating_add(opts.commit_records);
     // A temporary state is never opened again, not even after a crash: what only a restart would read (the
-    // write-ahead log, the stored epochs of the de-duplication window) is not written.
+    // write-ahead log, the stored epochs of the de-duplication window) is not written. A kept state logs its
+    // commits only with --sync: without the log a crash goes back to the last memtable flush, which the
+    // output files follow (they are cut back to the checkpoint the store reopens with).
     let ephemeral = opts.state.is_none();
-    let store = Arc::new(Store::open(&state_dir, &StoreOptions { dedup_ids, ephemeral, ..opts.store.clone() })?);
+    let options = StoreOptions { dedup_ids, ephemeral, log_commits: opts.sync, ..opts.store.clone() };
+    let store = Arc::new(Store::open(&state_dir, &options)?);
     let checkpoint = store.checkpoint()?;
     let fresh = checkpoint.is_none();
     let checkpoint = checkpoint.unwrap_or_default();
