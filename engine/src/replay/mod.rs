@@ -249,7 +249,6 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     // The de-duplication window and the timers, as committed.
     let (dedup, dedup_log) =
         crate::dedup::restore(&store, opts.dedup_window, opts.dedup_max_age_ns, checkpoint.max_ts)?;
-    let dedup_log = if ephemeral { crate::dedup::EpochLog::default() } else { dedup_log };
     let mut timers: Vec<Vec<caravan_state::StoredTimer>> = (0..workers).map(|_| Vec::new()).collect();
     for t in store.timers()? {
         timers[keys::worker_of(keys::account_key(&t.tenant, &t.account_id), workers)].push(t);

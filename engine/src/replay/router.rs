@@ -66,6 +66,13 @@ struct Epoch {
     unsealed: bool,
 }
 
+impl Epoch {
+    /// An epoch starting now, after `records_start` input records.
+    fn starting(records_start: u64) -> Epoch {
+        Epoch { started: Instant::now(), records_start, writes: 0, unsealed: false }
+    }
+}
+
 /// Settings of the router.
 pub(crate) struct RouterConfig {
     pub(crate) workers: usize,
@@ -146,7 +153,7 @@ impl<'s> Router<'s> {
             steps: Vec::new(),
             extras: Vec::new(),
             part: empty_part(1, start.0, start.1, max_ts, Instant::now()),
-            epoch: Epoch { started: Instant::now(), records_start: start.0, writes: 0, unsealed: false },
+            epoch: Epoch::starting(start.0),
         }
     }
 
@@ -398,7 +405,7 @@ impl<'s> Router<'s> {
         part.delta = delta;
         part.seal = seal;
         self.epoch = match seal {
-            true => Epoch { started: Instant::now(), records_start: part.records_end, writes: 0, unsealed: false },
+            true => Epoch::starting(part.records_end),
             false => Epoch { unsealed: true, ..self.epoch },
         };
         let shared = Arc::new(Batch {
