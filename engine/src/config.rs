@@ -56,9 +56,15 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// The consumer group every instance of one deployment shares.
     pub group_id: String,
-    /// This instance's stable name: its transactional id. Must survive restarts (a killed instance comes back
-    /// with the same one, which fences its former self and aborts its open transaction).
+    /// This instance's stable name: its transactional id (unless `transactional_id` is set) and, with static
+    /// membership, its group member id. Must survive restarts (a killed instance comes back with the same one,
+    /// which fences its former self and aborts its open transaction).
     pub instance_id: String,
+    /// The producer's transactional id, when it must differ from `instance_id`. A process fences the former
+    /// one only if their ids are the same; with another id the former's open transaction is aborted by whoever
+    /// initializes its id, or by the broker's transaction timeout. (The crash tests give every incarnation of a
+    /// killed instance an id of its own and fence the former one themselves: ARCHITECTURE.md, Kafka mode.)
+    pub transactional_id: Option<String>,
     /// Static group membership (KIP-345, `group.instance.id` = the instance id): a restarted instance takes its
     /// place back at once, without a rebalance, but a stopped one keeps its partitions until its session
     /// times out. Turn it on where instances restart in place (a StatefulSet).
@@ -73,9 +79,17 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             group_id: "caravan".into(),
             instance_id: "caravan-0".into(),
+            transactional_id: None,
             static_membership: false,
             options: BTreeMap::new(),
         }
+    }
+}
+
+impl KafkaConfig {
+    /// The producer's transactional id: `transactional_id`, else the instance id.
+    pub fn transactional_id(&self) -> &str {
+        self.transactional_id.as_deref().unwrap_or(&self.instance_id)
     }
 }
 
@@ -449,6 +463,9 @@ impl Config {
             if value.trim().is_empty() {
                 problems.push(format!("{key} must not be empty"));
             }
+        }
+        if self.kafka.transactional_id.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            problems.push("kafka.transactional_id must not be empty (leave it out to use kafka.instance_id)".into());
         }
         for key in self.kafka.options.keys() {
             if OWNED_KAFKA_OPTIONS.contains(&key.as_str()) {

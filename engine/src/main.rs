@@ -277,6 +277,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = caravan_engine::config::Config::load(config.as_deref())?;
             init_logging(&cfg.log.level, cfg.log.format == caravan_engine::config::LogFormat::Json);
             let json_logs = cfg.log.format == caravan_engine::config::LogFormat::Json;
+            if let Ok(spec) = std::env::var("CARAVAN_FAILPOINTS") {
+                let names = caravan_engine::service::configure_failpoints(&spec)?;
+                tracing::warn!(?names, "Fail points set by CARAVAN_FAILPOINTS: for tests only.");
+            }
             let admin = start_admin(&cfg, cfg.run_admin_listen(), json_logs)?;
             caravan_engine::service::run(&cfg, stop, &admin)?;
             Ok(ExitCode::SUCCESS)

@@ -117,6 +117,20 @@ fn kafka_options_may_not_override_what_the_engine_owns() {
 }
 
 #[test]
+fn the_transactional_id_is_the_instance_id_unless_set_apart() {
+    let c = Config::load_from(None, env(&[("CARAVAN_KAFKA__INSTANCE_ID", "pod-3")])).expect("valid");
+    assert_eq!(c.kafka.transactional_id(), "pod-3");
+    let c = Config::load_from(
+        None,
+        env(&[("CARAVAN_KAFKA__INSTANCE_ID", "pod-3"), ("CARAVAN_KAFKA__TRANSACTIONAL_ID", "pod-3.b")]),
+    )
+    .expect("valid");
+    assert_eq!((c.kafka.instance_id.as_str(), c.kafka.transactional_id()), ("pod-3", "pod-3.b"));
+    let (_dir, path) = write("[kafka]\ntransactional_id = \" \"\n");
+    assert!(error_of(Some(&path), &[]).contains("kafka.transactional_id must not be empty"));
+}
+
+#[test]
 fn tenant_registry_is_one_to_one() {
     let ok = "[[tenants]]\nid = \"acme\"\nsandbox = \"prod\"\nsubscription = \"sub-1\"\n\
               [[tenants]]\nid = \"globex\"\nsandbox = \"prod-2\"\nsubscription = \"sub-2\"\n";

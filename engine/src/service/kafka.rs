@@ -291,14 +291,14 @@ impl ProducerContext for OutputContext {
     }
 }
 
-/// The transactional producer of this instance (its transactional id is the instance id: a restarted instance
-/// fences its former self). A `ThreadedProducer`: its thread serves the delivery reports as they come, and the
+/// The transactional producer of this instance (its transactional id is the instance id unless configured
+/// apart: a restarted instance fences its former self). A `ThreadedProducer`: its thread serves the delivery reports as they come, and the
 /// service waits for them on [`OutputContext::wait_delivered`]. (rust-rdkafka's `BaseProducer::poll` rounds
 /// its timeout down to whole milliseconds and loops until its deadline, so polling for reports on the
 /// service thread either spins or waits out the whole timeout.)
 pub(crate) fn producer(cfg: &Config) -> Result<ThreadedProducer<OutputContext>, EngineError> {
     let mut c = client_config(cfg);
-    c.set("transactional.id", &cfg.kafka.instance_id)
+    c.set("transactional.id", cfg.kafka.transactional_id())
         .set("enable.idempotence", "true")
         .set("linger.ms", cfg.kafka.options.get("linger.ms").map_or("1", String::as_str))
         .set("queue.buffering.max.messages", "1000000");
@@ -312,7 +312,7 @@ pub(crate) fn producer(cfg: &Config) -> Result<ThreadedProducer<OutputContext>, 
         c.create_with_context(ctx).map_err(|e| kafka_error("creating the producer", e))?;
     use rdkafka::producer::Producer;
     p.init_transactions(REQUEST_TIMEOUT).map_err(|e| {
-        kafka_error("initializing transactions (fencing any previous instance with this kafka.instance_id)", e)
+        kafka_error("initializing transactions (fencing any previous instance with this transactional id)", e)
     })?;
     Ok(p)
 }

@@ -42,6 +42,29 @@ use task::{InRecord, PartitionTask, Processed, TaskConfig};
 /// How long a restored partition may take to catch up with the group's committed offsets.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
+/// The fail point inside an input batch's transaction: its outputs and changelog records are produced, its
+/// offsets not yet added (tests set it with `CARAVAN_FAILPOINTS`, e.g. to sleep there and be killed).
+pub const FAIL_BEFORE_OFFSETS: &str = "transaction-before-offsets";
+
+/// Sets fail points from `spec`, the value of `CARAVAN_FAILPOINTS`: `name=actions` entries separated by `;`,
+/// in the `fail` crate's action syntax (`sleep(5000)`, `50%return`, `1*panic`...). For tests: a fail point
+/// changes what the engine does at that point, so production leaves the variable unset.
+///
+/// # Errors
+/// An entry without `=`, or actions the `fail` crate refuses.
+pub fn configure_failpoints(spec: &str) -> Result<Vec<String>, EngineError> {
+    let mut names = Vec::new();
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, actions) = entry
+            .split_once('=')
+            .ok_or_else(|| EngineError::Invalid(format!("CARAVAN_FAILPOINTS: `{entry}` is not name=actions")))?;
+        fail::cfg(name.trim(), actions.trim())
+            .map_err(|e| EngineError::Invalid(format!("CARAVAN_FAILPOINTS: `{entry}`: {e}")))?;
+        names.push(name.trim().to_owned());
+    }
+    Ok(names)
+}
+
 /// How often the definitions topic is read for new publications.
 const DEFINITIONS_POLL: Duration = Duration::from_secs(1);
 
@@ -387,6 +410,8 @@ impl Service<'_> {
         }
         telemetry::record_phase("produce", &mut phase);
         if offsets {
+            // The batch's outputs and changelog records are in the open transaction; its offsets are not.
+            fail::fail_point!(FAIL_BEFORE_OFFSETS);
             let mut tpl = TopicPartitionList::new();
             for (p, processed) in done {
                 for (topic, next) in self.positions(processed.next) {
@@ -687,4 +712,22 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), Eng
     svc.consumer.unsubscribe();
     svc.settle_group();
     Ok(())
+}
+
+#[cfg(test)]
+mod failpoint_tests {
+    use super::configure_failpoints;
+
+    #[test]
+    fn fail_points_are_set_from_the_variable_and_bad_entries_are_refused_with_their_text() {
+        let names = configure_failpoints(" unit-test-a=return ; unit-test-b=50%sleep(1);").expect("valid");
+        assert_eq!(names, ["unit-test-a", "unit-test-b"]);
+        assert!(fail::list().iter().any(|(name, actions)| name == "unit-test-a" && actions == "return"));
+        let e = configure_failpoints("unit-test-c").expect_err("no actions").to_string();
+        assert!(e.contains("`unit-test-c` is not name=actions"), "{e}");
+        let e = configure_failpoints("unit-test-d=sleepy(5)").expect_err("no such action").to_string();
+        assert!(e.contains("`unit-test-d=sleepy(5)`"), "{e}");
+        fail::remove("unit-test-a");
+        fail::remove("unit-test-b");
+    }
 }
