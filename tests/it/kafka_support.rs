@@ -137,6 +137,23 @@ level = "info"
             .expect("caravan run starts")
     }
 
+    /// Fences the producers of a transactional id, as a restart with that id would: the broker aborts its open
+    /// transaction, if any, and refuses the former producer from then on.
+    pub fn fence(&self, transactional_id: &str) {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("transactional.id", transactional_id)
+            .create()
+            .expect("producer");
+        producer.init_transactions(Duration::from_secs(30)).expect("the former producer is fenced");
+    }
+
+    /// Records of a topic that a read_committed consumer does not see: those of aborted transactions, and of
+    /// an open one (with everything after it).
+    pub fn invisible_records(&self, role: &str) -> usize {
+        self.read_all(role, "read_uncommitted").len() - self.read_all(role, "read_committed").len()
+    }
+
     /// Produces the lines of an NDJSON file to the input topic, keyed by the account they name (else the
     /// person, else the opportunity): the platform's partitioning.
     pub fn produce_file(&self, input: &Path) -> u64 {
@@ -234,11 +251,19 @@ level = "info"
 
     /// Reads an output topic whole with a read_committed consumer.
     pub fn read_committed(&self, role: &str) -> Vec<Value> {
+        self.read_all(role, "read_committed")
+            .iter()
+            .map(|payload| serde_json::from_slice(payload).expect("JSON"))
+            .collect()
+    }
+
+    /// The payloads of a topic, every partition from its start, at an isolation level.
+    fn read_all(&self, role: &str, isolation: &str) -> Vec<Vec<u8>> {
         let topic = self.topic(role);
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap())
             .set("group.id", format!("{}.check", self.prefix))
-            .set("isolation.level", "read_committed")
+            .set("isolation.level", isolation)
             .set("enable.partition.eof", "true")
             .set("enable.auto.commit", "false")
             .create()
@@ -252,7 +277,7 @@ level = "info"
             c.assign(&tpl).expect("assign");
             loop {
                 match c.poll(Duration::from_secs(10)) {
-                    Some(Ok(m)) => out.push(serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON")),
+                    Some(Ok(m)) => out.push(m.payload().unwrap_or_default().to_vec()),
                     Some(Err(KafkaError::PartitionEOF(_))) => break,
                     Some(Err(e)) => panic!("reading {topic}: {e}"),
                     None => panic!("reading {topic}/{p}: no end within 10 s"),
