@@ -292,10 +292,10 @@ impl ProducerContext for OutputContext {
 }
 
 /// The transactional producer of this instance (its transactional id is the instance id unless configured
-/// apart: a restarted instance fences its former self). A `ThreadedProducer`: its thread serves the delivery reports as they come, and the
-/// service waits for them on [`OutputContext::wait_delivered`]. (rust-rdkafka's `BaseProducer::poll` rounds
-/// its timeout down to whole milliseconds and loops until its deadline, so polling for reports on the
-/// service thread either spins or waits out the whole timeout.)
+/// apart: a restarted instance fences its former self). A `ThreadedProducer`: its thread serves the delivery
+/// reports as they come, and the service waits for them on [`OutputContext::wait_delivered`].
+/// (rust-rdkafka's `BaseProducer::poll` rounds its timeout down to whole milliseconds and loops until its
+/// deadline, so polling for reports on the service thread either spins or waits out the whole timeout.)
 pub(crate) fn producer(cfg: &Config) -> Result<ThreadedProducer<OutputContext>, EngineError> {
     let mut c = client_config(cfg);
     c.set("transactional.id", cfg.kafka.transactional_id())
