@@ -188,8 +188,9 @@ fn slices_of(lines: &[String], parts: usize) -> Vec<Vec<String>> {
 }
 
 /// Runs `parts.len()` instances in turn, each killed by SIGKILL, while input keeps flowing: each round starts an
-/// instance, trickles its slice in beside it (20 pieces, 100 ms apart, so that the instance is busy, and often
-/// inside a transaction, when it dies), and kills it. Even rounds kill at a random moment (seeded by
+/// instance, trickles its slice in beside it (20 pieces, 100 ms apart, so that the instance is busy when it
+/// dies; seldom inside a transaction, which is a few milliseconds of each commit interval: the held-transaction
+/// test below kills there for certain), and kills it. Even rounds kill at a random moment (seeded by
 /// `CARAVAN_CRASH_SEED`, else at random, printed), start-up included; odd rounds first wait until the
 /// instance has committed some of the input (the group's offsets moved), then kill it a random moment later,
 /// so that kills in the middle of the work happen however slow the machine is.
