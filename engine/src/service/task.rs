@@ -106,6 +106,17 @@ pub(crate) struct Next {
     pub(crate) accounts: i64,
 }
 
+impl Next {
+    /// The next offset of the topic a record came from.
+    fn of(&mut self, source: Source) -> &mut i64 {
+        match source {
+            Source::Input => &mut self.input,
+            Source::Persons => &mut self.persons,
+            Source::Accounts => &mut self.accounts,
+        }
+    }
+}
+
 /// The topic a record of the partition came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -344,31 +355,21 @@ impl PartitionTask {
         for rec in records {
             // A record below the task's position was applied already: the consumer started from offsets
             // older than the restored state (see `Service::catch_up_with_offsets`).
-            let next = match rec.source {
-                Source::Input => b.out.next.input,
-                Source::Persons => b.out.next.persons,
-                Source::Accounts => b.out.next.accounts,
-            };
-            if rec.offset < next {
+            let next = b.out.next.of(rec.source);
+            if rec.offset < *next {
                 applied_before += 1;
                 continue;
             }
+            *next = rec.offset + 1;
             b.out.read.push(rec.read_at);
             let raw = rec.payload.as_deref().unwrap_or_default();
             match rec.source {
                 Source::Input => {
-                    b.out.next.input = rec.offset + 1;
                     let origin = self.origin(rec.offset);
                     self.input_record(defs, raw, &origin, false, &mut b)?;
                 }
-                Source::Persons => {
-                    b.out.next.persons = rec.offset + 1;
-                    self.stage_message(raw, rec.offset, &mut b)?;
-                }
-                Source::Accounts => {
-                    b.out.next.accounts = rec.offset + 1;
-                    self.account_message(defs, raw, rec.offset, &mut b)?;
-                }
+                Source::Persons => self.stage_message(raw, rec.offset, &mut b)?,
+                Source::Accounts => self.account_message(defs, raw, rec.offset, &mut b)?,
             }
         }
         if applied_before > 0 {
