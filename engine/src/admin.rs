@@ -406,10 +406,8 @@ async fn account(
 /// The latest event time a store has committed (the `now` of derived values such as buying group
 /// engagement): a replay's checkpoint, or a Kafka partition's progress.
 fn committed_time(store: &Store) -> Result<Timestamp, EngineError> {
-    if let Some(ts) = store.checkpoint()?.and_then(|c| c.max_ts) {
-        return Ok(Timestamp(ts));
-    }
-    Ok(Timestamp(crate::service::committed_max_ts(store)?.unwrap_or(0)))
+    let position = crate::core::position::Position::read(store)?;
+    Ok(Timestamp(position.and_then(|p| p.max_ts()).unwrap_or(0)))
 }
 
 /// One account as committed in `store`: attributes, people, opportunities, journey positions, buying

@@ -4,6 +4,8 @@
 //! It is not: journey logic (`caravan-operators`), record formats (`caravan-schemas`) or the storage layout
 //! (`caravan-state`). It wires them together and owns every thread, file and clock.
 //!
+//! - `core`: the partition core both modes drive: decoding, de-duplication, routing, the account step and
+//!   timers, caches, the publication passes.
 //! - [`replay`]: the embedded mode, NDJSON in and out, exactly once across crashes.
 //! - [`definitions`]: loading and validating definition files.
 //! - [`service`]: Kafka mode, exactly once through transactions.
@@ -25,13 +27,11 @@
 
 pub mod admin;
 pub mod config;
-mod dedup;
+mod core;
 pub mod definitions;
 mod error;
-mod outputs;
 mod prefetch;
 pub mod replay;
-mod routing;
 pub mod service;
 pub mod telemetry;
 

@@ -265,6 +265,65 @@ pub struct ParkedRecord {
     pub needs_account: bool,
 }
 
+/// A person's or an opportunity's record as it travels from one account to another (Kafka mode: from the
+/// partition that held it to the one that claims it, so its versions, attributes, lists and history go on).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CarriedRecord {
+    /// A person (alive, or its tombstone).
+    Person(PersonRecord),
+    /// An opportunity (alive, or its tombstone).
+    Opportunity(OpportunityRecord),
+}
+
+/// What a record held at an account is ([`HeldRecord`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum HeldKind {
+    /// An input record (or one the person stage forwarded), applied in its turn.
+    Record,
+    /// An input record that brings a person or an opportunity to the account from wherever it lives: applied
+    /// once the person stage has answered (`answer`: `None` while waiting; then the entity's record and the
+    /// account it came from, if another partition held it).
+    Claim {
+        /// Person or opportunity.
+        entity: crate::output::Entity,
+        /// Its id.
+        id: Id,
+        /// The stage's answer, once it came.
+        answer: Option<Option<(CarriedRecord, Id)>>,
+    },
+    /// The person stage's request to give a person or an opportunity of this account up to the account of
+    /// another partition, done in its turn.
+    Surrender {
+        /// Person or opportunity.
+        entity: crate::output::Entity,
+        /// Its id.
+        id: Id,
+        /// The partition and the account it goes to.
+        to_partition: i32,
+        /// The account it goes to.
+        to_account: Id,
+    },
+}
+
+/// A record waiting at its account for an earlier claim of that account to be answered (Kafka mode; column
+/// family `held`, key tenant | account | sequence): records of an account apply in the order read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldRecord {
+    /// The input record's bytes, as read (empty for a surrender).
+    pub raw: Vec<u8>,
+    /// The partition's time after it when it was read (its watermark, or the clock in processing time): the
+    /// timer pass after it, when its turn comes, fires what was due then, so that the account's timers fall
+    /// among its records as they would have without the wait.
+    pub now: i64,
+    /// The person or opportunity it is about, as the engine's index keys it (a hash of tenant, entity and
+    /// id), if it is about one: a surrender of that entity waits until it has applied.
+    pub about: Option<u128>,
+    /// Where it was read.
+    pub origin: KafkaPosition,
+    /// What it is.
+    pub kind: HeldKind,
+}
+
 /// One opportunity, stored under its account (column family `opportunities`, key tenant | account | id).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OpportunityRecord {

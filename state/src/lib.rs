@@ -24,6 +24,7 @@
 //! | `dedup` | epoch (u64 big-endian) | the applied event-id hashes of that epoch |
 //! | `routes` | tenant `\0` entity `\0` id | [`RouteRecord`] (Kafka mode's person stage) |
 //! | `parked` | tenant `\0` entity `\0` id `\0` sequence (u64 big-endian) | [`ParkedRecord`] (the same) |
+//! | `held` | tenant `\0` account `\0` sequence (u64 big-endian) | [`HeldRecord`] (the same: records held at an account while it waits for a claim) |
 //! | `meta` | `checkpoint` | [`Checkpoint`] (replay) |
 //! | `meta` | `local.changelog_next` | the changelog offset the store reflects (Kafka mode; local only) |
 //! | `meta` | other names | engine values ([`Delta::put_meta`]), e.g. a Kafka partition's progress |
@@ -47,8 +48,8 @@
 
 use caravan_schemas::output::Entity;
 use caravan_schemas::state::{
-    self as codec, AccountRecord, CodecError, IndexRecord, OpportunityRecord, ParkedRecord, PersonRecord, RouteRecord,
-    TimerRecord,
+    self as codec, AccountRecord, CodecError, HeldRecord, IndexRecord, OpportunityRecord, ParkedRecord, PersonRecord,
+    RouteRecord, TimerRecord,
 };
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
@@ -81,7 +82,7 @@ pub enum StateError {
 pub type Result<T> = std::result::Result<T, StateError>;
 
 /// The column families, in the order they are opened.
-pub const COLUMN_FAMILIES: [&str; 11] = [
+pub const COLUMN_FAMILIES: [&str; 12] = [
     "accounts",
     "persons",
     "person_index",
@@ -93,6 +94,7 @@ pub const COLUMN_FAMILIES: [&str; 11] = [
     "definitions",
     "routes",
     "parked",
+    "held",
 ];
 
 /// Tuning of the RocksDB instance.
@@ -235,6 +237,7 @@ const OPPORTUNITIES: usize = 6;
 const OPPORTUNITY_INDEX: usize = 7;
 const ROUTES: usize = 9;
 const PARKED: usize = 10;
+const HELD: usize = 11;
 
 /// tenant `\0` entity `\0` id: a route (the entity as change events name it).
 fn route_key(tenant: &str, entity: Entity, id: &str) -> Vec<u8> {
@@ -243,6 +246,13 @@ fn route_key(tenant: &str, entity: Entity, id: &str) -> Vec<u8> {
 
 fn parked_key(tenant: &str, entity: Entity, id: &str, seq: u64) -> Vec<u8> {
     let mut k = route_key(tenant, entity, id);
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn held_key(tenant: &str, account: &str, seq: u64) -> Vec<u8> {
+    let mut k = key2(tenant, account);
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
     k
@@ -364,6 +374,16 @@ impl Delta {
     /// Removes a parked record (released to its account, or ended).
     pub fn delete_parked(&mut self, tenant: &str, entity: Entity, id: &str, seq: u64) {
         self.delete(PARKED, parked_key(tenant, entity, id, seq));
+    }
+
+    /// Holds a record at its account (`seq` orders an account's held records).
+    pub fn put_held(&mut self, tenant: &str, account: &str, seq: u64, rec: &HeldRecord) {
+        self.put(HELD, held_key(tenant, account, seq), codec::encode(rec));
+    }
+
+    /// Removes a held record (applied).
+    pub fn delete_held(&mut self, tenant: &str, account: &str, seq: u64) {
+        self.delete(HELD, held_key(tenant, account, seq));
     }
 
     /// Records a published definition version (its document as JSON text).
@@ -513,6 +533,19 @@ pub struct StoredParked {
     pub record: ParkedRecord,
 }
 
+/// A held record as stored, with its key's parts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredHeld {
+    /// Its tenant.
+    pub tenant: String,
+    /// The account it waits at.
+    pub account: String,
+    /// Its order among the account's held records.
+    pub seq: u64,
+    /// The record.
+    pub record: HeldRecord,
+}
+
 /// The RocksDB state store.
 pub struct Store {
     db: DB,
@@ -523,6 +556,24 @@ pub struct Store {
 
 fn escape(key: &[u8]) -> String {
     String::from_utf8_lossy(key).replace('\0', "|")
+}
+
+fn bad_key(key: &[u8], what: &str) -> StateError {
+    StateError::Codec { key: escape(key), source: CodecError::Corrupt(format!("bad {what} key")) }
+}
+
+/// The text parts and the trailing sequence number (u64 big-endian) of a key `part \0 ... part \0 seq`.
+fn sequenced_key<const N: usize>(key: &[u8], what: &str) -> Result<([String; N], u64)> {
+    let corrupt = || bad_key(key, what);
+    let (head, seq) = key.split_at(key.len().checked_sub(8).ok_or_else(corrupt)?);
+    let head = head.strip_suffix(&[0]).ok_or_else(corrupt)?;
+    let mut parts = head.splitn(N, |b| *b == 0);
+    let mut texts: [String; N] = std::array::from_fn(|_| String::new());
+    for text in &mut texts {
+        let part = parts.next().ok_or_else(corrupt)?;
+        *text = String::from_utf8(part.to_vec()).map_err(|_| corrupt())?;
+    }
+    Ok((texts, u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?)))
 }
 
 fn decode_at<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
@@ -859,25 +910,29 @@ impl Store {
         for item in self.db.iterator_cf(self.cf(PARKED), IteratorMode::Start) {
             let (k, v) = item?;
             let record: ParkedRecord = decode_at(&k, &v)?;
-            let corrupt =
-                || StateError::Codec { key: escape(&k), source: CodecError::Corrupt("bad parked key".into()) };
-            let (head, seq) = k.split_at(k.len().checked_sub(8).ok_or_else(corrupt)?);
-            let head = head.strip_suffix(&[0]).ok_or_else(corrupt)?;
-            let mut parts = head.splitn(3, |b| *b == 0);
-            let text = |b: Option<&[u8]>| b.and_then(|b| String::from_utf8(b.to_vec()).ok()).ok_or_else(corrupt);
-            let tenant = text(parts.next())?;
-            let entity = match parts.next() {
-                Some(b"person") => Entity::Person,
-                Some(b"opportunity") => Entity::Opportunity,
-                _ => return Err(corrupt()),
+            let ([tenant, entity, id], seq) = sequenced_key(&k, "parked")?;
+            let entity = match entity.as_str() {
+                "person" => Entity::Person,
+                "opportunity" => Entity::Opportunity,
+                _ => return Err(bad_key(&k, "parked")),
             };
-            out.push(StoredParked {
-                tenant,
-                entity,
-                id: text(parts.next())?,
-                seq: u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?),
-                record,
-            });
+            out.push(StoredParked { tenant, entity, id, seq, record });
+        }
+        Ok(out)
+    }
+
+    /// Every held record, in key order (tenant, account, sequence).
+    ///
+    /// # Errors
+    /// On a read failure or a corrupt value.
+    pub fn held(&self) -> Result<Vec<StoredHeld>> {
+        self.check()?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(HELD), IteratorMode::Start) {
+            let (k, v) = item?;
+            let record: HeldRecord = decode_at(&k, &v)?;
+            let ([tenant, account], seq) = sequenced_key(&k, "held")?;
+            out.push(StoredHeld { tenant, account, seq, record });
         }
         Ok(out)
     }

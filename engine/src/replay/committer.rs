@@ -17,7 +17,7 @@
 
 use super::messages::{CommitMsg, RouterPart, WorkerPart};
 use crate::EngineError;
-use crate::dedup::EpochLog;
+use crate::core::dedup::EpochLog;
 use crate::telemetry::{self, Tally};
 use caravan_state::{Checkpoint, Delta, Store};
 use crossbeam_channel::Receiver;

@@ -3,7 +3,8 @@
 //! Batches, not records, cross threads. Every batch has a number; the committer needs one part from the
 //! router and one from every worker for each batch number before the batch can commit.
 
-use super::reader::{Parsed, SharedLines};
+use super::reader::SharedLines;
+use crate::core::decode::Parsed;
 use crate::telemetry::Tally;
 use caravan_operators::account::Moved;
 use caravan_schemas::Id;
@@ -26,7 +27,7 @@ pub(crate) struct Step {
     pub(crate) watermark: i64,
     /// Input sequence number: the record's 1-based line.
     pub(crate) seq: u64,
-    /// [`super::keys::account_key`] of the account it is applied to (0 when it goes nowhere): the
+    /// [`crate::core::keys::account_key`] of the account it is applied to (0 when it goes nowhere): the
     /// worker's cache is keyed by it, so that no thread hashes an account id twice.
     pub(crate) account_key: u64,
     /// Index in [`Batch::extras`], or [`Step::NO_EXTRA`].
@@ -92,7 +93,7 @@ pub(crate) enum WorkerMsg {
         entity: Entity,
         tenant: Id,
         account_id: Id,
-        /// [`super::keys::account_key`] of `account_id`.
+        /// [`crate::core::keys::account_key`] of `account_id`.
         account_key: u64,
         id: Id,
         reply: crossbeam_channel::Sender<Result<Option<Moved>, String>>,

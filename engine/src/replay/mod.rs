@@ -8,14 +8,14 @@
 //! ```
 //!
 //! Outputs never depend on the number of decoders or workers: the router alone decides order, routing and
-//! the watermark; the committer alone decides the order of outputs. It is not the Kafka service: that mode
-//! shares the operators and the state layout, not this pipeline.
+//! the watermark; the committer alone decides the order of outputs. The record side of each step (decode,
+//! de-duplicate, route) and its account side (apply, timers) are the partition core's ([`crate::core`]),
+//! which the Kafka service drives too; this module holds only the replay's threads, files and commit.
 
 mod committer;
-pub(crate) mod keys;
 mod messages;
-pub(crate) mod publish;
-pub(crate) mod reader;
+mod publish;
+mod reader;
 mod router;
 mod worker;
 
@@ -30,7 +30,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 pub use publish::{stop, stored_definitions};
-pub(crate) use worker::{Queued, take_timers, timer_cause_id, write_dirty};
 
 /// Everything a replay needs to know.
 #[derive(Clone, Debug)]
@@ -147,24 +146,6 @@ impl Summary {
     }
 }
 
-/// Drops up to `excess` entries of a cache whose last change (`dirty_batch`) has committed: a dropped entry
-/// is reloaded from RocksDB, which must already hold it. Decrements `excess` by what it dropped.
-pub(crate) fn drop_committed<K, V>(
-    map: &mut rustc_hash::FxHashMap<K, V>,
-    excess: &mut usize,
-    committed: u64,
-    dirty_batch: impl Fn(&V) -> u64,
-) {
-    map.retain(|_, v| {
-        if *excess > 0 && dirty_batch(v) <= committed {
-            *excess -= 1;
-            false
-        } else {
-            true
-        }
-    });
-}
-
 fn first_error(errors: Vec<EngineError>) -> Option<EngineError> {
     // A thread that stopped because another one failed reports `Stopped`; report the cause.
     let mut stopped = None;
@@ -248,10 +229,10 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
 
     // The de-duplication window and the timers, as committed.
     let (dedup, dedup_log) =
-        crate::dedup::restore(&store, opts.dedup_window, opts.dedup_max_age_ns, checkpoint.max_ts)?;
+        crate::core::dedup::restore(&store, opts.dedup_window, opts.dedup_max_age_ns, checkpoint.max_ts)?;
     let mut timers: Vec<Vec<caravan_state::StoredTimer>> = (0..workers).map(|_| Vec::new()).collect();
     for t in store.timers()? {
-        timers[keys::worker_of(keys::account_key(&t.tenant, &t.account_id), workers)].push(t);
+        timers[crate::core::keys::worker_of(crate::core::keys::account_key(&t.tenant, &t.account_id), workers)].push(t);
     }
 
     let progress = if opts.progress {
@@ -313,7 +294,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         };
         let (returns, returned) = reader::LineReturns::new(decoders);
         let mut decoder_handles = Vec::new();
-        let rules = reader::EdgeRules {
+        let rules = crate::core::decode::EdgeRules {
             limits: opts.limits.clone(),
             tenants: Arc::new(opts.tenants.clone()),
             xdm_tenant: opts.xdm_tenant.as_deref().map(caravan_schemas::Id::from),
@@ -369,7 +350,6 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
                 records: opts.commit_records,
                 state_bytes: opts.commit_state_bytes,
             },
-            allowed_disorder_ns: opts.allowed_disorder_ns,
             index_capacity: opts.cache_persons.max(16),
             store_ids: !ephemeral,
             source_name,
@@ -378,9 +358,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         let router = router::Router::new(
             router_cfg,
             store,
-            fresh,
-            dedup,
-            max_ts,
+            crate::core::admit::Admission::new(dedup, fresh, max_ts, opts.allowed_disorder_ns),
             (start_record, start_bytes),
             worker_txs,
             commit_tx,

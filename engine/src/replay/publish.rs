@@ -16,15 +16,14 @@
 
 use super::committer::OUTPUT_FILES;
 use crate::EngineError;
-use crate::outputs::{self, OutKind, OutRecord};
-use crate::telemetry::{self, Tally};
-use caravan_operators::account::{
-    AccountState, Cause, Definitions, Effects, enter_on_publish, reassess_groups, stop_journey,
-};
+use crate::core::outputs::OutKind;
+use crate::core::publish::{Pass, entry_pass, stop_pass, template_pass};
+use crate::telemetry;
+use caravan_operators::account::Definitions;
 use caravan_operators::buying_group::Template;
 use caravan_operators::journey::Journey;
 use caravan_schemas::time::Timestamp;
-use caravan_state::{Checkpoint, Delta, Store, StoredAccount};
+use caravan_state::{Checkpoint, Store};
 use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
@@ -99,126 +98,36 @@ pub fn stored_definitions(store: &Store) -> Result<Definitions, EngineError> {
     Ok(reconcile(store, &Definitions::default())?.defs)
 }
 
-/// Outputs and state of a pass over accounts, before they commit.
-#[derive(Default)]
-pub(crate) struct Pass {
-    pub(crate) delta: Delta,
-    pub(crate) outputs: Vec<OutRecord>,
-    /// Actions and changes emitted.
-    pub(crate) tally: Tally,
-}
-
-impl Pass {
-    /// Takes one account's effects: outputs serialized, timers and changed records into the delta.
-    fn take(&mut self, acct: &mut AccountState, out: &mut Effects) {
-        let (tenant, account) = (acct.tenant.to_string(), acct.account_id.to_string());
-        outputs::take(out, &mut self.outputs, &mut self.tally);
-        super::worker::take_timers(out, &mut self.delta, &tenant, &account, |_| {});
-        super::worker::write_dirty(&mut self.delta, &tenant, &account, acct);
-    }
-
-    /// Appends the outputs to the files and commits the delta with the checkpoint that counts them.
-    fn commit(self, store: &Store, files: &mut [File; 3], checkpoint: &Checkpoint) -> Result<Checkpoint, EngineError> {
-        let started = std::time::Instant::now();
-        let mut next = checkpoint.clone();
-        next.epoch += 1;
-        for (i, kind) in [(0, OutKind::Action), (1, OutKind::Change)] {
-            let mut bytes = Vec::new();
-            for o in self.outputs.iter().filter(|o| o.kind == kind) {
-                bytes.extend_from_slice(&o.json);
-                bytes.push(b'\n');
-            }
-            if bytes.is_empty() {
-                continue;
-            }
-            let name = OUTPUT_FILES[i];
-            files[i].write_all(&bytes).map_err(|e| EngineError::io(format!("appending to {name}"), e))?;
-            files[i].sync_data().map_err(|e| EngineError::io(format!("syncing {name}"), e))?;
-            next.output_lengths[i] += bytes.len() as u64;
-        }
-        for (total, n) in next.totals.iter_mut().zip(self.tally.totals) {
-            *total += n;
-        }
-        store.commit(&self.delta, &next)?;
-        telemetry::record_commit(&self.tally, self.delta.len(), started.elapsed(), None);
-        Ok(next)
-    }
-}
-
-fn load(store: &Store, tenant: &str, account: &str) -> Result<AccountState, EngineError> {
-    Ok(match store.load_account(tenant, account)? {
-        Some(StoredAccount { record, persons, opportunities }) => {
-            AccountState::from_records(tenant, account, record, persons, opportunities)
-        }
-        None => AccountState::new(tenant, account),
-    })
-}
-
-/// A new template: every account of its tenant with people gets its group (stage changes reach the journeys
-/// already running). `seq` and `ts` place the publication after an input record.
-pub(crate) fn template_pass(
+/// Appends a pass's outputs to the files and commits its delta with the checkpoint that counts them.
+fn commit_pass(
+    pass: Pass,
     store: &Store,
-    defs: &Definitions,
-    template: &Template,
-    (seq, ts): (u64, Timestamp),
-    pass: &mut Pass,
-) -> Result<(), EngineError> {
-    let mut out = Effects::default();
-    let cause_id = format!("publish:{}:{}", template.id, template.version);
-    let cause = Cause::control(seq, ts, &cause_id);
-    for account in store.accounts_with_people(&template.tenant)? {
-        let mut acct = load(store, &template.tenant, &account)?;
-        reassess_groups(defs, &mut acct, &cause, &mut out);
-        pass.take(&mut acct, &mut out);
-    }
-    Ok(())
-}
-
-/// A new journey version: when it is its tenant's newest, the accounts already in its audience enter it.
-/// Returns how many entered.
-pub(crate) fn entry_pass(
-    store: &Store,
-    defs: &Definitions,
-    journey: &Arc<Journey>,
-    (seq, ts): (u64, Timestamp),
-    pass: &mut Pass,
-) -> Result<u64, EngineError> {
-    let newest = defs.newest_for_tenant(&journey.tenant).any(|j| Arc::ptr_eq(j, journey));
-    if !newest {
-        return Ok(0);
-    }
-    let mut out = Effects::default();
-    let cause_id = format!("publish:{}:{}", journey.id, journey.version);
-    let cause = Cause::control(seq, ts, &cause_id);
-    let mut entered = 0u64;
-    for (account, record) in store.accounts_of(&journey.tenant)? {
-        if !record.audiences.iter().any(|a| *a == journey.audience) {
+    files: &mut [File; 3],
+    checkpoint: &Checkpoint,
+) -> Result<Checkpoint, EngineError> {
+    let started = std::time::Instant::now();
+    let mut next = checkpoint.clone();
+    next.epoch += 1;
+    for (i, kind) in [(0, OutKind::Action), (1, OutKind::Change)] {
+        let mut bytes = Vec::new();
+        for o in pass.outputs.iter().filter(|o| o.kind == kind) {
+            bytes.extend_from_slice(&o.json);
+            bytes.push(b'\n');
+        }
+        if bytes.is_empty() {
             continue;
         }
-        let mut acct = load(store, &journey.tenant, &account)?;
-        if enter_on_publish(defs, &mut acct, journey, &cause, &mut out) {
-            entered += 1;
-        }
-        pass.take(&mut acct, &mut out);
+        let name = OUTPUT_FILES[i];
+        files[i].write_all(&bytes).map_err(|e| EngineError::io(format!("appending to {name}"), e))?;
+        files[i].sync_data().map_err(|e| EngineError::io(format!("syncing {name}"), e))?;
+        next.output_lengths[i] += bytes.len() as u64;
     }
-    tracing::info!(journey = %journey.id, version = journey.version, tenant = %journey.tenant, entered,
-        "Published: accounts already in the audience entered.");
-    Ok(entered)
-}
-
-/// A stop: every instance of the journey in the store ends silently and its timers go. Returns how many ended.
-pub(crate) fn stop_pass(store: &Store, tenant: &str, journey_id: &str, pass: &mut Pass) -> Result<u64, EngineError> {
-    let mut out = Effects::default();
-    let mut ended = 0u64;
-    for (account, record) in store.accounts_of(tenant)? {
-        if !record.instances.iter().any(|i| i.journey_id == journey_id) {
-            continue;
-        }
-        let mut acct = load(store, tenant, &account)?;
-        ended += stop_journey(&mut acct, journey_id, &mut out) as u64;
-        pass.take(&mut acct, &mut out);
+    for (total, n) in next.totals.iter_mut().zip(pass.tally.totals) {
+        *total += n;
     }
-    Ok(ended)
+    store.commit(&pass.delta, &next)?;
+    telemetry::record_commit(&pass.tally, pass.delta.len(), started.elapsed(), None);
+    Ok(next)
 }
 
 /// Publishes the folder's new versions: records them, and enters the accounts already in the audience of each
@@ -244,7 +153,7 @@ pub(crate) fn publish_new(
         pass.delta.put_definition(&journey.tenant, &journey.id, journey.version, &journey.document.to_string());
         entry_pass(store, defs, journey, at, &mut pass)?;
     }
-    pass.commit(store, files, checkpoint)
+    commit_pass(pass, store, files, checkpoint)
 }
 
 /// Stops a journey in a state folder: ends its instances, deletes their timers, records the stop. Returns how

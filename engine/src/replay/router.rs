@@ -1,26 +1,26 @@
 //! The router: the one sequential stage of a replay. It puts decoded records back in input order, drops
 //! duplicates, routes person events through the person index, keeps the watermark, and cuts batches.
 //!
-//! It owns the person and opportunity indexes (tenant | id -> account) and the de-duplication window, both in memory in
-//! front of RocksDB, and the single watermark of a replay (SPEC §3.2: one stream, one watermark, whatever
-//! the number of workers). It is not a state machine: accounts are the workers' business; a person's or an
-//! opportunity's move from one account to another is the only time the router asks a worker for something
-//! (`Detach`).
+//! It drives the record side of the partition core ([`crate::core::admit`]: the de-duplication window, the
+//! person and opportunity index, and the single watermark of a replay: SPEC §3.2, one stream, one
+//! watermark, whatever the number of workers) and cuts batches and epochs. It is not a state machine:
+//! accounts are the workers' business; a person's or an opportunity's move from one account to another is
+//! the only time the router asks a worker for something (`Detach`).
 
-use super::keys::{self, index_key, worker_of};
 use super::messages::{Batch, CommitMsg, Extra, RouterPart, Step, WorkerMsg};
-use super::reader::{ChunkLines, Decoded, LineReturns, Parsed, ParsedChunk, ParsedLine, SharedLines};
+use super::reader::{ChunkLines, LineReturns, ParsedChunk, ParsedLine, SharedLines};
 use crate::EngineError;
-use crate::dedup::DedupWindow;
+use crate::core::admit::{Admission, Admit};
+use crate::core::decode::{Decoded, Parsed};
+use crate::core::keys::{self, worker_of};
+use crate::core::routing::unknown_person_detail;
 use crate::prefetch;
 use crate::telemetry::Tally;
 use caravan_schemas::Id;
 use caravan_schemas::input::{EventBody, RejectReason};
-use caravan_schemas::output::{Entity, RejectedRecord, SourcePosition};
-use caravan_schemas::state::IndexRecord;
+use caravan_schemas::output::{RejectedRecord, SourcePosition};
 use caravan_state::{Delta, Store};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,12 +30,6 @@ use std::time::{Duration, Instant};
 /// de-duplication window (a random place in tens of megabytes): far enough for the load to arrive before the
 /// insert, near enough that it is still cached then.
 const PREFETCH_AHEAD: usize = 8;
-
-struct IndexSlot {
-    rec: Option<IndexRecord>,
-    /// The batch that last changed it (0: clean since loaded). Not evicted before that batch commits.
-    dirty_batch: u64,
-}
 
 /// The state bytes the router reckons an applied record other than an activity adds to its epoch's writes:
 /// about what a person record, its key and its place in the write take ([`EpochBounds::state_bytes`]).
@@ -75,12 +69,15 @@ impl Epoch {
 
 /// Settings of the router.
 pub(crate) struct RouterConfig {
+    /// Partition workers (an account's worker is its key modulo this).
     pub(crate) workers: usize,
+    /// When an epoch ends.
     pub(crate) epochs: EpochBounds,
-    pub(crate) allowed_disorder_ns: i64,
+    /// Person and opportunity index entries kept in memory.
     pub(crate) index_capacity: usize,
     /// Applied event ids go to the committer, for the window's stored epochs (not with a temporary state).
     pub(crate) store_ids: bool,
+    /// The input's name, as rejected records give it.
     pub(crate) source_name: String,
     /// Where the router's reference to a routed chunk's lines goes back to be freed.
     pub(crate) returns: LineReturns,
@@ -89,14 +86,8 @@ pub(crate) struct RouterConfig {
 pub(crate) struct Router<'s> {
     cfg: RouterConfig,
     store: &'s Store,
-    /// Nothing was stored when the run began and nothing has been evicted since: a cache miss is an absence.
-    complete_cache: bool,
-    /// Person and opportunity index, by [`index_key`].
-    index: FxHashMap<u128, IndexSlot>,
-    /// Index entries changed in the current batch: what to write, and the entry to read it from.
-    dirty: Vec<(Entity, Id, Id, u128)>,
-    dedup: DedupWindow,
-    max_ts: Option<i64>,
+    /// De-duplication, the index and event time.
+    admission: Admission,
     workers: Vec<Sender<WorkerMsg>>,
     commit: Sender<CommitMsg>,
     committed: Arc<AtomicU64>,
@@ -129,9 +120,7 @@ impl<'s> Router<'s> {
     pub(crate) fn new(
         cfg: RouterConfig,
         store: &'s Store,
-        fresh: bool,
-        dedup: DedupWindow,
-        max_ts: Option<i64>,
+        admission: Admission,
         start: (u64, u64),
         workers: Vec<Sender<WorkerMsg>>,
         commit: Sender<CommitMsg>,
@@ -140,11 +129,6 @@ impl<'s> Router<'s> {
         Router {
             cfg,
             store,
-            complete_cache: fresh,
-            index: FxHashMap::default(),
-            dirty: Vec::new(),
-            dedup,
-            max_ts,
             workers,
             commit,
             committed,
@@ -152,7 +136,8 @@ impl<'s> Router<'s> {
             lines: Arc::new(ChunkLines { decoder: 0, lines: Vec::new() }),
             steps: Vec::new(),
             extras: Vec::new(),
-            part: empty_part(1, start.0, start.1, max_ts, Instant::now()),
+            part: empty_part(1, start.0, start.1, admission.max_ts(), Instant::now()),
+            admission,
             epoch: Epoch::starting(start.0),
         }
     }
@@ -199,7 +184,7 @@ impl<'s> Router<'s> {
                         prefetch::lines(far, 4);
                     }
                     if let Some(Parsed::Event(ahead)) = lines.lines.get(ix + PREFETCH_AHEAD).map(|l| &l.parsed) {
-                        self.dedup.prefetch(ahead.dedup);
+                        self.admission.dedup.prefetch(ahead.dedup);
                     }
                     self.route_line(line, ix as u32)?;
                 }
@@ -240,116 +225,55 @@ impl<'s> Router<'s> {
         Ok(())
     }
 
-    /// The index entry of `key` (the [`index_key`] of entity, tenant and id), read from RocksDB on a miss.
-    fn lookup(
-        &mut self,
-        key: u128,
-        entity: Entity,
-        tenant: &str,
-        id: &str,
-    ) -> Result<Option<IndexRecord>, EngineError> {
-        if let Some(slot) = self.index.get(&key) {
-            return Ok(slot.rec.clone());
-        }
-        let rec = match (self.complete_cache, entity) {
-            (true, _) => None,
-            (false, Entity::Opportunity) => self.store.opportunity_index(tenant, id)?,
-            (false, _) => self.store.person_index(tenant, id)?,
-        };
-        self.index.insert(key, IndexSlot { rec: rec.clone(), dirty_batch: 0 });
-        Ok(rec)
-    }
-
-    fn set_index(&mut self, key: u128, entity: Entity, tenant: &str, id: &str, rec: IndexRecord) {
-        let batch = self.batch;
-        let slot = self.index.entry(key).or_insert(IndexSlot { rec: None, dirty_batch: 0 });
-        if slot.rec.as_ref() == Some(&rec) {
-            // Stored (or about to be) as it is: most upserts do not move anybody.
-            return;
-        }
-        if slot.dirty_batch != batch {
-            self.dirty.push((entity, Id::from(tenant), Id::from(id), key));
-        }
-        slot.rec = Some(rec);
-        slot.dirty_batch = batch;
-    }
-
     fn route_event(&mut self, decoded: &Decoded, ix: u32, line: u64) -> Result<(), EngineError> {
         let Decoded { event, dedup: hash, named_account, raw } = decoded;
         let (hash, named_account) = (*hash, *named_account);
-        // Remembered now (one lookup); forgotten again below if the event turns out not to be applied.
-        if !self.dedup.insert(hash, event.ts.0) {
-            self.part.tally.duplicate(&event.tenant);
-            return Ok(());
-        }
-        let tenant = event.tenant.as_str();
-        let indexed = crate::routing::indexed(event);
-        // Hashed once for the lookup and the update below.
-        let index_slot = indexed.map(|(entity, id)| (index_key(entity, tenant, id), entity, id));
-        let known = match index_slot {
-            Some((key, entity, id)) => self.lookup(key, entity, tenant, id)?,
-            None => None,
+        let (route, indexed) = match self.admission.admit(self.store, event, hash, false, &mut self.part.tally)? {
+            Admit::Duplicate => return Ok(()),
+            Admit::Routed { route, indexed, .. } => (route, indexed),
         };
-        let crate::routing::Route { account: route_account, index_update, unroutable, moving_from } =
-            crate::routing::route(event, known.as_ref());
-        if unroutable {
-            let person = event.body.person_id().unwrap_or_default();
-            self.dedup.forget_last(hash);
-            let raw = raw.as_deref().unwrap_or_default();
-            self.reject(
-                RejectReason::UnknownPersonAccount,
-                format!("person `{person}` has no known account and the event names none"),
-                raw,
-                line,
-            );
+        let tenant = event.tenant.as_str();
+        if route.unroutable {
+            self.admission.not_applied(hash, false);
+            let detail = unknown_person_detail(event.body.person_id().unwrap_or_default(), false);
+            self.reject(RejectReason::UnknownPersonAccount, detail, raw.as_deref().unwrap_or_default(), line);
             return Ok(());
         }
         let mut attach = None;
-        if let (Some(from), Some((entity, id))) = (moving_from, indexed) {
+        if let (Some(from), Some(i)) = (route.moving_from, indexed) {
             // The detach must run after every earlier record of the old account: cut the batch here.
             self.flush()?;
             let (tx, rx) = crossbeam_channel::bounded(1);
             let from_key = keys::account_key(tenant, &from);
             let w = worker_of(from_key, self.cfg.workers);
             let msg = WorkerMsg::Detach {
-                entity,
+                entity: i.entity,
                 tenant: Id::from(tenant),
                 account_id: from.clone(),
                 account_key: from_key,
-                id: Id::from(id),
+                id: Id::from(i.id),
                 reply: tx,
             };
             self.workers[w].send(msg).map_err(|_| EngineError::Stopped)?;
             match rx.recv().map_err(|_| EngineError::Stopped)? {
                 Ok(Some(moved)) => attach = Some(Box::new((moved, from))),
                 Ok(None) => tracing::warn!(
-                    id,
+                    id = i.id,
                     account = from.as_str(),
                     "The index named an account that does not hold the record."
                 ),
                 Err(e) => return Err(EngineError::Internal(e)),
             }
         }
-        if let (Some(update), Some((key, entity, id))) = (index_update, index_slot) {
-            self.set_index(key, entity, tenant, id, update);
-        }
-        self.dedup.settle();
-        if self.cfg.store_ids {
-            self.part.dedup.push((hash, event.ts.0));
-        }
-        self.part.tally.applied(tenant, &event.body);
+        let index_write = indexed.zip(route.index_update);
+        let ids = self.cfg.store_ids.then_some(&mut self.part.dedup);
+        let applied =
+            self.admission.applied(event, hash, false, index_write, self.batch, ids, true, &mut self.part.tally);
         if !matches!(event.body, EventBody::PersonActivity { .. }) {
             self.epoch.writes += 1;
         }
-        let ts = event.ts.0;
-        // Late: strictly behind the watermark. Still applied; it only never moves time.
-        if self.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns)) {
-            self.part.tally.late(tenant);
-        }
-        let max_ts = self.max_ts.map_or(ts, |m| m.max(ts));
-        self.max_ts = Some(max_ts);
-        self.part.max_ts = self.max_ts;
-        let (route, account_key, routed_to) = match route_account {
+        self.part.max_ts = self.admission.max_ts();
+        let (route, account_key, routed_to) = match route.account {
             Some(a) => {
                 // The decoder hashed the account the event names (every route above prefers it to the
                 // index); only an account found through the index is hashed here.
@@ -367,14 +291,7 @@ impl<'s> Router<'s> {
         } else {
             Step::NO_EXTRA
         };
-        self.steps.push(Step {
-            worker: route,
-            line: ix,
-            watermark: max_ts.saturating_sub(self.cfg.allowed_disorder_ns),
-            seq: line,
-            account_key,
-            extra,
-        });
+        self.steps.push(Step { worker: route, line: ix, watermark: applied.watermark, seq: line, account_key, extra });
         Ok(())
     }
 
@@ -391,16 +308,9 @@ impl<'s> Router<'s> {
     fn flush_with(&mut self, seal: bool) -> Result<(), EngineError> {
         let batch = self.batch;
         let mut delta = Delta::default();
-        for (entity, tenant, id, key) in self.dirty.drain(..) {
-            if let Some(IndexSlot { rec: Some(rec), .. }) = self.index.get(&key) {
-                match entity {
-                    Entity::Opportunity => delta.put_opportunity_index(&tenant, &id, rec),
-                    _ => delta.put_person_index(&tenant, &id, rec),
-                }
-            }
-        }
-        let next_part =
-            empty_part(batch + 1, self.part.records_end, self.part.bytes_end, self.max_ts, self.part.read_at);
+        self.admission.index.write_back(&mut delta);
+        let (records_end, bytes_end) = (self.part.records_end, self.part.bytes_end);
+        let next_part = empty_part(batch + 1, records_end, bytes_end, self.admission.max_ts(), self.part.read_at);
         let mut part = std::mem::replace(&mut self.part, next_part);
         part.delta = delta;
         part.seal = seal;
@@ -420,17 +330,8 @@ impl<'s> Router<'s> {
         }
         self.commit.send(CommitMsg::Router(part)).map_err(|_| EngineError::Stopped)?;
         self.batch += 1;
-        self.evict();
+        // Index entries whose batch has committed may go.
+        self.admission.index.evict(self.cfg.index_capacity, self.committed.load(Ordering::Acquire));
         Ok(())
-    }
-
-    /// Keeps the index within its capacity: drops clean entries (or entries whose batch has committed).
-    fn evict(&mut self) {
-        if self.index.len() > self.cfg.index_capacity {
-            let mut excess = self.index.len() - self.cfg.index_capacity / 4 * 3;
-            let committed = self.committed.load(Ordering::Acquire);
-            super::drop_committed(&mut self.index, &mut excess, committed, |s| s.dirty_batch);
-            self.complete_cache = false;
-        }
     }
 }

@@ -13,6 +13,7 @@
 //! changelog, nothing else.
 
 pub mod definitions;
+mod hold;
 mod kafka;
 mod repartition;
 #[cfg(test)]
@@ -22,7 +23,7 @@ mod task;
 use crate::EngineError;
 use crate::admin::Admin;
 use crate::config::{Config, InputFormat, TimeMode};
-use crate::outputs::OutKind;
+use crate::core::outputs::OutKind;
 use crate::telemetry::{self, Tally};
 use caravan_schemas::Id;
 use caravan_schemas::time::Timestamp;
@@ -75,7 +76,7 @@ fn ensure_definitions_topic(cfg: &Config) -> Result<(), EngineError> {
 fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineError> {
     Ok(TaskConfig {
         input_topic: cfg.topics.input.clone(),
-        rules: crate::replay::reader::EdgeRules {
+        rules: crate::core::decode::EdgeRules {
             limits: cfg.input.limits().map_err(EngineError::Invalid)?,
             tenants: Arc::new(cfg.tenants.iter().map(|t| t.id.clone()).collect()),
             xdm_tenant: cfg.input.tenant.as_deref().filter(|_| cfg.input.format == InputFormat::Xdm).map(Id::from),
@@ -109,14 +110,6 @@ struct Service<'c> {
     feed: Feed,
     tasks: BTreeMap<i32, PartitionTask>,
     admin: Admin,
-}
-
-/// The largest event time a partition's store has committed (none before its first event).
-///
-/// # Errors
-/// A store read failure or a corrupt progress record.
-pub(crate) fn committed_max_ts(store: &Store) -> Result<Option<i64>, EngineError> {
-    Ok(task::Progress::read(store)?.max_ts)
 }
 
 impl Service<'_> {
@@ -249,7 +242,7 @@ impl Service<'_> {
             self.tasks.iter().filter(|(_, t)| t.progress.definitions_next < feed_next).map(|(p, _)| *p).collect();
         for p in partitions {
             let Some(task) = self.tasks.get_mut(&p) else { continue };
-            let mut pass = crate::replay::publish::Pass::default();
+            let mut pass = crate::core::publish::Pass::default();
             let at = (task.progress.seq, Timestamp(task.progress.max_ts.unwrap_or(0)));
             let defs = Arc::clone(&self.feed.defs);
             for (offset, published) in &self.feed.log {
@@ -258,13 +251,13 @@ impl Service<'_> {
                 }
                 match published {
                     Published::Template(t) => {
-                        crate::replay::publish::template_pass(task.store(), &defs, t, at, &mut pass)?
+                        crate::core::publish::template_pass(task.store(), &defs, t, at, &mut pass)?
                     }
                     Published::Journey(j) => {
-                        crate::replay::publish::entry_pass(task.store(), &defs, j, at, &mut pass)?;
+                        crate::core::publish::entry_pass(task.store(), &defs, j, at, &mut pass)?;
                     }
                     Published::Stop { tenant, journey } => {
-                        crate::replay::publish::stop_pass(task.store(), tenant, journey, &mut pass)?;
+                        crate::core::publish::stop_pass(task.store(), tenant, journey, &mut pass)?;
                     }
                 }
             }

@@ -16,11 +16,11 @@
 
 use super::task::Processed;
 use crate::EngineError;
-use crate::replay::keys;
+use crate::core::keys;
 use caravan_schemas::Id;
 use caravan_schemas::input::RejectReason;
 use caravan_schemas::output::Entity;
-use caravan_schemas::state::{ParkedRecord, RouteRecord};
+use caravan_schemas::state::{CarriedRecord, ParkedRecord, RouteRecord};
 use caravan_state::Store;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -46,15 +46,26 @@ pub(crate) enum StageMessage {
     /// An input record about a person or an opportunity that its partition does not hold, as read;
     /// `needs_account`: it is rejected if no account becomes known (a deletion is a no-op instead).
     Lookup { tenant: Id, entity: Entity, id: Id, ts: i64, origin: Origin, raw: Vec<u8>, needs_account: bool },
+    /// A partition is about to bring a person or an opportunity it does not hold to `account`: whoever holds
+    /// it (alive, or its tombstone) gives its record up first, so that its history goes on there. The
+    /// stage becomes its route at once; the claimer applies the record once answered.
+    Claim { tenant: Id, entity: Entity, id: Id, account: Id, partition: i32, ts: i64 },
 }
 
 /// A record of the accounts topic, for the partition of an account.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) enum AccountMessage {
     /// An input record the stage resolved: the partition routes and applies it as if it had read it.
     Forward { origin: Origin, raw: Vec<u8> },
     /// The person or opportunity now lives in an account of another partition: take it out of `account`.
+    /// (Written by builds before claims; still honoured when read.)
     Detach { tenant: Id, entity: Entity, id: Id, account: Id },
+    /// Give a person or an opportunity up (it is held in `account`, as the stage knows it) to `to_account`
+    /// of partition `to_partition`, which claimed it: its record travels there in a [`AccountMessage::Claimed`].
+    Surrender { tenant: Id, entity: Entity, id: Id, account: Id, to_partition: i32, to_account: Id },
+    /// The answer to a claim of `account`: the entity's record and the account it left, when another
+    /// partition held it; none when nobody else did.
+    Claimed { tenant: Id, entity: Entity, id: Id, account: Id, carried: Option<(CarriedRecord, Id)> },
 }
 
 /// The two internal topics.
@@ -74,7 +85,7 @@ pub(crate) struct Forward {
 }
 
 /// What the stage did with the records of a batch, for metrics: indexes of [`Outcome`].
-pub(crate) type StageCounts = [u64; 5];
+pub(crate) type StageCounts = [u64; 7];
 
 /// What happened to a record at the person stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,11 +100,22 @@ pub(crate) enum Outcome {
     Released = 3,
     /// Rejected after waiting for as long as `input.unknown_person_wait` allows.
     Expired = 4,
+    /// A claim: a partition brings a person or an opportunity it does not hold to one of its accounts.
+    Claimed = 5,
+    /// A claim answered by the partition that held the entity, which gave its record up.
+    Surrendered = 6,
 }
 
 impl Outcome {
-    pub(crate) const ALL: [Outcome; 5] =
-        [Outcome::Looked, Outcome::Resolved, Outcome::Parked, Outcome::Released, Outcome::Expired];
+    pub(crate) const ALL: [Outcome; 7] = [
+        Outcome::Looked,
+        Outcome::Resolved,
+        Outcome::Parked,
+        Outcome::Released,
+        Outcome::Expired,
+        Outcome::Claimed,
+        Outcome::Surrendered,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -102,6 +124,8 @@ impl Outcome {
             Outcome::Parked => "parked",
             Outcome::Released => "released",
             Outcome::Expired => "expired",
+            Outcome::Claimed => "claimed",
+            Outcome::Surrendered => "surrendered",
         }
     }
 }
@@ -125,9 +149,9 @@ impl StageMessage {
     /// The record to produce for this message.
     pub(crate) fn forward(&self, partitions: usize) -> Forward {
         let (tenant, entity, id) = match self {
-            StageMessage::Route { tenant, entity, id, .. } | StageMessage::Lookup { tenant, entity, id, .. } => {
-                (tenant, *entity, id)
-            }
+            StageMessage::Route { tenant, entity, id, .. }
+            | StageMessage::Lookup { tenant, entity, id, .. }
+            | StageMessage::Claim { tenant, entity, id, .. } => (tenant, *entity, id),
         };
         Forward {
             stage: Stage::Persons,
@@ -235,40 +259,80 @@ impl PersonStage {
             }
             StageMessage::Route { tenant, entity, id, route, .. } => {
                 let (key, known) = self.route(store, &tenant, entity, &id)?;
-                let known_present = known.as_ref().filter(|k| k.present);
-                if !route.present {
-                    // A removal stands only for the route it removes (a later move may have overtaken it).
-                    if known_present.is_none_or(|k| k.account_id != route.account_id || k.partition != route.partition)
-                    {
-                        return Ok(());
-                    }
-                } else if let Some(k) = known_present
-                    && k.partition != route.partition
+                // Only the partition that holds it speaks for it: it came there through a claim, which made
+                // the stage's route first. A route from another partition is older than that claim.
+                if known.as_ref().is_some_and(|k| k.partition != route.partition) {
+                    return Ok(());
+                }
+                // A removal stands only for the route it removes (a later move may have overtaken it).
+                if !route.present
+                    && known.as_ref().filter(|k| k.present).is_none_or(|k| k.account_id != route.account_id)
                 {
-                    // It moved to an account of another partition: the old one lets go of it.
-                    let detach = AccountMessage::Detach {
-                        tenant: tenant.clone(),
-                        entity,
-                        id: id.clone(),
-                        account: k.account_id.clone(),
-                    };
-                    out.forwards.push(detach.forward(k.partition, &tenant, &k.account_id));
+                    return Ok(());
                 }
-                if known.as_ref() != Some(&route) {
-                    out.delta.put_route(&tenant, entity, &id, &route);
-                    self.routes.insert(key, Some(route.clone()));
-                }
-                if route.present {
-                    for p in self.parked.remove(&key).unwrap_or_default() {
-                        out.delta.delete_parked(&p.tenant, p.entity, &p.id, p.seq);
-                        let fwd = AccountMessage::Forward { origin: p.record.origin, raw: p.record.raw };
-                        out.forwards.push(fwd.forward(route.partition, &tenant, &route.account_id));
-                        out.stage[Outcome::Released as usize] += 1;
+                self.set_route(key, &tenant, entity, &id, known, route, out);
+            }
+            StageMessage::Claim { tenant, entity, id, account, partition, .. } => {
+                let (key, known) = self.route(store, &tenant, entity, &id)?;
+                let answer = match known.as_ref().filter(|k| k.partition != partition) {
+                    // Another partition holds it (alive, or its tombstone): it gives the record up, and its
+                    // answer carries it to the claimer.
+                    Some(k) => {
+                        out.stage[Outcome::Surrendered as usize] += 1;
+                        let msg = AccountMessage::Surrender {
+                            tenant: tenant.clone(),
+                            entity,
+                            id: id.clone(),
+                            account: k.account_id.clone(),
+                            to_partition: partition,
+                            to_account: account.clone(),
+                        };
+                        msg.forward(k.partition, &tenant, &k.account_id)
                     }
-                }
+                    None => {
+                        let msg = AccountMessage::Claimed {
+                            tenant: tenant.clone(),
+                            entity,
+                            id: id.clone(),
+                            account: account.clone(),
+                            carried: None,
+                        };
+                        msg.forward(partition, &tenant, &account)
+                    }
+                };
+                out.forwards.push(answer);
+                out.stage[Outcome::Claimed as usize] += 1;
+                let route = RouteRecord { account_id: account, partition, present: true };
+                self.set_route(key, &tenant, entity, &id, known, route, out);
             }
         }
         Ok(())
+    }
+
+    /// Makes `route` the entity's route, and sends its parked records on when it is present.
+    #[allow(clippy::too_many_arguments)]
+    fn set_route(
+        &mut self,
+        key: u128,
+        tenant: &Id,
+        entity: Entity,
+        id: &Id,
+        known: Option<RouteRecord>,
+        route: RouteRecord,
+        out: &mut Processed,
+    ) {
+        if known.as_ref() != Some(&route) {
+            out.delta.put_route(tenant, entity, id, &route);
+            self.routes.insert(key, Some(route.clone()));
+        }
+        if route.present {
+            for p in self.parked.remove(&key).unwrap_or_default() {
+                out.delta.delete_parked(&p.tenant, p.entity, &p.id, p.seq);
+                let fwd = AccountMessage::Forward { origin: p.record.origin, raw: p.record.raw };
+                out.forwards.push(fwd.forward(route.partition, tenant, &route.account_id));
+                out.stage[Outcome::Released as usize] += 1;
+            }
+        }
     }
 
     /// Whether a parked record's wait is over at `now`.
@@ -295,10 +359,7 @@ impl PersonStage {
             if !p.record.needs_account {
                 continue;
             }
-            let detail = format!(
-                "person `{}` has no known account and the event names none (none became known while it waited)",
-                p.id
-            );
+            let detail = crate::core::routing::unknown_person_detail(&p.id, true);
             out.reject(RejectReason::UnknownPersonAccount, detail, &p.record.raw, &p.record.origin);
         }
     }
@@ -310,7 +371,7 @@ impl PersonStage {
 
     /// Keeps the route cache within `capacity` (everything is committed between batches).
     pub(crate) fn trim(&mut self, capacity: usize) {
-        super::task::trim(&mut self.routes, capacity);
+        crate::core::cache::trim(&mut self.routes, capacity);
     }
 }
 

@@ -5,7 +5,7 @@
 use super::repartition::{Forward, Stage, StageMessage, stage_partition};
 use super::task::{InRecord, PartitionTask, Processed, Source};
 use crate::config::Config;
-use crate::outputs::OutKind;
+use crate::core::outputs::OutKind;
 use caravan_operators::account::Definitions;
 use caravan_schemas::output::Entity;
 use caravan_state::Store;

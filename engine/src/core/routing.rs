@@ -1,9 +1,9 @@
 //! Where an input event goes: the account it applies to, the person or opportunity index entry it writes, and
 //! whether it moves a person or an opportunity away from another account.
 //!
-//! Pure decisions over one event and what the index knew: the callers look the index up and act on the answer
-//! (the replay router across its workers, a Kafka partition task within itself), so both modes route every
-//! event the same way. It never reads state itself.
+//! Pure decisions over one event and what the index knew: [`super::admit`] looks the index up and the drivers
+//! act on the answer (the replay router across its workers, a Kafka partition task within itself or through
+//! the person stage), so both modes route every event the same way. It never reads state itself.
 
 use caravan_schemas::Id;
 use caravan_schemas::input::{EventBody, InputEvent};
@@ -66,4 +66,10 @@ pub(crate) fn route(event: &InputEvent, known: Option<&IndexRecord>) -> Route {
         _ => None,
     };
     Route { unroutable: account.is_none() && needs_account, account, index_update, moving_from }
+}
+
+/// The `detail` of an `unknown_person_account` rejection (`waited`: after waiting at the person stage).
+pub(crate) fn unknown_person_detail(person: &str, waited: bool) -> String {
+    let waited = if waited { " (none became known while it waited)" } else { "" };
+    format!("person `{person}` has no known account and the event names none{waited}")
 }

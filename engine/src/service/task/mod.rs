@@ -1,97 +1,46 @@
 //! A partition task: everything Kafka mode keeps for one input partition, and the processing of its records.
 //!
-//! It owns the partition's local RocksDB (its own folder, so that a partition moves or is rebuilt as a unit),
-//! an account cache in front of it, the person and opportunity index, the de-duplication window, the
-//! partition's watermark (SPEC §3.2: each input partition carries its own) and its timers. Processing a batch
+//! It owns the partition's local RocksDB (its own folder, so that a partition moves or is rebuilt as a unit)
+//! and drives the partition core over it ([`crate::core`]: de-duplication, the index, the partition's
+//! watermark (SPEC §3.2: each input partition carries its own), the account cache and timers). Processing a batch
 //! is pure computation on that: it returns the outputs and the state delta, and changes nothing durable. The
 //! delta reaches RocksDB only through [`PartitionTask::apply`], after the transaction that carried it to the
 //! changelog has committed; after an abort the task is dropped and opened again from the store.
 //!
-//! It routes and applies events exactly as a replay does (the same routing decisions, operators, timer pass
+//! It routes and applies events with the same core as a replay (the same admission, operators, timer pass
 //! after every record and de-duplication rule), so a partition's outputs equal a replay's of the same records.
 //! With several partitions it also plays its part of the person stage ([`super::repartition`]): it reads the
 //! same partition number of the two internal topics, tells the stage where its persons live, sends it the
 //! records about persons it does not know, applies the records the stage resolved to its accounts, and runs
 //! the stage for the persons that hash to it.
 
+mod claims;
+
+use super::hold::{Holds, moved};
 use super::repartition::{AccountMessage, Forward, Origin, Outcome, PersonStage, StageCounts, StageMessage};
 use crate::EngineError;
-use crate::dedup::{DedupWindow, EpochLog};
-use crate::outputs::{self, OutKind, OutRecord};
-use crate::replay::Queued;
-use crate::replay::keys;
-use crate::replay::reader::{Decoded, EdgeRules, Parsed, decode_record};
-use crate::routing;
+use crate::core::accounts::{AccountRef, Accounts, Env, OutputSink};
+use crate::core::admit::{Admission, Admit};
+use crate::core::decode::{Decoded, EdgeRules, Parsed, decode_record};
+use crate::core::dedup::EpochLog;
+use crate::core::keys;
+use crate::core::outputs::{self, OutKind, OutRecord};
+use crate::core::position::{PROGRESS, Progress};
+use crate::core::routing::unknown_person_detail;
+use crate::core::timers::TimerQueue;
 use crate::telemetry::Tally;
-use caravan_operators::account::{
-    AccountState, Cause, Definitions, Effects, Moved, TimerHandle, apply_event, fire_timer,
-};
+use caravan_operators::account::{Cause, Definitions, Effects, Moved};
 use caravan_schemas::Id;
 use caravan_schemas::input::RejectReason;
-use caravan_schemas::output::{Entity, RejectedRecord, SourcePosition};
-use caravan_schemas::state::{IndexRecord, RouteRecord, TimerRecord};
+use caravan_schemas::output::{RejectedRecord, SourcePosition};
+use caravan_schemas::state::{IndexRecord, RouteRecord};
 use caravan_schemas::time::Timestamp;
 use caravan_state::{Delta, Store, StoreOptions};
-use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use claims::{Hold, Mode};
 use std::path::Path;
 use std::sync::Arc;
 
-/// `meta` name of a partition's progress in its store (and so on its changelog).
-const PROGRESS: &str = "partition";
-
-/// What a partition has committed: travels on the changelog with the state it describes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Progress {
-    /// The next input offset to process.
-    pub(crate) input_next: i64,
-    /// Largest applied event time (the watermark's base).
-    pub(crate) max_ts: Option<i64>,
-    /// Commits so far (numbers the de-duplication epochs).
-    pub(crate) epoch: u64,
-    /// The next definitions-topic offset whose publication this partition has not applied.
-    pub(crate) definitions_next: i64,
-    /// The next offsets to process of the partition's persons and accounts topics (the person stage).
-    pub(crate) persons_next: i64,
-    pub(crate) accounts_next: i64,
-    /// The sequence number of the last record applied: an input record's offset + 1, or one more than the
-    /// record before for a record the person stage forwarded (they order timers and people's joining).
-    pub(crate) seq: u64,
-    /// Largest event time the partition's person stage has seen (its watermark's base).
-    pub(crate) stage_max_ts: Option<i64>,
-}
-
-/// [`Progress`] as stores written before the person stage hold it.
-#[derive(Deserialize)]
-struct ProgressV1 {
-    input_next: i64,
-    max_ts: Option<i64>,
-    epoch: u64,
-    definitions_next: i64,
-}
-
 impl Progress {
-    /// The progress a store has committed (the default for a new one).
-    pub(crate) fn read(store: &Store) -> Result<Progress, EngineError> {
-        let Some(bytes) = store.meta(PROGRESS)? else { return Ok(Progress::default()) };
-        match caravan_schemas::state::decode::<Progress>(&bytes) {
-            Ok(p) => Ok(p),
-            Err(e) => match caravan_schemas::state::decode::<ProgressV1>(&bytes) {
-                Ok(v1) => Ok(Progress {
-                    input_next: v1.input_next,
-                    max_ts: v1.max_ts,
-                    epoch: v1.epoch,
-                    definitions_next: v1.definitions_next,
-                    seq: v1.input_next.max(0) as u64,
-                    ..Progress::default()
-                }),
-                Err(_) => Err(EngineError::Internal(e.to_string())),
-            },
-        }
-    }
-
     /// Where the partition's topics resume.
     pub(crate) fn next(&self) -> Next {
         Next { input: self.input_next, persons: self.persons_next, accounts: self.accounts_next }
@@ -172,13 +121,16 @@ impl Processed {
     }
 }
 
+/// A Kafka batch gathers outputs as records keyed by account; their order is the order of the causes.
+impl OutputSink for Processed {
+    fn take(&mut self, effects: &mut Effects, _seq: u64, _timer: Option<(i64, &[u64])>) {
+        outputs::take(effects, &mut self.outputs, &mut self.tally);
+    }
+}
+
 /// What a batch has changed so far, besides its outputs.
 struct Batch {
     out: Processed,
-    /// Accounts changed.
-    dirty: Vec<(Id, Id)>,
-    /// Index entries changed.
-    index_dirty: Vec<(u128, Entity, Id, Id)>,
     /// Event ids applied, with their event times (the de-duplication window's epoch).
     applied_ids: Vec<(u128, i64)>,
     /// In processing time, the clock read once for the batch: waits and timeouts count from it.
@@ -188,12 +140,17 @@ struct Batch {
 /// Settings of a task.
 #[derive(Clone)]
 pub(crate) struct TaskConfig {
+    /// The input topic (rejected records name it).
     pub(crate) input_topic: String,
+    /// What the edge checks beyond a record's own form.
     pub(crate) rules: EdgeRules,
+    /// Allowed disorder of event time: the watermark is the largest `ts` minus this (nanoseconds).
     pub(crate) allowed_disorder_ns: i64,
+    /// Event ids remembered for de-duplication (0 turns it off).
     pub(crate) dedup_window: usize,
     /// De-duplication's age bound in event-time nanoseconds (0: none).
     pub(crate) dedup_max_age_ns: i64,
+    /// Accounts kept in memory by the task.
     pub(crate) cache_accounts: usize,
     /// Person and opportunity index entries kept in memory.
     pub(crate) cache_persons: usize,
@@ -211,29 +168,19 @@ pub(crate) struct PartitionTask {
     cfg: TaskConfig,
     store: Arc<Store>,
     pub(crate) progress: Progress,
-    accounts: FxHashMap<(Id, Id), AccountState>,
-    /// Index entries read or written since the cache was last cleared, by [`keys::index_key`].
-    index: FxHashMap<u128, Option<IndexRecord>>,
-    dedup: DedupWindow,
+    /// De-duplication, the index and the partition's event time.
+    admission: Admission,
+    /// The partition's accounts and timers.
+    accounts: Accounts,
     dedup_log: EpochLog,
-    timers: BinaryHeap<Reverse<Queued>>,
-    effects: Effects,
     /// The last record applied, its tenant and event id (the cause a processing-time tick names).
     last_event: (Id, Id),
     /// The person stage's part on this partition (with several partitions).
     stage: Option<PersonStage>,
-}
-
-/// Drops entries of a cache grown past `capacity`, down to three quarters of it.
-pub(crate) fn trim<K, V>(map: &mut FxHashMap<K, V>, capacity: usize) {
-    if map.len() > capacity {
-        let mut excess = map.len() - capacity / 4 * 3;
-        map.retain(|_, _| {
-            let keep = excess == 0;
-            excess = excess.saturating_sub(1);
-            keep
-        });
-    }
+    /// Records waiting at their account for a claim's answer (with several partitions).
+    holds: Holds,
+    /// The account whose held records are being applied: its timers fire among them.
+    releasing: Option<(Id, Id)>,
 }
 
 /// The store folder of a partition.
@@ -250,22 +197,22 @@ impl PartitionTask {
         let progress = Progress::read(&store)
             .map_err(|e| EngineError::Internal(format!("partition {partition}: stored progress: {e}")))?;
         let (dedup, dedup_log) =
-            crate::dedup::restore(&store, cfg.dedup_window, cfg.dedup_max_age_ns, progress.max_ts)?;
-        let timers = store.timers()?.into_iter().map(|t| Reverse(Queued::stored(t))).collect();
+            crate::core::dedup::restore(&store, cfg.dedup_window, cfg.dedup_max_age_ns, progress.max_ts)?;
+        let timers = TimerQueue::stored(store.timers()?);
         let stage = if cfg.partitions > 1 { Some(PersonStage::open(&store)?) } else { None };
+        let holds = if cfg.partitions > 1 { Holds::open(&store)? } else { Holds::default() };
         Ok(PartitionTask {
             partition,
+            admission: Admission::new(dedup, false, progress.max_ts, cfg.allowed_disorder_ns),
+            accounts: Accounts::new(false, timers),
             cfg,
             store,
             progress,
-            accounts: FxHashMap::default(),
-            index: FxHashMap::default(),
-            dedup,
             dedup_log,
-            timers,
-            effects: Effects::default(),
             last_event: (Id::default(), Id::default()),
             stage,
+            holds,
+            releasing: None,
         })
     }
 
@@ -274,73 +221,9 @@ impl PartitionTask {
         &self.store
     }
 
-    fn account(&mut self, tenant: &str, account: &str) -> Result<&mut AccountState, EngineError> {
-        let key = (Id::from(tenant), Id::from(account));
-        if !self.accounts.contains_key(&key) {
-            let state = match self.store.load_account(tenant, account)? {
-                Some(s) => AccountState::from_records(tenant, account, s.record, s.persons, s.opportunities),
-                None => AccountState::new(tenant, account),
-            };
-            self.accounts.insert(key.clone(), state);
-        }
-        self.accounts.get_mut(&key).ok_or_else(|| EngineError::Internal("account cache lost an entry".into()))
-    }
-
-    fn lookup(&mut self, entity: Entity, tenant: &str, id: &str) -> Result<Option<IndexRecord>, EngineError> {
-        let key = keys::index_key(entity, tenant, id);
-        if let Some(known) = self.index.get(&key) {
-            return Ok(known.clone());
-        }
-        let known = match entity {
-            Entity::Opportunity => self.store.opportunity_index(tenant, id)?,
-            _ => self.store.person_index(tenant, id)?,
-        };
-        self.index.insert(key, known.clone());
-        Ok(known)
-    }
-
     /// Where an input record of the partition was read.
     fn origin(&self, offset: i64) -> Origin {
         Origin { topic: self.cfg.input_topic.clone(), partition: self.partition, offset }
-    }
-
-    /// Moves the step's effects into the outputs and the timer queue; notes the changed records.
-    fn take_effects(&mut self, tenant: &str, account: &str, out: &mut Processed, dirty: &mut Vec<(Id, Id)>) {
-        let timers = &mut self.timers;
-        crate::replay::take_timers(&mut self.effects, &mut out.delta, tenant, account, |h| {
-            timers.push(Reverse(Queued::armed(h, tenant, account, keys::account_key(tenant, account))));
-        });
-        outputs::take(&mut self.effects, &mut out.outputs, &mut out.tally);
-        dirty.push((Id::from(tenant), Id::from(account)));
-    }
-
-    /// Fires every timer due at `watermark`, in (due, arming) order, after record `seq`.
-    fn timer_pass(
-        &mut self,
-        defs: &Definitions,
-        watermark: i64,
-        seq: u64,
-        cause: (&str, &str),
-        out: &mut Processed,
-        dirty: &mut Vec<(Id, Id)>,
-    ) -> Result<(), EngineError> {
-        while self.timers.peek().is_some_and(|Reverse(t)| t.due <= watermark) {
-            let Some(Reverse(q)) = self.timers.pop() else { break };
-            let timer = TimerRecord { due: q.due, arm: q.arm };
-            let handle = TimerHandle { journey_id: q.journey_id, instance: q.instance, slot: q.slot, timer };
-            let cause_id = crate::replay::timer_cause_id(cause.0, cause.1, &q.tenant);
-            let cause = Cause::timer(seq, &handle.timer, cause_id);
-            self.effects.clear();
-            let mut effects = std::mem::take(&mut self.effects);
-            let acct = self.account(&q.tenant, &q.account_id)?;
-            let fired = fire_timer(defs, acct, &handle, &cause, &mut effects);
-            self.effects = effects;
-            if fired {
-                out.delta.delete_timer(&q.tenant, &q.account_id, (&handle.journey_id, handle.instance, handle.slot));
-                self.take_effects(&q.tenant, &q.account_id, out, dirty);
-            }
-        }
-        Ok(())
     }
 
     /// Processes a batch of the partition's records (of its three topics, in the order read). Nothing is
@@ -366,7 +249,9 @@ impl PartitionTask {
             match rec.source {
                 Source::Input => {
                     let origin = self.origin(rec.offset);
-                    self.input_record(defs, raw, &origin, false, &mut b)?;
+                    if let Some(hold) = self.input_record(defs, raw, &origin, Mode::Read, &mut b)? {
+                        self.hold(hold, raw, origin, &mut b);
+                    }
                 }
                 Source::Persons => self.stage_message(raw, rec.offset, &mut b)?,
                 Source::Accounts => self.account_message(defs, raw, rec.offset, &mut b)?,
@@ -385,52 +270,53 @@ impl PartitionTask {
     fn batch(&self) -> Batch {
         Batch {
             out: Processed::at(self.progress.next()),
-            dirty: Vec::new(),
-            index_dirty: Vec::new(),
             applied_ids: Vec::new(),
             clock: self.cfg.processing_time.then(crate::wall_clock_ns),
         }
     }
 
-    /// Routes and applies one input record, or one the person stage forwarded (`forwarded`: it was counted
-    /// for de-duplication where it was read, and it is not sent to the stage again).
+    /// The commit this batch will be (its epoch): index entries and accounts written in it stay cached until
+    /// it is done.
+    fn commit_number(&self) -> u64 {
+        self.progress.epoch + 1
+    }
+
+    /// Routes and applies one record: read from the input, forwarded by the person stage (it was counted for
+    /// de-duplication where it was read, and it is not sent to the stage again), or taken out of its
+    /// account's queue. `Some` when it must wait instead: the caller holds it.
     fn input_record(
         &mut self,
         defs: &Definitions,
         raw: &[u8],
         origin: &Origin,
-        forwarded: bool,
+        mode: Mode,
         b: &mut Batch,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<Hold>, EngineError> {
         let decoded = match decode_record(raw, &self.cfg.rules) {
-            Parsed::Blank => return Ok(()),
+            Parsed::Blank => return Ok(None),
             Parsed::Rejected(r, raw) => {
                 b.out.reject(r.reason, r.detail, &raw, origin);
-                return Ok(());
+                return Ok(None);
             }
             Parsed::Event(d) => d,
         };
         let Decoded { event, dedup: hash, .. } = decoded;
+        let forwarded = !matches!(mode, Mode::Read);
+        let (route, indexed, known) =
+            match self.admission.admit(&self.store, &event, hash, forwarded, &mut b.out.tally)? {
+                Admit::Duplicate => return Ok(None),
+                Admit::Routed { route, indexed, known } => (route, indexed, known),
+            };
         let tenant = event.tenant.as_str();
-        if !forwarded && !self.dedup.insert(hash, event.ts.0) {
-            b.out.tally.duplicate(tenant);
-            return Ok(());
-        }
-        let indexed = routing::indexed(&event);
-        let known = match indexed {
-            Some((entity, id)) => self.lookup(entity, tenant, id)?,
-            None => None,
-        };
-        let route = routing::route(&event, known.as_ref());
         // An event that names no account, about a person or an opportunity this partition does not hold:
         // another partition may, and the stage finds out.
-        if let Some((entity, id)) = indexed.filter(|_| route.account.is_none() && !forwarded && self.stage.is_some()) {
-            self.dedup.settle();
-            b.applied_ids.push((hash, event.ts.0));
+        let waiting = indexed.is_some_and(|i| self.holds.waiting_about(i.key, None).is_some());
+        if let Some(i) = indexed.filter(|_| route.account.is_none() && !forwarded && self.stage.is_some() && !waiting) {
+            self.admission.accepted(hash, event.ts.0, Some(&mut b.applied_ids));
             let lookup = StageMessage::Lookup {
                 tenant: event.tenant.clone(),
-                entity,
-                id: Id::from(id),
+                entity: i.entity,
+                id: Id::from(i.id),
                 ts: event.ts.0,
                 origin: origin.clone(),
                 raw: raw.to_vec(),
@@ -438,87 +324,88 @@ impl PartitionTask {
             };
             b.out.forwards.push(lookup.forward(self.cfg.partitions));
             b.out.stage[Outcome::Looked as usize] += 1;
-            return Ok(());
+            return Ok(None);
+        }
+        if let Some(hold) = self.must_wait(&event, &route, indexed, known.as_ref(), &mode, b) {
+            if !forwarded {
+                self.admission.accepted(hash, event.ts.0, Some(&mut b.applied_ids));
+            }
+            return Ok(Some(hold));
         }
         if route.unroutable {
-            if !forwarded {
-                self.dedup.forget_last(hash);
-            }
-            let person = event.body.person_id().unwrap_or_default();
-            let detail = format!("person `{person}` has no known account and the event names none");
+            self.admission.not_applied(hash, forwarded);
+            let detail = unknown_person_detail(event.body.person_id().unwrap_or_default(), false);
             b.out.reject(RejectReason::UnknownPersonAccount, detail, raw, origin);
-            return Ok(());
+            return Ok(None);
         }
-        let mut attach: Option<(Moved, Id)> = None;
-        if let (Some(from), Some((entity, id))) = (&route.moving_from, indexed) {
-            let old = self.account(tenant, from)?;
-            match old.detach(entity, id) {
-                Some(moved) => {
-                    match entity {
-                        Entity::Opportunity => b.out.delta.delete_opportunity(tenant, from, id),
-                        _ => b.out.delta.delete_person(tenant, from, id),
-                    }
-                    b.dirty.push((Id::from(tenant), from.clone()));
-                    attach = Some((moved, from.clone()));
-                }
+        let held_now = mode.held_now();
+        let mut attach: Option<(Moved, Id)> = match mode {
+            Mode::Answered { answer: Some((record, from)), .. } => Some((moved(record), from)),
+            _ => None,
+        };
+        if let (None, Some(from), Some(i)) = (&attach, &route.moving_from, indexed) {
+            let at = AccountRef { key: keys::account_key(tenant, from), tenant, account: from };
+            match self.accounts.detach(&self.store, at, i.entity, i.id)? {
+                Some(moved) => attach = Some((moved, from.clone())),
                 None => tracing::warn!(
-                    id,
+                    id = i.id,
                     account = from.as_str(),
                     "The index named an account that does not hold the record."
                 ),
             }
         }
-        if let (Some(update), Some((entity, id))) = (route.index_update, indexed)
-            && self.set_index(entity, tenant, id, update.clone(), b)
-            && self.stage.is_some()
+        let index_write = indexed.zip(route.index_update.clone());
+        let commit = self.commit_number();
+        let ids = (!forwarded).then_some(&mut b.applied_ids);
+        // A record that waited is not late for having waited.
+        let event_time = b.clock.is_none() && held_now.is_none();
+        let applied =
+            self.admission.applied(&event, hash, forwarded, index_write, commit, ids, event_time, &mut b.out.tally);
+        if let (true, Some(update), Some(i), true) =
+            (applied.index_changed, route.index_update, indexed, self.stage.is_some())
         {
             // The stage learns where the person or the opportunity lives now.
             let route =
                 RouteRecord { account_id: update.account_id, partition: self.partition, present: update.present };
-            let (tenant, id) = (event.tenant.clone(), Id::from(id));
-            let msg = StageMessage::Route { tenant, entity, id, route, ts: event.ts.0 };
+            let msg = StageMessage::Route {
+                tenant: event.tenant.clone(),
+                entity: i.entity,
+                id: Id::from(i.id),
+                route,
+                ts: event.ts.0,
+            };
             b.out.forwards.push(msg.forward(self.cfg.partitions));
         }
-        if !forwarded {
-            self.dedup.settle();
-            b.applied_ids.push((hash, event.ts.0));
-        }
-        b.out.tally.applied(tenant, &event.body);
-        let ts = event.ts.0;
-        if b.clock.is_none()
-            && self.progress.max_ts.is_some_and(|m| ts < m.saturating_sub(self.cfg.allowed_disorder_ns))
-        {
-            b.out.tally.late(tenant);
-        }
-        let max_ts = self.progress.max_ts.map_or(ts, |m| m.max(ts));
-        self.progress.max_ts = Some(max_ts);
         let own_offset = if forwarded { 0 } else { (origin.offset + 1) as u64 };
         self.progress.seq = (self.progress.seq + 1).max(own_offset);
         let seq = self.progress.seq;
         if let Some(account) = &route.account {
             let cause = Cause::record(seq, b.clock.map_or(event.ts, Timestamp), &event.event_id);
-            self.effects.clear();
-            let mut effects = std::mem::take(&mut self.effects);
-            let acct = self.account(tenant, account)?;
-            apply_event(defs, acct, &event, attach, &cause, &mut effects);
-            self.effects = effects;
-            self.take_effects(tenant, account, &mut b.out, &mut b.dirty);
+            let at = AccountRef { key: keys::account_key(tenant, account), tenant, account };
+            self.accounts.apply(Env { store: &self.store, defs }, at, &event, attach, &cause, &mut b.out)?;
         }
-        let watermark = b.clock.unwrap_or_else(|| max_ts.saturating_sub(self.cfg.allowed_disorder_ns));
-        self.timer_pass(defs, watermark, seq, (tenant, &event.event_id), &mut b.out, &mut b.dirty)?;
+        let now = held_now.or(b.clock).unwrap_or(applied.watermark);
+        self.timer_pass(defs, now, (tenant, &event.event_id), b)?;
         self.last_event = (Id::from(tenant), Id::from(event.event_id.as_str()));
-        Ok(())
+        Ok(None)
     }
 
-    /// Writes an index entry if it changes; true when it did.
-    fn set_index(&mut self, entity: Entity, tenant: &str, id: &str, update: IndexRecord, b: &mut Batch) -> bool {
-        let key = keys::index_key(entity, tenant, id);
-        if self.index.get(&key).and_then(Option::as_ref) == Some(&update) {
-            return false;
-        }
-        self.index.insert(key, Some(update));
-        b.index_dirty.push((key, entity, Id::from(tenant), Id::from(id)));
-        true
+    /// Fires the timers due at `now` after the last record (`record`: its tenant and event id), except those
+    /// of accounts whose held records must apply first (they are put aside until their turn).
+    fn timer_pass(
+        &mut self,
+        defs: &Definitions,
+        now: i64,
+        record: (&str, &str),
+        b: &mut Batch,
+    ) -> Result<(), EngineError> {
+        let (holds, releasing) = (&self.holds, &self.releasing);
+        let waits = |q: &crate::core::timers::Queued| {
+            holds.is_held(&q.tenant, &q.account_id)
+                && releasing.as_ref().is_none_or(|(t, a)| *t != q.tenant || *a != q.account_id)
+        };
+        let env = Env { store: &self.store, defs };
+        self.accounts.fire_due(env, now, self.progress.seq, record, &mut b.out, waits)
     }
 
     /// An internal record this version cannot read (written by another version, or damaged): the service
@@ -539,7 +426,7 @@ impl PartitionTask {
             Err(e) => return Err(self.unreadable("persons", offset, &e)),
         };
         let ts = match &msg {
-            StageMessage::Route { ts, .. } | StageMessage::Lookup { ts, .. } => *ts,
+            StageMessage::Route { ts, .. } | StageMessage::Lookup { ts, .. } | StageMessage::Claim { ts, .. } => *ts,
         };
         let max_ts = self.progress.stage_max_ts.map_or(ts, |m| m.max(ts));
         self.progress.stage_max_ts = Some(max_ts);
@@ -561,19 +448,28 @@ impl PartitionTask {
         b: &mut Batch,
     ) -> Result<(), EngineError> {
         match caravan_schemas::state::decode::<AccountMessage>(raw) {
-            Ok(AccountMessage::Forward { origin, raw }) => self.input_record(defs, &raw, &origin, true, b),
+            Ok(AccountMessage::Forward { origin, raw }) => {
+                if let Some(hold) = self.input_record(defs, &raw, &origin, Mode::Forwarded, b)? {
+                    self.hold(hold, &raw, origin, b);
+                }
+                Ok(())
+            }
+            Ok(AccountMessage::Surrender { tenant, entity, id, account: _, to_partition, to_account }) => {
+                self.surrender_asked(&tenant, entity, id, (to_partition, to_account), offset, b)
+            }
+            Ok(AccountMessage::Claimed { tenant, entity, id, account, carried }) => {
+                self.claim_answered(defs, (&tenant, &account), entity, &id, carried, offset, b)
+            }
             Ok(AccountMessage::Detach { tenant, entity, id, account }) => {
-                let known = self.lookup(entity, &tenant, &id)?;
+                let key = keys::index_key(entity, &tenant, &id);
+                let known = self.admission.index.lookup(&self.store, key, entity, &tenant, &id)?;
                 if known.is_some_and(|k| k.present && k.account_id == account) {
-                    if self.account(&tenant, &account)?.detach(entity, &id).is_some() {
-                        match entity {
-                            Entity::Opportunity => b.out.delta.delete_opportunity(&tenant, &account, &id),
-                            _ => b.out.delta.delete_person(&tenant, &account, &id),
-                        }
-                        b.dirty.push((tenant.clone(), account.clone()));
-                    }
-                    let gone = IndexRecord { account_id: account, present: false };
-                    self.set_index(entity, &tenant, &id, gone, b);
+                    let at =
+                        AccountRef { key: keys::account_key(&tenant, &account), tenant: &tenant, account: &account };
+                    self.accounts.detach(&self.store, at, entity, &id)?;
+                    let gone = IndexRecord { account_id: account.clone(), present: false };
+                    let commit = self.commit_number();
+                    self.admission.index.set(key, entity, &tenant, &id, gone, commit);
                 }
                 Ok(())
             }
@@ -587,7 +483,7 @@ impl PartitionTask {
     /// # Errors
     /// A state read failure.
     pub(crate) fn tick(&mut self, defs: &Definitions, now: i64) -> Result<Option<Processed>, EngineError> {
-        let timers_due = self.timers.peek().is_some_and(|Reverse(t)| t.due <= now);
+        let timers_due = self.accounts.timers_due(now);
         let parked_due = self.stage.as_ref().is_some_and(|s| s.due(now));
         if !timers_due && !parked_due {
             return Ok(None);
@@ -596,34 +492,19 @@ impl PartitionTask {
         if let Some(stage) = self.stage.as_mut() {
             stage.expire(now, &mut b.out);
         }
-        let seq = self.progress.seq;
         let (tenant, event_id) = self.last_event.clone();
-        self.timer_pass(defs, now, seq, (&tenant, &event_id), &mut b.out, &mut b.dirty)?;
+        self.timer_pass(defs, now, (&tenant, &event_id), &mut b)?;
         Ok(Some(self.finish(b)))
     }
 
-    /// The state delta of a batch: every account changed, as it stands now; index entries; the window; the
-    /// partition's progress.
+    /// The state delta of a batch: the timers armed and cancelled, every account changed, as it stands now;
+    /// index entries; the window; the partition's progress.
     fn finish(&mut self, b: Batch) -> Processed {
-        let Batch { mut out, mut dirty, mut index_dirty, applied_ids, .. } = b;
-        dirty.sort_unstable();
-        dirty.dedup();
-        for (tenant, account) in dirty {
-            if let Some(state) = self.accounts.get_mut(&(tenant.clone(), account.clone())) {
-                crate::replay::write_dirty(&mut out.delta, &tenant, &account, state);
-            }
-        }
-        index_dirty.sort_unstable_by_key(|d| d.0);
-        index_dirty.dedup_by_key(|d| d.0);
-        for (key, entity, tenant, id) in index_dirty {
-            if let Some(Some(rec)) = self.index.get(&key) {
-                match entity {
-                    Entity::Opportunity => out.delta.put_opportunity_index(&tenant, &id, rec),
-                    _ => out.delta.put_person_index(&tenant, &id, rec),
-                }
-            }
-        }
+        let Batch { mut out, applied_ids, .. } = b;
         self.progress.epoch += 1;
+        out.delta.extend(self.accounts.write_back(self.progress.epoch));
+        self.admission.index.write_back(&mut out.delta);
+        self.progress.max_ts = self.admission.max_ts();
         self.progress.input_next = out.next.input;
         self.progress.persons_next = out.next.persons;
         self.progress.accounts_next = out.next.accounts;
@@ -639,9 +520,10 @@ impl PartitionTask {
     /// A store write failure (the task must then be dropped).
     pub(crate) fn apply(&mut self, delta: &Delta, changelog_next: u64) -> Result<(), EngineError> {
         self.store.apply_changelog(delta, changelog_next)?;
-        // Everything is committed between batches: any entry may go, it only costs a read later.
-        trim(&mut self.accounts, self.cfg.cache_accounts);
-        trim(&mut self.index, self.cfg.cache_persons);
+        // Everything up to this epoch is committed: any entry may go, it only costs a read later.
+        let committed = self.progress.epoch;
+        self.accounts.cache.evict(self.cfg.cache_accounts, committed);
+        self.admission.index.evict(self.cfg.cache_persons, committed);
         if let Some(stage) = self.stage.as_mut() {
             stage.trim(self.cfg.cache_persons);
         }
@@ -666,13 +548,13 @@ impl PartitionTask {
         delta
     }
 
-    /// Records waiting at the person stage (for metrics).
+    /// Records waiting at the person stage, and at accounts for a claim (for metrics).
     pub(crate) fn parked(&self) -> usize {
-        self.stage.as_ref().map_or(0, PersonStage::parked_len)
+        self.stage.as_ref().map_or(0, PersonStage::parked_len) + self.holds.len()
     }
 
     /// Pending timers (for metrics).
     pub(crate) fn timers_pending(&self) -> usize {
-        self.timers.len()
+        self.accounts.timers_pending()
     }
 }
