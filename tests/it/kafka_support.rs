@@ -241,8 +241,12 @@ level = "info"
             .sum()
     }
 
-    /// Waits until the group has committed the whole input.
+    /// Waits until the group has committed the whole input, and with several partitions until the person
+    /// stage has nothing left either (records held for a claim apply only once its answer is consumed).
     pub fn wait_caught_up(&self, timeout: Duration) {
+        if self.partitions > 1 {
+            return self.wait_quiet(timeout);
+        }
         let end = self.input_end();
         let t = Instant::now();
         while self.committed() < end {
@@ -347,4 +351,201 @@ pub fn by_account(records: &[Value]) -> BTreeMap<String, Vec<Value>> {
         m.entry(r["account_id"].as_str().unwrap_or_default().to_owned()).or_default().push(r.clone());
     }
     m
+}
+
+impl Cluster {
+    /// A producer of records to chosen partitions of the input topic, kept for many batches (making one
+    /// costs a round of requests).
+    pub fn partition_producer(&self) -> PartitionProducer {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "0")
+            .create()
+            .expect("producer");
+        PartitionProducer { producer, topic: self.topic("input") }
+    }
+
+    /// The name of one of the person stage's internal topics (`persons` or `accounts`): the engine's default,
+    /// `<group>.<stage>-repartition` (the group id is the cluster's prefix).
+    pub fn stage_topic(&self, stage: &str) -> String {
+        self.topic(&format!("{stage}-repartition"))
+    }
+
+    /// Waits until the group has committed every input partition to its end (each partition, not the sum).
+    pub fn wait_input_committed(&self, timeout: Duration) {
+        let probe = Probe::new(self);
+        let input = self.topic("input");
+        let started = Instant::now();
+        while !probe.caught_up(&input) {
+            assert!(started.elapsed() < timeout, "the service did not commit the input within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the service has processed everything produced so far and stopped writing: the group has
+    /// committed the whole input, it has consumed every record of the person stage's two topics, and
+    /// neither its offsets nor the end of any output topic or the changelog moved in 200 ms (checked twice in
+    /// a row, so that a record one stage sent to the other while this looked is seen). In event time nothing
+    /// happens without input, so the service then stays quiet until more input comes.
+    pub fn wait_quiet(&self, timeout: Duration) {
+        let probe = Probe::new(self);
+        let started = Instant::now();
+        let mut topics = vec![self.topic("input")];
+        if self.partitions > 1 {
+            topics.extend([self.stage_topic("persons"), self.stage_topic("accounts")]);
+        }
+        let outputs: Vec<String> = ["actions", "changes", "rejected", "changelog"].map(|r| self.topic(r)).into();
+        let mut previous = None;
+        loop {
+            // The stage's topics only once the service has committed input: it has created its topics by then
+            // (asking about a topic before could make a broker that creates topics on demand create it wrong).
+            // In this order: each stage's records are committed with the offsets of what caused them.
+            // And no transaction of the service open on any topic it writes.
+            let quiet = probe.caught_up(&topics[0])
+                && topics[1..].iter().all(|t| probe.unconsumed(t) == Some(0))
+                && topics[1..].iter().chain(&outputs).all(|t| !probe.in_transaction(t));
+            let snapshot = quiet.then(|| {
+                let mut s: Vec<i64> = topics.iter().flat_map(|t| probe.committed(t)).collect();
+                s.extend(outputs.iter().flat_map(|t| probe.ends(t)));
+                s
+            });
+            if snapshot.is_some() && snapshot == previous {
+                return;
+            }
+            previous = snapshot;
+            assert!(started.elapsed() < timeout, "the service did not settle within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// See [`Cluster::partition_producer`].
+pub struct PartitionProducer {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+impl PartitionProducer {
+    /// Produces `(partition, key, value)` records, each to the partition it names (not the one its key would
+    /// hash to), and waits until the broker has them all: the records of one partition keep their order.
+    pub fn produce(&self, records: &[(i32, String, String)]) {
+        for (partition, key, line) in records {
+            let mut rec = BaseRecord::to(&self.topic).key(key.as_str()).payload(line.as_str()).partition(*partition);
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        rec = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        // Not `flush`: rust-rdkafka's waits in steps of 100 ms.
+        let started = Instant::now();
+        while self.producer.in_flight_count() > 0 {
+            assert!(started.elapsed() < Duration::from_secs(60), "the broker did not take the records within 60 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Clients that look at a cluster's topics and its group's offsets, made once for many looks.
+struct Probe {
+    partitions: usize,
+    /// Of the service's group, never joining it: reads its committed offsets.
+    group: BaseConsumer,
+    /// Outside any group: end offsets.
+    plain: BaseConsumer,
+    /// read_committed, reporting the end of each partition: what the group has not consumed yet.
+    reader: BaseConsumer,
+}
+
+impl Probe {
+    fn new(cluster: &Cluster) -> Probe {
+        let client = |group: String, isolation: &str| -> BaseConsumer {
+            ClientConfig::new()
+                .set("bootstrap.servers", bootstrap())
+                .set("group.id", group)
+                .set("isolation.level", isolation)
+                .set("enable.partition.eof", "true")
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("consumer")
+        };
+        Probe {
+            partitions: cluster.partitions,
+            group: cluster.group_client(),
+            plain: client(format!("{}.probe", cluster.prefix), "read_uncommitted"),
+            reader: client(format!("{}.probe", cluster.prefix), "read_committed"),
+        }
+    }
+
+    /// The group's committed offset of every partition of `topic` (0 where it committed none, or when the
+    /// broker cannot say: callers wait for more).
+    fn committed(&self, topic: &str) -> Vec<i64> {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition(topic, p as i32);
+        }
+        let committed = self.group.committed_offsets(tpl, Duration::from_secs(10)).unwrap_or_default();
+        (0..self.partitions as i32)
+            .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            })
+            .collect()
+    }
+
+    /// The end offset of every partition of `topic` (0 where the broker cannot say).
+    fn ends(&self, topic: &str) -> Vec<i64> {
+        (0..self.partitions as i32)
+            .map(|p| self.plain.fetch_watermarks(topic, p, Duration::from_secs(10)).map_or(0, |w| w.1))
+            .collect()
+    }
+
+    /// Whether a transaction is open on a partition of `topic`: its last stable offset (the end a
+    /// read_committed client is told) is behind its end.
+    fn in_transaction(&self, topic: &str) -> bool {
+        (0..self.partitions as i32).any(|p| {
+            let stable = self.reader.fetch_watermarks(topic, p, Duration::from_secs(10)).map_or(0, |w| w.1);
+            stable < self.plain.fetch_watermarks(topic, p, Duration::from_secs(10)).map_or(0, |w| w.1)
+        })
+    }
+
+    /// Whether the group has committed every partition of `topic` (written outside transactions) to its end.
+    fn caught_up(&self, topic: &str) -> bool {
+        self.committed(topic).iter().zip(&self.ends(topic)).all(|(c, e)| c >= e)
+    }
+
+    /// How many records of `topic` a read_committed consumer sees at or after the group's committed offsets:
+    /// those the group has not consumed yet. (Committed offsets never reach the end offsets of a topic written
+    /// in transactions, as the person stage's are: each transaction ends with a commit marker, which takes an
+    /// offset.) `None` while the topic does not exist.
+    fn unconsumed(&self, topic: &str) -> Option<usize> {
+        let md = self.reader.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        if md.topics().first().map_or(0, |t| t.partitions().len()) != self.partitions {
+            return None;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, offset) in self.committed(topic).into_iter().enumerate() {
+            let from = if offset > 0 { Offset::Offset(offset) } else { Offset::Beginning };
+            tpl.add_partition_offset(topic, p as i32, from).expect("tpl");
+        }
+        self.reader.assign(&tpl).expect("assign");
+        let (mut seen, mut ended) = (0, std::collections::BTreeSet::new());
+        while ended.len() < self.partitions {
+            match self.reader.poll(Duration::from_secs(10)) {
+                Some(Ok(_)) => seen += 1,
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    ended.insert(p);
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => panic!("reading {topic}: no end within 10 s"),
+            }
+        }
+        self.reader.unassign().expect("unassign");
+        Some(seen)
+    }
 }

@@ -10,6 +10,7 @@ mod bad_input;
 mod buying_groups;
 mod crash;
 mod kafka;
+mod kafka_moves;
 mod kafka_support;
 mod ops;
 mod publish;
