@@ -162,9 +162,10 @@ impl<'s> Worker<'s> {
             {
                 self.prefetch(batch, ahead);
             }
-            let Some(event) = batch.event(step) else { continue };
             // Another worker's record is not even read: only its step (owner, watermark) is.
-            if step.worker == me {
+            if step.worker == me
+                && let Some(event) = batch.event(step)
+            {
                 let at = AccountRef {
                     key: step.account_key,
                     tenant: event.tenant.as_str(),
@@ -174,9 +175,11 @@ impl<'s> Worker<'s> {
                 let attach = batch.extra(step).and_then(|x| x.attach.as_deref()).cloned();
                 self.accounts.apply(env, at, event, attach, &cause, &mut part)?;
             }
-            // The timer pass after every applied record.
-            let record = (event.tenant.as_str(), event.event_id.as_str());
-            self.accounts.fire_due(env, step.watermark, step.seq, record, &mut part, |_| false)?;
+            // The timer pass after every applied record (its record is read only when a timer is due).
+            if self.accounts.timers_due(step.watermark) {
+                let record = batch.event(step).map_or(("", ""), |e| (e.tenant.as_str(), e.event_id.as_str()));
+                self.accounts.fire_due(env, step.watermark, step.seq, record, &mut part, |_| false)?;
+            }
         }
         self.last_output =
             OutputSizes { actions: part.actions.len(), changes: part.changes.len(), groups: part.groups.len() };
