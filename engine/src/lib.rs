@@ -35,7 +35,7 @@ pub mod replay;
 pub mod service;
 pub mod telemetry;
 
-pub use error::{Domain, EngineError, Result};
+pub use error::{Domain, EngineError, KafkaFailure, Result, Retry};
 
 /// The wall clock in nanoseconds since the epoch (processing time, and lags measured against it).
 pub(crate) fn wall_clock_ns() -> i64 {

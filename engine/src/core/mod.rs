@@ -38,3 +38,36 @@ pub(crate) mod position;
 pub(crate) mod publish;
 pub(crate) mod routing;
 pub(crate) mod timers;
+
+use crate::EngineError;
+use caravan_state::Store;
+
+/// What the partition core is set to, the same in both modes (each driver fills it from its own options).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Settings {
+    /// What the edge checks beyond a record's own form.
+    pub(crate) rules: decode::EdgeRules,
+    /// Allowed disorder of event time: the watermark is the largest `ts` minus this (nanoseconds).
+    pub(crate) allowed_disorder_ns: i64,
+    /// Event ids remembered for de-duplication (0 turns it off).
+    pub(crate) dedup_window: usize,
+    /// De-duplication's age bound in event-time nanoseconds (0: none).
+    pub(crate) dedup_max_age_ns: i64,
+}
+
+impl Settings {
+    /// The admission of a stream whose store has committed events up to `max_ts`, with the window its
+    /// stored epochs hold, and those epochs; `complete_index`: the store holds no index entry.
+    ///
+    /// # Errors
+    /// A store read failure.
+    pub(crate) fn admission(
+        &self,
+        store: &Store,
+        complete_index: bool,
+        max_ts: Option<i64>,
+    ) -> Result<(admit::Admission, dedup::EpochLog), EngineError> {
+        let (window, log) = dedup::restore(store, self.dedup_window, self.dedup_max_age_ns, max_ts)?;
+        Ok((admit::Admission::new(window, complete_index, max_ts, self.allowed_disorder_ns), log))
+    }
+}

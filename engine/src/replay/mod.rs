@@ -228,8 +228,17 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     let source_name = if opts.input.as_os_str() == "-" { "-".to_owned() } else { opts.input.display().to_string() };
 
     // The de-duplication window and the timers, as committed.
-    let (dedup, dedup_log) =
-        crate::core::dedup::restore(&store, opts.dedup_window, opts.dedup_max_age_ns, checkpoint.max_ts)?;
+    let core = crate::core::Settings {
+        rules: crate::core::decode::EdgeRules {
+            limits: opts.limits.clone(),
+            tenants: Arc::new(opts.tenants.clone()),
+            xdm_tenant: opts.xdm_tenant.as_deref().map(caravan_schemas::Id::from),
+        },
+        allowed_disorder_ns: opts.allowed_disorder_ns,
+        dedup_window: opts.dedup_window,
+        dedup_max_age_ns: opts.dedup_max_age_ns,
+    };
+    let (admission, dedup_log) = core.admission(&store, fresh, checkpoint.max_ts)?;
     let mut timers: Vec<Vec<caravan_state::StoredTimer>> = (0..workers).map(|_| Vec::new()).collect();
     for t in store.timers()? {
         timers[crate::core::keys::worker_of(crate::core::keys::account_key(&t.tenant, &t.account_id), workers)].push(t);
@@ -261,7 +270,6 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     let committed = Arc::new(AtomicU64::new(0));
     let start_record = checkpoint.records;
     let start_bytes = checkpoint.input_bytes;
-    let max_ts = checkpoint.max_ts;
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(decoders * 2);
     // Read buffers going back from the decoders to the reader.
     let (free_tx, free_rx) = crossbeam_channel::unbounded();
@@ -294,11 +302,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         };
         let (returns, returned) = reader::LineReturns::new(decoders);
         let mut decoder_handles = Vec::new();
-        let rules = crate::core::decode::EdgeRules {
-            limits: opts.limits.clone(),
-            tenants: Arc::new(opts.tenants.clone()),
-            xdm_tenant: opts.xdm_tenant.as_deref().map(caravan_schemas::Id::from),
-        };
+        let rules = &core.rules;
         for (i, returned) in returned.into_iter().enumerate() {
             let (rx, tx, rules, free) = (chunk_rx.clone(), parsed_tx.clone(), rules.clone(), free_tx.clone());
             decoder_handles.push(
@@ -358,7 +362,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         let router = router::Router::new(
             router_cfg,
             store,
-            crate::core::admit::Admission::new(dedup, fresh, max_ts, opts.allowed_disorder_ns),
+            admission,
             (start_record, start_bytes),
             worker_txs,
             commit_tx,

@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 /// How long a broker request may take before the engine gives up on it.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A failed Kafka client call, as the engine reports and classifies it ([`EngineError::retry`]).
 pub(crate) fn kafka_error(what: &str, e: KafkaError) -> EngineError {
-    EngineError::Invalid(format!("kafka: {what}: {e}"))
+    EngineError::kafka(what, e)
 }
 
 /// A client configuration with the user's pass-through options, then the engine's own keys on top.

@@ -76,14 +76,16 @@ fn ensure_definitions_topic(cfg: &Config) -> Result<(), EngineError> {
 fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineError> {
     Ok(TaskConfig {
         input_topic: cfg.topics.input.clone(),
-        rules: crate::core::decode::EdgeRules {
-            limits: cfg.input.limits().map_err(EngineError::Invalid)?,
-            tenants: Arc::new(cfg.tenants.iter().map(|t| t.id.clone()).collect()),
-            xdm_tenant: cfg.input.tenant.as_deref().filter(|_| cfg.input.format == InputFormat::Xdm).map(Id::from),
+        core: crate::core::Settings {
+            rules: crate::core::decode::EdgeRules {
+                limits: cfg.input.limits().map_err(EngineError::Invalid)?,
+                tenants: Arc::new(cfg.tenants.iter().map(|t| t.id.clone()).collect()),
+                xdm_tenant: cfg.input.tenant.as_deref().filter(|_| cfg.input.format == InputFormat::Xdm).map(Id::from),
+            },
+            allowed_disorder_ns: cfg.time.allowed_disorder_ns(),
+            dedup_window: cfg.input.dedup_window,
+            dedup_max_age_ns: cfg.input.dedup_max_age_ns(),
         },
-        allowed_disorder_ns: cfg.time.allowed_disorder_ns(),
-        dedup_window: cfg.input.dedup_window,
-        dedup_max_age_ns: cfg.input.dedup_max_age_ns(),
         cache_accounts: (cfg.state.cache_accounts / partitions.max(1)).max(16),
         cache_persons: (cfg.state.cache_persons / partitions.max(1)).max(16),
         // A task commits a transaction at least every commit interval: far fewer ids than the window.
@@ -285,6 +287,9 @@ impl Service<'_> {
         self.producer.context().reset();
         match self.transaction(&done, offsets) {
             Ok(()) => tracing::debug!(took = ?started.elapsed(), partitions = done.len(), "Transaction committed."),
+            // A fenced producer or a fatal client error cannot abort: the process stops (another instance
+            // holds its transactional id, or the client is unusable).
+            Err(e) if e.retry() == crate::Retry::Never => return Err(e),
             Err(e) => {
                 metrics::counter!(telemetry::TRANSACTIONS_ABORTED).increment(1);
                 tracing::warn!(error = %e, "Transaction failed: aborting and going back to the committed state.");
@@ -364,7 +369,7 @@ impl Service<'_> {
         if !self.task_cfg.processing_time
             && let Some(slowest) = self.tasks.values().filter_map(|t| t.progress.max_ts).min()
         {
-            telemetry::record_watermark(slowest.saturating_sub(self.task_cfg.allowed_disorder_ns));
+            telemetry::record_watermark(slowest.saturating_sub(self.task_cfg.core.allowed_disorder_ns));
         }
     }
 

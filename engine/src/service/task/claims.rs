@@ -175,7 +175,7 @@ impl PartitionTask {
         // Its timers put aside while it waited fire among its records, as their time came.
         self.accounts.resume_timers(tenant, account);
         self.releasing = Some((tenant.clone(), account.clone()));
-        let released = self.release_held(defs, tenant, account, b);
+        let released = self.release_held(defs, (tenant, account), b);
         self.releasing = None;
         released?;
         if !self.holds.is_held(tenant, account) {
@@ -189,11 +189,11 @@ impl PartitionTask {
         Ok(())
     }
 
+    /// The loop of [`PartitionTask::release`].
     fn release_held(
         &mut self,
         defs: &Definitions,
-        tenant: &Id,
-        account: &Id,
+        (tenant, account): (&Id, &Id),
         b: &mut Batch,
     ) -> Result<(), EngineError> {
         while let Some(held) = self.holds.next_ready(tenant, account, &mut b.out.delta) {

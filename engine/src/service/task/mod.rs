@@ -21,7 +21,7 @@ use super::repartition::{AccountMessage, Forward, Origin, Outcome, PersonStage, 
 use crate::EngineError;
 use crate::core::accounts::{AccountRef, Accounts, Env, OutputSink};
 use crate::core::admit::{Admission, Admit};
-use crate::core::decode::{Decoded, EdgeRules, Parsed, decode_record};
+use crate::core::decode::{Decoded, Parsed, decode_record};
 use crate::core::dedup::EpochLog;
 use crate::core::keys;
 use crate::core::outputs::{self, OutKind, OutRecord};
@@ -142,18 +142,15 @@ struct Batch {
 pub(crate) struct TaskConfig {
     /// The input topic (rejected records name it).
     pub(crate) input_topic: String,
-    /// What the edge checks beyond a record's own form.
-    pub(crate) rules: EdgeRules,
-    /// Allowed disorder of event time: the watermark is the largest `ts` minus this (nanoseconds).
-    pub(crate) allowed_disorder_ns: i64,
-    /// Event ids remembered for de-duplication (0 turns it off).
-    pub(crate) dedup_window: usize,
-    /// De-duplication's age bound in event-time nanoseconds (0: none).
-    pub(crate) dedup_max_age_ns: i64,
-    /// Accounts kept in memory by the task.
+    /// The partition core's settings.
+    pub(crate) core: crate::core::Settings,
+    /// Accounts kept in memory by the task: the instance's `state.cache_accounts` shared among the input's
+    /// partitions.
     pub(crate) cache_accounts: usize,
-    /// Person and opportunity index entries kept in memory.
+    /// Person and opportunity index entries kept in memory (`state.cache_persons`, shared the same way).
     pub(crate) cache_persons: usize,
+    /// RocksDB tuning of the partition's store (its de-duplication family sized for the window the task
+    /// keeps).
     pub(crate) store: StoreOptions,
     /// Processing time: the wall clock, not the watermark, drives timers and stamps causes.
     pub(crate) processing_time: bool,
@@ -196,14 +193,13 @@ impl PartitionTask {
     pub(crate) fn open(store: Arc<Store>, partition: i32, cfg: TaskConfig) -> Result<PartitionTask, EngineError> {
         let progress = Progress::read(&store)
             .map_err(|e| EngineError::Internal(format!("partition {partition}: stored progress: {e}")))?;
-        let (dedup, dedup_log) =
-            crate::core::dedup::restore(&store, cfg.dedup_window, cfg.dedup_max_age_ns, progress.max_ts)?;
+        let (admission, dedup_log) = cfg.core.admission(&store, false, progress.max_ts)?;
         let timers = TimerQueue::stored(store.timers()?);
         let stage = if cfg.partitions > 1 { Some(PersonStage::open(&store)?) } else { None };
         let holds = if cfg.partitions > 1 { Holds::open(&store)? } else { Holds::default() };
         Ok(PartitionTask {
             partition,
-            admission: Admission::new(dedup, false, progress.max_ts, cfg.allowed_disorder_ns),
+            admission,
             accounts: Accounts::new(false, timers),
             cfg,
             store,
@@ -292,7 +288,7 @@ impl PartitionTask {
         mode: Mode,
         b: &mut Batch,
     ) -> Result<Option<Hold>, EngineError> {
-        let decoded = match decode_record(raw, &self.cfg.rules) {
+        let decoded = match decode_record(raw, &self.cfg.core.rules) {
             Parsed::Blank => return Ok(None),
             Parsed::Rejected(r, raw) => {
                 b.out.reject(r.reason, r.detail, &raw, origin);
@@ -431,7 +427,7 @@ impl PartitionTask {
         let max_ts = self.progress.stage_max_ts.map_or(ts, |m| m.max(ts));
         self.progress.stage_max_ts = Some(max_ts);
         // A record waits until this time passes: its event time (by the stage's watermark), or the clock.
-        let now = b.clock.unwrap_or_else(|| max_ts.saturating_sub(self.cfg.allowed_disorder_ns));
+        let now = b.clock.unwrap_or_else(|| max_ts.saturating_sub(self.cfg.core.allowed_disorder_ns));
         let parked_from = b.clock.unwrap_or(ts);
         stage.handle(&self.store, msg, offset as u64, parked_from + self.cfg.unknown_person_wait_ns, &mut b.out)?;
         stage.expire(now, &mut b.out);
