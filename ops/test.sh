@@ -17,6 +17,10 @@ if grep -q '^caravan-operators' <<<"$state_deps"; then
   echo "state depends on operators" >&2; exit 1
 fi
 grep -q '^caravan-schemas' <<<"$operators_deps" || { echo "cargo tree listed no dependencies of operators" >&2; exit 1; }
+# The two drivers stand on the partition core (engine/src/core), never on each other.
+if grep -rqE '(crate|super)::replay' engine/src/service || grep -rqE '(crate|super)::service' engine/src/replay; then
+  echo "the replay and Kafka drivers import each other: what both need belongs in engine/src/core" >&2; exit 1
+fi
 # The alert rules parse, and fire (or stay quiet) as their unit tests say.
 promtool check rules ops/prometheus/alerts.yml
 (cd ops/prometheus && promtool test rules alerts.test.yml)

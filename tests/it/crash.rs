@@ -103,14 +103,20 @@ fn kill_at_random_points_then_resume_gives_identical_outputs() {
 fn sigterm_stops_cleanly_and_a_rerun_finishes_identically() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("w.ndjson");
-    generate(&input, 2_000, 4, 400_000, 30, 21);
+    generate(&input, 2_000, 4, 800_000, 30, 21);
     let defs = reference_definitions();
     let reference = dir.path().join("reference");
     replay(&defs, &input, &reference, None, &[]);
 
     let (out, state) = (dir.path().join("out"), dir.path().join("state"));
     let child = spawn_replay(&defs, &input, &out, &state, &["--commit-interval", "20ms"], true);
-    std::thread::sleep(Duration::from_millis(300));
+    // The signal comes once the run has committed something: early, however fast the machine (a fixed
+    // 300 ms let a fast machine finish 400,000 records first).
+    let started = Instant::now();
+    while std::fs::metadata(out.join("changes.ndjson")).map_or(0, |m| m.len()) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "nothing committed within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
     assert!(status.success());
     let output = child.wait_with_output().expect("exits");
