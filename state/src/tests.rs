@@ -1,4 +1,5 @@
 use super::*;
+use crate::delta::{OP_BYTES, Op};
 use proptest::prelude::*;
 use serde_json::json;
 use std::collections::BTreeMap;
