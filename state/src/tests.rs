@@ -344,6 +344,24 @@ fn dedup_epochs_stored_without_times_still_read() {
     assert_eq!(epochs, vec![(1, vec![(5, i64::MAX), (6, i64::MAX)]), (2, vec![(7, 42)])]);
 }
 
+/// Two stores: one that applied `d`, one that applied the delta rebuilt from `d`'s changelog records (with their
+/// folders, which must outlive them).
+fn stores_from_delta_and_its_changelog(d: &Delta) -> Vec<(tempfile::TempDir, Store)> {
+    let mut replayed = Delta::default();
+    for (k, v) in d.changelog_records() {
+        replayed.push_changelog_record(&k, v).expect("a changelog record");
+    }
+    [d, &replayed]
+        .into_iter()
+        .map(|delta| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = open(dir.path());
+            store.apply_changelog(delta, 5).expect("applies");
+            (dir, store)
+        })
+        .collect()
+}
+
 #[test]
 fn routes_and_parked_records_round_trip_through_the_changelog() {
     let parked = |until: i64, offset: i64| ParkedRecord {
@@ -362,14 +380,7 @@ fn routes_and_parked_records_round_trip_through_the_changelog() {
     d.put_parked("t", opportunity, "p", 4, &parked(8, 40));
     d.delete_parked("t", person, "q", 1);
     // A store rebuilt from the changelog records holds the same routes and parked records.
-    let mut replayed = Delta::default();
-    for (k, v) in d.changelog_records() {
-        replayed.push_changelog_record(&k, v).expect("a changelog record");
-    }
-    for delta in [&d, &replayed] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(dir.path());
-        store.apply_changelog(delta, 5).expect("applies");
+    for (_dir, store) in stores_from_delta_and_its_changelog(&d) {
         let route = store.route("t", person, "p").expect("reads").expect("present");
         assert_eq!((route.account_id.as_str(), route.partition, route.present), ("a", 1, true));
         assert_eq!(store.route("u", person, "p").expect("reads"), None, "routes stay within their tenant");
@@ -413,14 +424,7 @@ fn held_records_round_trip_through_the_changelog_in_account_and_sequence_order()
     d.put_held("u", "a", 1, &held(10, HeldKind::Record));
     d.put_held("t", "b", 8, &held(80, HeldKind::Record));
     d.delete_held("t", "b", 8);
-    let mut replayed = Delta::default();
-    for (k, v) in d.changelog_records() {
-        replayed.push_changelog_record(&k, v).expect("a changelog record");
-    }
-    for delta in [&d, &replayed] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(dir.path());
-        store.apply_changelog(delta, 5).expect("applies");
+    for (_dir, store) in stores_from_delta_and_its_changelog(&d) {
         let got: Vec<_> = store
             .held()
             .expect("reads")
