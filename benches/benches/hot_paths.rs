@@ -5,7 +5,7 @@ use caravan_operators::journey::compile_journey;
 use caravan_schemas::definition::read_document;
 use caravan_schemas::input::{DecodeLimits, decode};
 use caravan_schemas::state::PersonRecord;
-use caravan_state::{Checkpoint, Delta, Store, StoreOptions};
+use caravan_state::{Delta, Position, Store, StoreOptions};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -96,7 +96,7 @@ fn commit_bench(c: &mut Criterion) {
             },
             |d| {
                 epoch += 1;
-                store.commit(&d, &Checkpoint { epoch, ..Checkpoint::default() }).expect("commits")
+                store.commit(&d, &Position { epoch, ..Position::replay() }).expect("commits")
             },
             BatchSize::SmallInput,
         )

@@ -403,11 +403,42 @@ async fn account(
     .await
 }
 
+/// A store's committed position as `caravan inspect` shows it: named counters, times in RFC 3339, and only
+/// the fields of the mode that wrote it.
+pub fn position_view(p: &caravan_state::Position) -> Value {
+    let time = |t: Option<i64>| t.map(|t| Timestamp(t).to_rfc3339());
+    let mut view = json!({
+        "mode": match p.mode { caravan_state::Mode::Replay => "replay", caravan_state::Mode::Kafka => "kafka" },
+        "epoch": p.epoch,
+        "input_next": p.input_next,
+        "seq": p.seq,
+        "max_ts": time(p.max_ts),
+        "applied": p.totals[0], "rejected": p.totals[1], "duplicates": p.totals[2],
+        "actions": p.totals[3], "changes": p.totals[4], "late": p.totals[5],
+    });
+    if let Some(obj) = view.as_object_mut() {
+        match p.mode {
+            caravan_state::Mode::Replay => {
+                obj.insert("input_bytes".into(), json!(p.input_bytes));
+                obj.insert("output_lengths".into(), json!(p.output_lengths));
+            }
+            caravan_state::Mode::Kafka => {
+                obj.insert("definitions_next".into(), json!(p.definitions_next));
+                obj.insert(
+                    "stage".into(),
+                    json!({"persons_next": p.stage.persons_next, "accounts_next": p.stage.accounts_next,
+                        "max_ts": time(p.stage.max_ts)}),
+                );
+            }
+        }
+    }
+    view
+}
+
 /// The latest event time a store has committed (the `now` of derived values such as buying group
-/// engagement): a replay's checkpoint, or a Kafka partition's progress.
+/// engagement), from its position, whichever mode wrote it.
 fn committed_time(store: &Store) -> Result<Timestamp, EngineError> {
-    let position = crate::core::position::Position::read(store)?;
-    Ok(Timestamp(position.and_then(|p| p.max_ts()).unwrap_or(0)))
+    Ok(Timestamp(store.position()?.and_then(|p| p.max_ts).unwrap_or(0)))
 }
 
 /// One account as committed in `store`: attributes, people, opportunities, journey positions, buying

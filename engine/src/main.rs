@@ -86,7 +86,7 @@ enum Command {
     Config(ConfigCommand),
     /// Show what a state folder holds.
     Inspect {
-        /// The state folder of a replay.
+        /// A state folder: a replay's, or one partition's folder under a service's `state.dir`.
         #[arg(long)]
         state: PathBuf,
         /// Tenant of the account to show.
@@ -465,14 +465,8 @@ fn inspect(state: &std::path::Path, tenant: Option<&str>, account: Option<&str>)
             }
         }
         _ => {
-            let cp = store.checkpoint()?;
             serde_json::json!({
-                "checkpoint": cp.map(|c| serde_json::json!({
-                    "epoch": c.epoch, "records": c.records, "input_bytes": c.input_bytes,
-                    "max_ts": c.max_ts.map(|t| caravan_schemas::time::Timestamp(t).to_rfc3339()),
-                    "output_lengths": c.output_lengths,
-                    "applied": c.totals[0], "rejected": c.totals[1], "duplicates": c.totals[2],
-                    "actions": c.totals[3], "changes": c.totals[4], "late": c.totals[5]})),
+                "position": store.position()?.as_ref().map(admin::position_view),
                 "state_bytes": store.approximate_size_bytes(),
             })
         }

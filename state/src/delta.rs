@@ -4,7 +4,8 @@
 //! It never touches RocksDB: [`crate::Store`] commits a delta.
 
 use crate::keys::*;
-use crate::{COLUMN_FAMILIES, Result, StateError};
+use crate::position::{LEGACY_CHECKPOINT, LEGACY_PROGRESS, POSITION};
+use crate::{COLUMN_FAMILIES, Position, Result, StateError};
 use caravan_schemas::output::Entity;
 use caravan_schemas::state::{
     self as codec, AccountRecord, CodecError, HeldRecord, IndexRecord, OpportunityRecord, ParkedRecord, PersonRecord,
@@ -220,11 +221,27 @@ impl Delta {
         self.delete(DEDUP, epoch.to_be_bytes().to_vec());
     }
 
-    /// Writes an engine value under `name` in `meta` (the engine encodes it). The name must not be
-    /// `checkpoint` or start with `local.`: those belong to [`Store::commit`] and [`Store::apply_changelog`].
+    /// Writes an engine value under `name` in `meta` (the engine encodes it). The name must not be one of
+    /// the position records' (`position`, `checkpoint`, `partition`) or start with `local.`: those belong to
+    /// [`Delta::put_position`], [`Store::commit`] and [`Store::apply_changelog`].
     pub fn put_meta(&mut self, name: &str, value: Vec<u8>) {
-        debug_assert!(name != "checkpoint" && !name.starts_with("local."));
+        debug_assert!(
+            ![POSITION, LEGACY_CHECKPOINT, LEGACY_PROGRESS].contains(&name.as_bytes()) && !name.starts_with("local.")
+        );
         self.put(META, name.as_bytes().to_vec(), value);
+    }
+
+    /// Writes the position this delta brings the store to (Kafka mode: it travels on the changelog with the
+    /// state it describes). A replay gives its position to [`Store::commit`] instead.
+    pub fn put_position(&mut self, position: &Position) {
+        self.put(META, POSITION.to_vec(), codec::encode(position));
+    }
+
+    /// Deletes a position record of an older form ([`Store::holds_legacy_position`]): once, in the first
+    /// delta that puts the new one.
+    pub fn drop_legacy_positions(&mut self) {
+        self.delete(META, LEGACY_CHECKPOINT.to_vec());
+        self.delete(META, LEGACY_PROGRESS.to_vec());
     }
 
     /// The writes as changelog records, in order: key = column family number (one byte) then the state key;

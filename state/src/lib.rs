@@ -4,8 +4,9 @@
 //! Kafka. It stores what the engine hands it and reads it back.
 //!
 //! Guarantees:
-//! - [`Store::commit`] writes one [`Delta`] and the [`Checkpoint`] that it reflects in one RocksDB
-//!   `WriteBatch`: after a crash at any point, either both are there or neither is.
+//! - [`Store::commit`] writes one [`Delta`] and the [`Position`] that it reflects in one RocksDB
+//!   `WriteBatch`: after a crash at any point, either both are there or neither is. (Kafka mode puts the
+//!   position in the delta itself, [`Delta::put_position`], so that it travels on the changelog.)
 //! - After a failed write the store is poisoned: every later call returns [`StateError::Poisoned`], and the
 //!   process must restart from the last checkpoint.
 //! - [`Store`] is `Send + Sync`; reads may run on any thread while one thread commits.
@@ -25,9 +26,9 @@
 //! | `routes` | tenant `\0` entity `\0` id | [`RouteRecord`] (Kafka mode's person stage) |
 //! | `parked` | tenant `\0` entity `\0` id `\0` sequence (u64 big-endian) | [`ParkedRecord`] (the same) |
 //! | `held` | tenant `\0` account `\0` sequence (u64 big-endian) | [`HeldRecord`] (the same: records held at an account while it waits for a claim) |
-//! | `meta` | `checkpoint` | [`Checkpoint`] (replay) |
+//! | `meta` | `position` | [`Position`]: what the store has committed, in both modes (`checkpoint` and `partition` in older stores) |
 //! | `meta` | `local.changelog_next` | the changelog offset the store reflects (Kafka mode; local only) |
-//! | `meta` | other names | engine values ([`Delta::put_meta`]), e.g. a Kafka partition's progress |
+//! | `meta` | other names | engine values ([`Delta::put_meta`]) |
 //!
 //! In Kafka mode each [`Delta`] also travels as changelog records ([`Delta::changelog_records`]): the key
 //! is the column family's number then the state key, the value the stored bytes or a tombstone.
@@ -35,26 +36,29 @@
 //! Values carry a format-version byte ([`caravan_schemas::state::encode`]).
 //!
 //! Modules: `keys` (the families' numbers and every key's form, built and read back), `delta` (the writes of
-//! one commit, and their changelog form); the store itself is here.
+//! one commit, and their changelog form), `position` (the committed position record and its upgrade); the
+//! store itself is here.
 //!
 //! ```
-//! use caravan_state::{Store, Delta, Checkpoint, StoreOptions};
+//! use caravan_state::{Store, Delta, Position, StoreOptions};
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
 //! let mut delta = Delta::default();
 //! delta.put_person_index("t", "p", &caravan_schemas::state::IndexRecord { account_id: "a".into(), present: true });
-//! store.commit(&delta, &Checkpoint { epoch: 1, ..Checkpoint::default() }).unwrap();
+//! store.commit(&delta, &Position { epoch: 1, ..Position::replay() }).unwrap();
 //! assert_eq!(store.person_index("t", "p").unwrap().unwrap().account_id, "a");
-//! assert_eq!(store.checkpoint().unwrap().unwrap().epoch, 1);
+//! assert_eq!(store.position().unwrap().unwrap().epoch, 1);
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
 mod delta;
 mod keys;
+mod position;
 
 use delta::{DEDUP_ENTRY_BYTES, DEDUP_TIMED, WRITE_BATCH_HEADER, WRITE_BATCH_RECORD_OVERHEAD, payload};
 pub use delta::{DedupEpoch, Delta};
 use keys::*;
+pub use position::{Mode, Position, StagePosition};
 
 use caravan_schemas::output::Entity;
 use caravan_schemas::state::{
@@ -64,7 +68,6 @@ use caravan_schemas::state::{
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -143,23 +146,6 @@ impl Default for StoreOptions {
             log_commits: true,
         }
     }
-}
-
-/// Progress of the engine that a commit makes durable together with the state delta.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    /// Commit number, 1 for the first.
-    pub epoch: u64,
-    /// Input records consumed (lines, blank ones included): the next record to read is this one.
-    pub records: u64,
-    /// Input bytes consumed.
-    pub input_bytes: u64,
-    /// Largest applied event time so far (the watermark's base), if any record was applied.
-    pub max_ts: Option<i64>,
-    /// Lengths of the output files after this epoch's outputs: actions, changes, rejected.
-    pub output_lengths: [u64; 3],
-    /// Counters for the summary: events applied, rejected, duplicates, actions, changes, late.
-    pub totals: [u64; 6],
 }
 
 /// An account as stored: its record, its people and its opportunities.
@@ -322,18 +308,25 @@ impl Store {
         self.db.cf_handle(COLUMN_FAMILIES[ix]).expect("every column family is created at open")
     }
 
-    /// Writes a delta and the checkpoint it reflects, atomically.
+    /// Writes a delta and the position it reflects, atomically (and drops a position record of an older
+    /// form, so that only the new one is read from then on).
     ///
     /// # Errors
     /// [`StateError::Rocks`] when the write fails (the store is then poisoned), or
     /// [`StateError::Poisoned`] after an earlier failure.
-    pub fn commit(&self, delta: &Delta, checkpoint: &Checkpoint) -> Result<()> {
-        self.write_with(delta, META, b"checkpoint", &codec::encode(checkpoint))
+    pub fn commit(&self, delta: &Delta, position: &Position) -> Result<()> {
+        self.write_with(
+            delta,
+            META,
+            position::POSITION,
+            &codec::encode(position),
+            &[position::LEGACY_CHECKPOINT, position::LEGACY_PROGRESS],
+        )
     }
 
-    /// Writes a delta and one more value (its progress marker) in one write batch; poisons the store on
-    /// failure.
-    fn write_with(&self, delta: &Delta, cf: usize, key: &[u8], value: &[u8]) -> Result<()> {
+    /// Writes a delta, one more value (its position) and the deletes of `meta` keys `gone` in one write batch;
+    /// poisons the store on failure.
+    fn write_with(&self, delta: &Delta, cf: usize, key: &[u8], value: &[u8], gone: &[&[u8]]) -> Result<()> {
         self.check()?;
         // Sized once: grown by doubling, an epoch's batch (tens of MB) was copied again at every doubling, into
         // fresh pages each time (perf: a sixth of the committer's time in those copies and their page faults).
@@ -352,6 +345,9 @@ impl Store {
             }
         }
         batch.put_cf(self.cf(cf), key, value);
+        for key in gone {
+            batch.delete_cf(self.cf(META), key);
+        }
         self.db.write_opt(batch, &self.write_opts).map_err(|e| {
             self.poisoned.store(true, Ordering::Release);
             StateError::Rocks(e)
@@ -365,7 +361,7 @@ impl Store {
     /// # Errors
     /// As [`Store::commit`].
     pub fn apply_changelog(&self, delta: &Delta, changelog_next: u64) -> Result<()> {
-        self.write_with(delta, META, LOCAL_CHANGELOG_NEXT, &changelog_next.to_be_bytes())
+        self.write_with(delta, META, LOCAL_CHANGELOG_NEXT, &changelog_next.to_be_bytes(), &[])
     }
 
     /// The changelog offset the store reflects ([`Store::apply_changelog`]), 0 when it never applied one.
@@ -395,16 +391,42 @@ impl Store {
         Ok(self.db.get_cf(self.cf(META), name.as_bytes())?)
     }
 
-    /// The last committed checkpoint, if any commit happened.
+    /// The last committed position, if any commit happened, in whichever form the store holds it.
     ///
     /// # Errors
     /// On a read failure or a corrupt value.
-    pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+    pub fn position(&self) -> Result<Option<Position>> {
         self.check()?;
-        match self.db.get_cf(self.cf(META), b"checkpoint")? {
-            Some(v) => decode_at(b"checkpoint", &v).map(Some),
-            None => Ok(None),
+        let meta = self.cf(META);
+        if let Some(v) = self.db.get_cf(meta, position::POSITION)? {
+            return decode_at(position::POSITION, &v).map(Some);
         }
+        if let Some(v) = self.db.get_cf(meta, position::LEGACY_CHECKPOINT)? {
+            return decode_at::<position::LegacyCheckpoint>(position::LEGACY_CHECKPOINT, &v).map(|c| Some(c.into()));
+        }
+        if let Some(v) = self.db.get_cf(meta, position::LEGACY_PROGRESS)? {
+            // The newer form first: the older one is a prefix of it, and would read it (leaving bytes over).
+            return match decode_at::<position::LegacyProgress>(position::LEGACY_PROGRESS, &v) {
+                Ok(p) => Ok(Some(p.into())),
+                Err(e) => match decode_at::<position::LegacyProgressV1>(position::LEGACY_PROGRESS, &v) {
+                    Ok(p) => Ok(Some(p.into())),
+                    Err(_) => Err(e),
+                },
+            };
+        }
+        Ok(None)
+    }
+
+    /// Whether the store holds its position in an older form: the next commit of a driver that writes the
+    /// position through its delta must drop it ([`Delta::drop_legacy_positions`]).
+    ///
+    /// # Errors
+    /// On a read failure.
+    pub fn holds_legacy_position(&self) -> Result<bool> {
+        self.check()?;
+        let meta = self.cf(META);
+        Ok(self.db.get_cf(meta, position::LEGACY_CHECKPOINT)?.is_some()
+            || self.db.get_cf(meta, position::LEGACY_PROGRESS)?.is_some())
     }
 
     /// Loads an account with its people and opportunities; `None` when nothing is stored for it.

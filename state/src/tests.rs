@@ -25,8 +25,8 @@ fn an_ephemeral_store_leaves_nothing_behind_when_it_closes() {
                 .expect("store opens");
         let mut d = Delta::default();
         d.put_account("t", "a", &AccountRecord { exists: true, version: 1, ..AccountRecord::default() });
-        store.commit(&d, &Checkpoint { epoch: 1, ..Checkpoint::default() }).expect("commits");
-        assert_eq!(store.checkpoint().expect("reads").map(|c| c.epoch), Some(1));
+        store.commit(&d, &Position { epoch: 1, ..Position::replay() }).expect("commits");
+        assert_eq!(store.position().expect("reads").map(|c| c.epoch), Some(1));
         assert!(store.load_account("t", "a").expect("reads").is_some());
     }
     let files: Vec<String> = std::fs::read_dir(dir.path())
@@ -35,7 +35,7 @@ fn an_ephemeral_store_leaves_nothing_behind_when_it_closes() {
         .collect();
     assert!(!files.iter().any(|f| f.ends_with(".sst")), "nothing was flushed at close: {files:?}");
     let store = open(dir.path());
-    assert_eq!(store.checkpoint().expect("reads"), None, "nothing was logged");
+    assert_eq!(store.position().expect("reads"), None, "nothing was logged");
     assert!(store.load_account("t", "a").expect("reads").is_none());
 }
 
@@ -48,10 +48,10 @@ fn a_store_without_the_log_keeps_its_commits_through_a_clean_close() {
             Store::open(dir.path(), &StoreOptions { log_commits: false, ..Default::default() }).expect("store opens");
         let mut d = Delta::default();
         d.put_account("t", "a", &AccountRecord { exists: true, version: 1, ..AccountRecord::default() });
-        store.commit(&d, &Checkpoint { epoch: 3, ..Checkpoint::default() }).expect("commits");
+        store.commit(&d, &Position { epoch: 3, ..Position::replay() }).expect("commits");
     }
     let store = open(dir.path());
-    assert_eq!(store.checkpoint().expect("reads").map(|c| c.epoch), Some(3));
+    assert_eq!(store.position().expect("reads").map(|c| c.epoch), Some(3));
     assert!(store.load_account("t", "a").expect("reads").is_some());
 }
 
@@ -60,25 +60,27 @@ fn commit_is_durable_across_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = open(dir.path());
-        assert_eq!(store.checkpoint().expect("reads"), None);
+        assert_eq!(store.position().expect("reads"), None);
         let mut d = Delta::default();
         let mut acct = AccountRecord { exists: true, version: 2, ..AccountRecord::default() };
         acct.attributes.insert("employees", json!(1200));
         d.put_account("t", "a", &acct);
         d.put_person("t", "a", &person("p1", 3));
         d.put_person("t", "a", &person("p2", 1));
-        let cp = Checkpoint {
+        let cp = Position {
             epoch: 7,
-            records: 100,
+            input_next: 100,
             input_bytes: 5000,
+            seq: 100,
             max_ts: Some(42),
             output_lengths: [1, 2, 3],
             totals: [1, 2, 3, 4, 5, 6],
+            ..Position::replay()
         };
         store.commit(&d, &cp).expect("commits");
     }
     let store = open(dir.path());
-    let cp = store.checkpoint().expect("reads").expect("present");
+    let cp = store.position().expect("reads").expect("present");
     assert_eq!(cp.epoch, 7);
     assert_eq!(cp.output_lengths, [1, 2, 3]);
     let stored = store.load_account("t", "a").expect("reads").expect("present");
@@ -120,7 +122,7 @@ fn prefix_scans_never_leak_across_accounts_or_tenants() {
     d.put_person("t", "ab", &person("p2", 1));
     d.put_person("t2", "a", &person("p3", 1));
     d.put_person("t\0", "a", &person("p4", 1));
-    store.commit(&d, &Checkpoint::default()).expect("commits");
+    store.commit(&d, &Position::replay()).expect("commits");
     let stored = store.load_account("t", "a").expect("reads").expect("present");
     let ids: Vec<&str> = stored.persons.iter().map(|p| p.person_id.as_str()).collect();
     assert_eq!(ids, ["p1"]);
@@ -140,7 +142,7 @@ fn account_timers_and_the_account_scan_stay_within_their_keys() {
         let rec = AccountRecord { exists: true, version: 1, ..AccountRecord::default() };
         d.put_account(tenant, account, &rec);
     }
-    store.commit(&d, &Checkpoint::default()).expect("commits");
+    store.commit(&d, &Position::replay()).expect("commits");
     let dues: Vec<i64> = store.timers_of("t", "a").expect("reads").iter().map(|t| t.timer.due).collect();
     assert_eq!(dues, [1, 2]);
     assert!(store.timers_of("t", "").expect("reads").is_empty());
@@ -162,12 +164,12 @@ fn deletes_and_timers_and_dedup_round_trip() {
     d.put_timer("t", "b", ("j", 1, 0), &timer);
     d.put_dedup_epoch(1, &[(1, 10), (u128::MAX, -5)]);
     d.put_dedup_epoch(2, &[(3, i64::MIN)]);
-    store.commit(&d, &Checkpoint::default()).expect("commits");
+    store.commit(&d, &Position::replay()).expect("commits");
     let mut d = Delta::default();
     d.delete_person("t", "a", "p1");
     d.delete_timer("t", "b", ("j", 1, 0));
     d.delete_dedup_epoch(1);
-    store.commit(&d, &Checkpoint::default()).expect("commits");
+    store.commit(&d, &Position::replay()).expect("commits");
     assert_eq!(store.load_account("t", "a").expect("reads"), None);
     let timers = store.timers().expect("reads");
     assert_eq!(
@@ -191,7 +193,7 @@ fn a_corrupt_value_is_an_error_not_a_panic() {
     let mut d = Delta::default();
     d.put(PERSON_INDEX, key2("t", "p"), vec![1, 255, 255, 255]);
     d.put(PERSON_INDEX, key2("t", "q"), vec![99, 0]);
-    store.commit(&d, &Checkpoint::default()).expect("commits");
+    store.commit(&d, &Position::replay()).expect("commits");
     assert!(matches!(store.person_index("t", "p"), Err(StateError::Codec { .. })));
     assert!(matches!(
         store.person_index("t", "q"),
@@ -249,7 +251,7 @@ proptest! {
                 d.compact();
                 prop_assert!(d.len() <= before.min(6));
             }
-            store.commit(&d, &Checkpoint { epoch: epoch as u64, ..Checkpoint::default() }).expect("commits");
+            store.commit(&d, &Position { epoch: epoch as u64, ..Position::replay() }).expect("commits");
             model = pending;
             for k in 0..6 {
                 let k = format!("p{k}");
@@ -275,7 +277,7 @@ fn definitions_stops_and_account_scans_round_trip() {
     d.put_account("t", "a1", &rec("x"));
     d.put_account("t", "a2", &rec("y"));
     d.put_account("tt", "a3", &rec("x"));
-    store.commit(&d, &Checkpoint::default()).expect("commits");
+    store.commit(&d, &Position::replay()).expect("commits");
     let defs = store.definitions().expect("reads");
     let published: Vec<(&str, &str, u32)> =
         defs.published.iter().map(|p| (p.tenant.as_str(), p.id.as_str(), p.version)).collect();
@@ -306,7 +308,7 @@ fn changelog_records_rebuild_the_same_state_and_reapply_idempotently() {
     second.delete_timer("t", "acct", ("j", 1, 0));
     let mut shipped = Vec::new();
     for d in [&first, &second] {
-        a.commit(d, &Checkpoint::default()).expect("commit");
+        a.commit(d, &Position::replay()).expect("commit");
         shipped.extend(d.changelog_records().map(|(k, v)| (k, v.map(<[u8]>::to_vec))));
     }
     for round in 0..2 {
@@ -339,7 +341,7 @@ fn dedup_epochs_stored_without_times_still_read() {
     old.extend_from_slice(&6u128.to_le_bytes());
     d.put(DEDUP, 1u64.to_be_bytes().to_vec(), old);
     d.put_dedup_epoch(2, &[(7, 42)]);
-    store.commit(&d, &Checkpoint::default()).expect("commits");
+    store.commit(&d, &Position::replay()).expect("commits");
     let epochs = store.dedup_epochs().expect("reads");
     assert_eq!(epochs, vec![(1, vec![(5, i64::MAX), (6, i64::MAX)]), (2, vec![(7, 42)])]);
 }
@@ -464,4 +466,102 @@ proptest! {
             delta.ops.iter().map(|op| (op.cf, op.key.clone(), op.value.clone())).collect();
         prop_assert_eq!(got, want);
     }
+}
+
+/// A store written before the position record: a delta that holds only the old `meta` value (as the old
+/// engine wrote it), applied without a position.
+fn store_with_legacy(dir: &Path, key: &[u8], value: Vec<u8>) -> Store {
+    let store = open(dir);
+    let mut d = Delta::default();
+    d.put(keys::META, key.to_vec(), value);
+    store.apply_changelog(&d, 0).expect("applies");
+    store
+}
+
+#[test]
+fn a_replay_checkpoint_of_an_older_store_reads_as_its_position_and_the_next_commit_replaces_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = position::LegacyCheckpoint {
+        epoch: 4,
+        records: 120,
+        input_bytes: 9000,
+        max_ts: Some(77),
+        output_lengths: [10, 20, 30],
+        totals: [1, 2, 3, 4, 5, 6],
+    };
+    let store = store_with_legacy(dir.path(), b"checkpoint", codec::encode(&old));
+    assert!(store.holds_legacy_position().expect("reads"));
+    let read = store.position().expect("reads").expect("present");
+    let want = Position {
+        mode: Mode::Replay,
+        epoch: 4,
+        input_next: 120,
+        input_bytes: 9000,
+        seq: 120,
+        max_ts: Some(77),
+        output_lengths: [10, 20, 30],
+        totals: [1, 2, 3, 4, 5, 6],
+        ..Position::default()
+    };
+    assert_eq!(read, want);
+    let next = Position { epoch: 5, ..want };
+    store.commit(&Delta::default(), &next).expect("commits");
+    assert!(!store.holds_legacy_position().expect("reads"), "the old record is gone");
+    assert_eq!(store.position().expect("reads"), Some(next));
+}
+
+#[test]
+fn a_kafka_progress_of_an_older_store_reads_as_its_position_in_both_its_forms() {
+    let old = position::LegacyProgress {
+        input_next: 50,
+        max_ts: Some(9),
+        epoch: 3,
+        definitions_next: 2,
+        persons_next: 7,
+        accounts_next: 8,
+        seq: 61,
+        stage_max_ts: Some(5),
+    };
+    let v1 = position::LegacyProgressV1 { input_next: 50, max_ts: Some(9), epoch: 3, definitions_next: 2 };
+    let base = Position {
+        mode: Mode::Kafka,
+        epoch: 3,
+        input_next: 50,
+        max_ts: Some(9),
+        definitions_next: 2,
+        ..Position::default()
+    };
+    let stage = StagePosition { persons_next: 7, accounts_next: 8, max_ts: Some(5) };
+    let cases = [
+        (codec::encode(&old), Position { seq: 61, stage, ..base.clone() }),
+        // Before the person stage: the sequence was the input offset.
+        (codec::encode(&v1), Position { seq: 50, ..base }),
+    ];
+    let mut last = None;
+    for (bytes, want) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with_legacy(dir.path(), b"partition", bytes);
+        assert_eq!(store.position().expect("reads"), Some(want.clone()));
+        last = Some((dir, store, want));
+    }
+    let (_dir, store, read) = last.expect("two cases");
+    // Kafka mode writes its position through the changelog: the first delta drops the old record.
+    let mut d = Delta::default();
+    d.put_position(&Position { epoch: 4, ..read.clone() });
+    d.drop_legacy_positions();
+    let mut replayed = Delta::default();
+    for (k, v) in d.changelog_records() {
+        replayed.push_changelog_record(&k, v).expect("a changelog record");
+    }
+    store.apply_changelog(&replayed, 1).expect("applies");
+    assert!(!store.holds_legacy_position().expect("reads"));
+    assert_eq!(store.position().expect("reads"), Some(Position { epoch: 4, ..read }));
+}
+
+#[test]
+fn a_corrupt_position_is_an_error_that_names_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_legacy(dir.path(), b"position", vec![codec::FORMAT_VERSION, 0xff]);
+    let e = store.position().expect_err("corrupt").to_string();
+    assert!(e.contains("position"), "{e}");
 }

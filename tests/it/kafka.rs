@@ -835,3 +835,43 @@ fn sigterm_during_the_join_after_a_kill_exits_cleanly() {
         assert!(status.success(), "SIGTERM {ms} ms after start: {status:?}\n{}", run_log(dir.path(), &log));
     }
 }
+
+#[test]
+fn a_partitions_state_folder_shows_its_position_in_inspect_and_a_replay_refuses_it() {
+    let dir = test_dir();
+    let Scenario { input, reference, cluster, .. } = scenario(dir.path(), 40, 1_500, 11, 1);
+    cluster.produce_file(&input);
+    let state = dir.path().join("state");
+    let child = cluster.start(0, &state, &dir.path().join("run.log"));
+    cluster.wait_caught_up(Duration::from_secs(120));
+    let status = terminate(child);
+    assert!(status.success(), "SIGTERM exits 0: {status:?}\n{}", run_log(dir.path(), "run.log"));
+
+    let partition = state.join(format!("{}-0", cluster.topic("input")));
+    let shown = caravan(&["inspect", "--state", &partition.display().to_string()]);
+    assert!(shown.status.success(), "{shown:?}");
+    let shown: Value = serde_json::from_slice(&shown.stdout).expect("inspect prints JSON");
+    let position = &shown["position"];
+    assert_eq!(position["mode"], "kafka", "{shown}");
+    assert_eq!(position["input_next"].as_i64(), Some(cluster.input_end()), "the whole input is committed: {shown}");
+    assert_eq!(position["definitions_next"].as_i64(), Some(1), "the one publication is applied: {shown}");
+    let reference_actions = std::fs::read_to_string(reference.join("actions.ndjson")).expect("reference actions");
+    assert_eq!(position["actions"].as_u64(), Some(reference_actions.lines().count() as u64), "{shown}");
+    assert!(position.get("output_lengths").is_none(), "a Kafka partition has no output files: {shown}");
+
+    let out = dir.path().join("out");
+    let refused = caravan(&[
+        "replay",
+        "--definitions",
+        &reference_definitions().display().to_string(),
+        "--input",
+        &input.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--state",
+        &partition.display().to_string(),
+    ]);
+    assert!(!refused.status.success(), "a replay on a Kafka partition's state must fail");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("holds a Kafka partition's state") && err.contains("caravan run"), "{err}");
+}

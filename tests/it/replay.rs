@@ -72,7 +72,7 @@ fn a_state_memory_budget_commits_more_often_with_the_same_outputs() {
         runs.push(bytes);
         let shown = caravan(&["inspect", "--state", &state.display().to_string()]);
         let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("inspect prints JSON");
-        let epochs = shown["checkpoint"]["epoch"].as_u64().expect("an epoch number");
+        let epochs = shown["position"]["epoch"].as_u64().expect("an epoch number");
         if budget == "1" {
             assert!(epochs > 2, "{epochs} epochs with a 1 MiB budget");
         } else {

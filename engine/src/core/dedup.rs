@@ -384,7 +384,7 @@ mod tests {
                 max_ts = Some(max_ts.map_or(*ts, |m: i64| m.max(*ts)));
             }
             log.record(&mut delta, epoch, &entries, max_ts);
-            store.commit(&delta, &caravan_state::Checkpoint::default()).expect("commit");
+            store.commit(&delta, &caravan_state::Position::replay()).expect("commit");
         }
         // Day 3 with a two-day bound (ids from day 1 on stay): epoch 1 (days 0 and 0.5) is gone, epoch 2
         // (day 1) stays.

@@ -7,7 +7,7 @@
 //! raw record -> decode (bad -> rejected) -> admit: de-duplicate, route through the index
 //!            -> [driver: a move's detach and attach, the person stage]
 //!            -> applied: index write, id remembered, event time -> accounts: apply, timer pass
-//!            -> outputs serialized -> write-back: a state delta -> [driver: commit]
+//!            -> outputs serialized -> write-back: a state delta -> an epoch -> [driver's sink: commit]
 //! ```
 //!
 //! The replay driver (`crate::replay`) runs admission on its router thread and the account side on its
@@ -25,16 +25,16 @@
 //! - [`timers`]: the timer queue and its order.
 //! - [`outputs`]: serialized output records.
 //! - [`publish`]: the publication passes (entry, template, stop) over a store.
-//! - [`position`]: a store's committed position, whichever driver wrote it.
+//! - [`epoch`]: the commit protocol: an epoch value (outputs, delta, position) and the sink that commits it.
 
 pub(crate) mod accounts;
 pub(crate) mod admit;
 pub(crate) mod cache;
 pub(crate) mod decode;
 pub(crate) mod dedup;
+pub(crate) mod epoch;
 pub(crate) mod keys;
 pub(crate) mod outputs;
-pub(crate) mod position;
 pub(crate) mod publish;
 pub(crate) mod routing;
 pub(crate) mod timers;

@@ -3,11 +3,12 @@
 //!
 //! It owns the passes over a store's accounts: a new newest journey version enters the accounts already in
 //! its audience (SPEC §3.2), a new template gives every account with people its group, a stop ends every
-//! instance silently and deletes its timers. A pass gathers outputs and a state delta ([`Pass`]); it never
-//! commits them: a replay commits them with its checkpoint and output files, a Kafka partition in a
-//! transaction of its own.
+//! instance silently and deletes its timers. A pass gathers outputs and a state delta ([`Pass`]) and becomes
+//! an epoch of its own ([`Pass::into_epoch`]) that the driver's sink commits like any other; it never
+//! commits anything itself.
 
 use super::cache::{load_account, write_dirty};
+use super::epoch::Epoch;
 use super::outputs::{self, OutRecord};
 use super::timers::take_timers;
 use crate::EngineError;
@@ -18,7 +19,7 @@ use caravan_operators::account::{
 use caravan_operators::buying_group::Template;
 use caravan_operators::journey::Journey;
 use caravan_schemas::time::Timestamp;
-use caravan_state::{Delta, Store};
+use caravan_state::{Delta, Position, Store};
 use std::sync::Arc;
 
 /// Outputs and state of a pass over accounts, before they commit.
@@ -37,6 +38,11 @@ impl Pass {
         outputs::take(out, &mut self.outputs, &mut self.tally);
         take_timers(out, &mut self.delta, &tenant, &account, |_| {});
         write_dirty(&mut self.delta, &tenant, &account, acct);
+    }
+
+    /// The pass as the epoch after `committed`: its input position stays where it is.
+    pub(crate) fn into_epoch(self, committed: &Position) -> Epoch {
+        Epoch::after(committed, self.outputs, self.delta, self.tally)
     }
 }
 

@@ -17,6 +17,7 @@ mod messages;
 mod publish;
 mod reader;
 mod router;
+mod sink;
 mod worker;
 
 use crate::EngineError;
@@ -182,29 +183,29 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     // A temporary state is never opened again, not even after a crash: what only a restart would read (the
     // write-ahead log, the stored epochs of the de-duplication window) is not written. A kept state logs its
     // commits only with --sync: without the log a crash goes back to the last memtable flush, which the
-    // output files follow (they are cut back to the checkpoint the store reopens with).
+    // output files follow (they are cut back to the position the store reopens with).
     let ephemeral = opts.state.is_none();
     let options = StoreOptions { dedup_ids, ephemeral, log_commits: opts.sync, ..opts.store.clone() };
     let store = Arc::new(Store::open(&state_dir, &options)?);
-    let checkpoint = store.checkpoint()?;
-    let fresh = checkpoint.is_none();
-    let checkpoint = checkpoint.unwrap_or_default();
-    let mut files = committer::open_outputs(&opts.out, (!fresh).then_some(checkpoint.output_lengths))?;
+    let fresh = store.position()?.is_none();
+    let mut sink = sink::FileSink::open(&store, Some(&opts.out), opts.sync)?;
     if !fresh {
-        tracing::info!(records = checkpoint.records, epoch = checkpoint.epoch, "Resuming from the state's checkpoint.");
+        let at = sink.position();
+        tracing::info!(records = at.input_next, epoch = at.epoch, "Resuming from the state's position.");
     }
     // The folder's definitions on top of those the state published; new versions take effect now, before input
-    // resumes, in a commit of their own.
+    // resumes, in an epoch of their own.
     let reconciled = publish::reconcile(&store, &defs)?;
-    let checkpoint = publish::publish_new(&store, &mut files, &checkpoint, &reconciled)?;
+    publish::publish_new(&store, &mut sink, &reconciled)?;
     let defs = reconciled.defs;
+    let position = sink.position().clone();
 
     // Input, positioned after what is committed.
     let (input, total_bytes): (Box<dyn Read + Send>, Option<u64>) = if opts.input.as_os_str() == "-" {
         let mut stdin = std::io::stdin();
-        let skipped = std::io::copy(&mut (&mut stdin).take(checkpoint.input_bytes), &mut std::io::sink())
+        let skipped = std::io::copy(&mut (&mut stdin).take(position.input_bytes), &mut std::io::sink())
             .map_err(|e| EngineError::io("skipping committed input on standard input".into(), e))?;
-        if skipped < checkpoint.input_bytes {
+        if skipped < position.input_bytes {
             return Err(EngineError::Invalid(
                 "standard input is shorter than the input this state has committed".into(),
             ));
@@ -214,14 +215,14 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         let mut f = std::fs::File::open(&opts.input)
             .map_err(|e| EngineError::io(format!("opening {}", opts.input.display()), e))?;
         let len = f.metadata().map_err(|e| EngineError::io(format!("reading {}", opts.input.display()), e))?.len();
-        if len < checkpoint.input_bytes {
+        if len < position.input_bytes {
             return Err(EngineError::Invalid(format!(
                 "{} holds {len} bytes but this state has committed {} bytes of input: it is not the same input",
                 opts.input.display(),
-                checkpoint.input_bytes
+                position.input_bytes
             )));
         }
-        f.seek(SeekFrom::Start(checkpoint.input_bytes))
+        f.seek(SeekFrom::Start(position.input_bytes))
             .map_err(|e| EngineError::io(format!("seeking in {}", opts.input.display()), e))?;
         (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), Some(len))
     };
@@ -238,7 +239,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         dedup_window: opts.dedup_window,
         dedup_max_age_ns: opts.dedup_max_age_ns,
     };
-    let (admission, dedup_log) = core.admission(&store, fresh, checkpoint.max_ts)?;
+    let (admission, dedup_log) = core.admission(&store, fresh, position.max_ts)?;
     let mut timers: Vec<Vec<caravan_state::StoredTimer>> = (0..workers).map(|_| Vec::new()).collect();
     for t in store.timers()? {
         timers[crate::core::keys::worker_of(crate::core::keys::account_key(&t.tenant, &t.account_id), workers)].push(t);
@@ -255,7 +256,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        bar.set_position(checkpoint.input_bytes);
+        bar.set_position(position.input_bytes);
         bar
     } else {
         indicatif::ProgressBar::hidden()
@@ -268,8 +269,8 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         admin.set_ready(true);
     }
     let committed = Arc::new(AtomicU64::new(0));
-    let start_record = checkpoint.records;
-    let start_bytes = checkpoint.input_bytes;
+    let start_record = position.seq;
+    let start_bytes = position.input_bytes;
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(decoders * 2);
     // Read buffers going back from the decoders to the reader.
     let (free_tx, free_rx) = crossbeam_channel::unbounded();
@@ -336,12 +337,8 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
             );
         }
         let committer = {
-            let cfg = committer::CommitterConfig {
-                workers,
-                sync_outputs: opts.sync,
-                allowed_disorder_ns: opts.allowed_disorder_ns,
-            };
-            let c = committer::Committer::new(cfg, store, files, checkpoint.clone(), dedup_log, Arc::clone(&committed));
+            let cfg = committer::CommitterConfig { workers, allowed_disorder_ns: opts.allowed_disorder_ns };
+            let c = committer::Committer::new(cfg, sink, dedup_log, Arc::clone(&committed));
             std::thread::Builder::new()
                 .name("caravan-committer".into())
                 .spawn_scoped(scope, move || c.run(&commit_rx))
@@ -402,7 +399,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         match (first_error(errors), last) {
             (Some(e), _) => Err(e),
             (None, Some(cp)) => Ok((cp, reached_end)),
-            (None, None) => Err(EngineError::Internal("the committer ended without a checkpoint".into())),
+            (None, None) => Err(EngineError::Internal("the committer ended without a position".into())),
         }
     });
     progress.finish_and_clear();
@@ -413,7 +410,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
     }
     let (cp, complete) = result?;
     Ok(Summary {
-        records: cp.records - start_record,
+        records: cp.seq - start_record,
         resumed_at: start_record,
         applied: cp.totals[0],
         rejected: cp.totals[1],

@@ -14,18 +14,16 @@
 //!
 //! It never runs while the pipeline does: both passes happen on a store no replay holds (RocksDB's lock).
 
-use super::committer::OUTPUT_FILES;
+use super::sink::FileSink;
 use crate::EngineError;
-use crate::core::outputs::OutKind;
+use crate::core::epoch::Sink;
 use crate::core::publish::{Pass, entry_pass, stop_pass, template_pass};
 use crate::telemetry;
 use caravan_operators::account::Definitions;
 use caravan_operators::buying_group::Template;
 use caravan_operators::journey::Journey;
 use caravan_schemas::time::Timestamp;
-use caravan_state::{Checkpoint, Store};
-use std::fs::File;
-use std::io::Write;
+use caravan_state::Store;
 use std::sync::Arc;
 
 /// The definitions a run uses, and the versions its folder publishes for the first time.
@@ -98,52 +96,17 @@ pub fn stored_definitions(store: &Store) -> Result<Definitions, EngineError> {
     Ok(reconcile(store, &Definitions::default())?.defs)
 }
 
-/// Appends a pass's outputs to the files and commits its delta with the checkpoint that counts them.
-fn commit_pass(
-    pass: Pass,
-    store: &Store,
-    files: &mut [File; 3],
-    checkpoint: &Checkpoint,
-) -> Result<Checkpoint, EngineError> {
-    let started = std::time::Instant::now();
-    let mut next = checkpoint.clone();
-    next.epoch += 1;
-    for (i, kind) in [(0, OutKind::Action), (1, OutKind::Change)] {
-        let mut bytes = Vec::new();
-        for o in pass.outputs.iter().filter(|o| o.kind == kind) {
-            bytes.extend_from_slice(&o.json);
-            bytes.push(b'\n');
-        }
-        if bytes.is_empty() {
-            continue;
-        }
-        let name = OUTPUT_FILES[i];
-        files[i].write_all(&bytes).map_err(|e| EngineError::io(format!("appending to {name}"), e))?;
-        files[i].sync_data().map_err(|e| EngineError::io(format!("syncing {name}"), e))?;
-        next.output_lengths[i] += bytes.len() as u64;
-    }
-    for (total, n) in next.totals.iter_mut().zip(pass.tally.totals) {
-        *total += n;
-    }
-    store.commit(&pass.delta, &next)?;
-    telemetry::record_commit(&pass.tally, pass.delta.len(), started.elapsed(), None);
-    Ok(next)
-}
-
 /// Publishes the folder's new versions: records them, and enters the accounts already in the audience of each
-/// new newest version. One commit; returns the checkpoint after it (the same one when there is nothing new).
-pub(crate) fn publish_new(
-    store: &Store,
-    files: &mut [File; 3],
-    checkpoint: &Checkpoint,
-    reconciled: &Reconciled,
-) -> Result<Checkpoint, EngineError> {
+/// new newest version: one epoch through the run's sink (none when there is nothing new).
+pub(crate) fn publish_new(store: &Store, sink: &mut FileSink<'_>, reconciled: &Reconciled) -> Result<(), EngineError> {
     if reconciled.new_versions.is_empty() && reconciled.new_templates.is_empty() {
-        return Ok(checkpoint.clone());
+        return Ok(());
     }
+    let started = std::time::Instant::now();
     let defs = &reconciled.defs;
     let mut pass = Pass::default();
-    let at = (checkpoint.records, Timestamp(checkpoint.max_ts.unwrap_or(0)));
+    let committed = sink.position();
+    let at = (committed.seq, Timestamp(committed.max_ts.unwrap_or(0)));
     // New templates first, so that journeys published with them see the groups.
     for template in &reconciled.new_templates {
         pass.delta.put_template(&template.tenant, &template.id, template.version, &template.document.to_string());
@@ -153,18 +116,24 @@ pub(crate) fn publish_new(
         pass.delta.put_definition(&journey.tenant, &journey.id, journey.version, &journey.document.to_string());
         entry_pass(store, defs, journey, at, &mut pass)?;
     }
-    commit_pass(pass, store, files, checkpoint)
+    let mut epoch = pass.into_epoch(committed);
+    let tally = std::mem::take(&mut epoch.tally);
+    let writes = epoch.delta.len();
+    sink.commit(vec![(0, epoch)])?;
+    telemetry::record_commit(&tally, writes, started.elapsed(), None);
+    Ok(())
 }
 
-/// Stops a journey in a state folder: ends its instances, deletes their timers, records the stop. Returns how
-/// many instances ended.
+/// Stops a journey in a state folder: ends its instances, deletes their timers, records the stop, in one
+/// epoch through a sink without files (a stop emits nothing). Returns how many instances ended.
 ///
 /// # Errors
 /// A journey the state never published, a state no replay has committed yet, or a store failure.
 pub fn stop(store: &Store, tenant: &str, journey_id: &str) -> Result<u64, EngineError> {
-    let Some(checkpoint) = store.checkpoint()? else {
+    if store.position()?.is_none() {
         return Err(EngineError::Invalid("this state holds no committed run: there is nothing to stop".into()));
-    };
+    }
+    let mut sink = FileSink::open(store, None, false)?;
     let mut defs = reconcile(store, &Definitions::default())?.defs;
     let Some(version) = defs.stop(tenant, journey_id) else {
         return Err(EngineError::Invalid(format!(
@@ -175,8 +144,7 @@ pub fn stop(store: &Store, tenant: &str, journey_id: &str) -> Result<u64, Engine
     let ended = stop_pass(store, tenant, journey_id, &mut pass)?;
     pass.delta.put_stop(tenant, journey_id, version);
     // Nothing is written to the outputs: a stop ends instances silently.
-    let mut next = checkpoint;
-    next.epoch += 1;
-    store.commit(&pass.delta, &next)?;
+    let epoch = pass.into_epoch(sink.position());
+    sink.commit(vec![(0, epoch)])?;
     Ok(ended)
 }

@@ -215,7 +215,7 @@ mod tests {
         assert_eq!(holds.waiting_about(p, Some(3)), Some((&t, &a)), "the newest before the third: the claim");
         assert_eq!(holds.waiting_about(p, Some(1)), None);
         assert!(offsets(&mut holds, &t, &a, &mut delta).is_empty(), "nothing goes before the answer");
-        store.commit(&delta, &caravan_state::Checkpoint::default()).expect("commits");
+        store.commit(&delta, &caravan_state::Position::replay()).expect("commits");
 
         let mut holds = Holds::open(&store).expect("reopens");
         let mut delta = Delta::default();
@@ -227,7 +227,7 @@ mod tests {
         assert!(!holds.is_held("t", "a"));
         assert_eq!(offsets(&mut holds, &t, &b, &mut delta), [3]);
         assert_eq!((holds.len(), holds.waiting_about(p, None)), (0, None));
-        store.commit(&delta, &caravan_state::Checkpoint::default()).expect("commits");
+        store.commit(&delta, &caravan_state::Position::replay()).expect("commits");
         assert!(store.held().expect("reads").is_empty(), "every record taken out is deleted from the store");
     }
 
@@ -244,7 +244,7 @@ mod tests {
         holds.hold(t.clone(), a.clone(), record(2, HeldKind::Record, None), &mut delta);
         let first = holds.next_ready(&t, &a, &mut delta).expect("its turn");
         holds.hold_again(t.clone(), a.clone(), first, claim("q"), &mut delta);
-        store.commit(&delta, &caravan_state::Checkpoint::default()).expect("commits");
+        store.commit(&delta, &caravan_state::Position::replay()).expect("commits");
         let mut holds = Holds::open(&store).expect("reopens");
         let mut delta = Delta::default();
         assert!(holds.next_ready(&t, &a, &mut delta).is_none(), "the claim waits at the front");

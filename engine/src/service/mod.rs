@@ -23,6 +23,7 @@ mod task;
 use crate::EngineError;
 use crate::admin::Admin;
 use crate::config::{Config, InputFormat, TimeMode};
+use crate::core::epoch::{Epoch, Sink};
 use crate::core::outputs::OutKind;
 use crate::telemetry::{self, Tally};
 use caravan_schemas::Id;
@@ -154,7 +155,7 @@ impl Service<'_> {
                     collected.retain(|(p, _)| !parts.contains(p));
                     for p in parts {
                         if let Some(task) = self.tasks.remove(&p) {
-                            for (topic, _) in self.positions(task.progress.next()) {
+                            for (topic, _) in self.positions(task.next()) {
                                 let (topic, partition) = (topic.to_owned(), p.to_string());
                                 metrics::gauge!(telemetry::CONSUMER_LAG, "topic" => topic, "partition" => partition)
                                     .set(0.0);
@@ -194,7 +195,7 @@ impl Service<'_> {
         loop {
             let Some(task) = self.tasks.get(&p) else { return Ok(()) };
             let ours: Vec<(String, i64)> =
-                self.positions(task.progress.next()).into_iter().map(|(t, n)| (t.to_owned(), n)).collect();
+                self.positions(task.next()).into_iter().map(|(t, n)| (t.to_owned(), n)).collect();
             let mut tpl = TopicPartitionList::new();
             for (topic, _) in &ours {
                 tpl.add_partition(topic, p);
@@ -241,14 +242,14 @@ impl Service<'_> {
     fn publish_pending(&mut self) -> Result<(), EngineError> {
         let feed_next = self.feed.next;
         let partitions: Vec<i32> =
-            self.tasks.iter().filter(|(_, t)| t.progress.definitions_next < feed_next).map(|(p, _)| *p).collect();
+            self.tasks.iter().filter(|(_, t)| t.position.definitions_next < feed_next).map(|(p, _)| *p).collect();
         for p in partitions {
             let Some(task) = self.tasks.get_mut(&p) else { continue };
             let mut pass = crate::core::publish::Pass::default();
-            let at = (task.progress.seq, Timestamp(task.progress.max_ts.unwrap_or(0)));
+            let at = (task.position.seq, Timestamp(task.position.max_ts.unwrap_or(0)));
             let defs = Arc::clone(&self.feed.defs);
             for (offset, published) in &self.feed.log {
-                if *offset < task.progress.definitions_next {
+                if *offset < task.position.definitions_next {
                     continue;
                 }
                 match published {
@@ -263,13 +264,8 @@ impl Service<'_> {
                     }
                 }
             }
-            let mut delta = pass.delta;
-            delta.extend(task.progress_delta(feed_next));
-            let processed =
-                Processed { outputs: pass.outputs, delta, tally: pass.tally, ..Processed::at(task.progress.next()) };
-            let mut done = BTreeMap::new();
-            done.insert(p, processed);
-            self.commit(done, false)?;
+            let epoch = task.publication(pass, feed_next);
+            self.commit(vec![(p, epoch)])?;
             // The pass changed accounts and timers through the store: start the task afresh from it.
             if let Some(task) = self.tasks.remove(&p) {
                 self.tasks.insert(p, task.reload()?);
@@ -278,9 +274,10 @@ impl Service<'_> {
         Ok(())
     }
 
-    /// One transaction: outputs, changelog records, and (with `offsets`) the consumed positions; then the
+    /// One transaction: each partition's epoch (outputs, changelog records with the position) and what it
+    /// carries besides (the person stage's records), and with `offsets` the consumed positions; then the
     /// local stores. On failure the transaction aborts and the tasks restart from their stores.
-    fn commit(&mut self, done: BTreeMap<i32, Processed>, offsets: bool) -> Result<(), EngineError> {
+    fn transact(&mut self, done: BTreeMap<i32, Processed>, offsets: bool) -> Result<(), EngineError> {
         let first_read = done.values().filter_map(|p| p.read.iter().min()).min().copied();
         let started = Instant::now();
         self.producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
@@ -311,9 +308,9 @@ impl Service<'_> {
             let Some(task) = self.tasks.get_mut(&p) else { continue };
             let next = delivered.get(&p).map_or(0, |o| (o + 1) as u64);
             let next = next.max(task.store().changelog_next()?);
-            task.apply(&processed.delta, next)?;
-            writes += processed.delta.len();
-            tally.merge(processed.tally);
+            task.apply(&processed.epoch.delta, next)?;
+            writes += processed.epoch.delta.len();
+            tally.merge(processed.epoch.tally);
             for (s, n) in stage.iter_mut().zip(processed.stage) {
                 *s += n;
             }
@@ -356,7 +353,7 @@ impl Service<'_> {
             })
             .unwrap_or_default();
         for (p, task) in &self.tasks {
-            for (topic, next) in self.positions(task.progress.next()) {
+            for (topic, next) in self.positions(task.next()) {
                 let key = (topic.to_owned(), *p);
                 if let Some(end) = ends.get(&key) {
                     let at = positions.get(&key).copied().unwrap_or(next).max(next);
@@ -367,7 +364,7 @@ impl Service<'_> {
             }
         }
         if !self.task_cfg.processing_time
-            && let Some(slowest) = self.tasks.values().filter_map(|t| t.progress.max_ts).min()
+            && let Some(slowest) = self.tasks.values().filter_map(|t| t.position.max_ts).min()
         {
             telemetry::record_watermark(slowest.saturating_sub(self.task_cfg.core.allowed_disorder_ns));
         }
@@ -378,7 +375,7 @@ impl Service<'_> {
         let mut phase = Instant::now();
         self.producer.begin_transaction().map_err(|e| kafka_error("beginning a transaction", e))?;
         for (p, processed) in done {
-            for o in &processed.outputs {
+            for o in &processed.epoch.outputs {
                 let topic = match o.kind {
                     OutKind::Action => &topics.actions,
                     OutKind::Change => &topics.changes,
@@ -398,7 +395,7 @@ impl Service<'_> {
                     )?;
                 }
             }
-            for (key, value) in processed.delta.changelog_records() {
+            for (key, value) in processed.epoch.delta.changelog_records() {
                 let mut rec = BaseRecord::<[u8], [u8]>::to(&self.changelog).key(&key).partition(*p);
                 if let Some(v) = value {
                     rec = rec.payload(v);
@@ -412,7 +409,7 @@ impl Service<'_> {
             fail::fail_point!(FAIL_BEFORE_OFFSETS);
             let mut tpl = TopicPartitionList::new();
             for (p, processed) in done {
-                for (topic, next) in self.positions(processed.next) {
+                for (topic, next) in self.positions(processed.next()) {
                     tpl.add_partition_offset(topic, *p, Offset::Offset(next))
                         .map_err(|e| kafka_error("listing offsets", e))?;
                 }
@@ -512,7 +509,7 @@ impl Service<'_> {
                 done.insert(*p, out);
             }
         }
-        if done.is_empty() { Ok(()) } else { self.commit(done, false) }
+        if done.is_empty() { Ok(()) } else { self.transact(done, false) }
     }
 
     /// After an abort: every task restarts from its store and the consumer goes back to its position.
@@ -521,7 +518,7 @@ impl Service<'_> {
         for p in parts {
             if let Some(task) = self.tasks.remove(&p) {
                 let task = task.reload()?;
-                for (topic, next) in self.positions(task.progress.next()) {
+                for (topic, next) in self.positions(task.next()) {
                     self.consumer
                         .seek(topic, p, Offset::Offset(next), REQUEST_TIMEOUT)
                         .map_err(|e| kafka_error("seeking back after an abort", e))?;
@@ -561,6 +558,14 @@ impl Service<'_> {
             })
         };
         results.into_iter().collect()
+    }
+}
+
+/// Kafka mode's sink: epochs with nothing else to carry (publications, stops) commit in one transaction of
+/// their own, without offsets (their input position does not move).
+impl Sink for Service<'_> {
+    fn commit(&mut self, epochs: Vec<(i32, Epoch)>) -> Result<(), EngineError> {
+        self.transact(epochs.into_iter().map(|(p, epoch)| (p, Processed::of(epoch))).collect(), false)
     }
 }
 
@@ -698,7 +703,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), Eng
         svc.publish_pending()?;
         if !collected.is_empty() {
             let done = svc.process(collected)?;
-            svc.commit(done, true)?;
+            svc.transact(done, true)?;
         }
         if svc.task_cfg.processing_time {
             svc.tick()?;

@@ -250,7 +250,7 @@ impl PersonStage {
                     }
                     None => {
                         let record = ParkedRecord { until, raw, origin, needs_account };
-                        out.delta.put_parked(&tenant, entity, &id, seq, &record);
+                        out.epoch.delta.put_parked(&tenant, entity, &id, seq, &record);
                         self.expiry.push(Reverse((until, seq, key)));
                         self.parked.entry(key).or_default().push(Parked { seq, tenant, entity, id, record });
                         out.stage[Outcome::Parked as usize] += 1;
@@ -322,12 +322,12 @@ impl PersonStage {
         out: &mut Processed,
     ) {
         if known.as_ref() != Some(&route) {
-            out.delta.put_route(tenant, entity, id, &route);
+            out.epoch.delta.put_route(tenant, entity, id, &route);
             self.routes.insert(key, Some(route.clone()));
         }
         if route.present {
             for p in self.parked.remove(&key).unwrap_or_default() {
-                out.delta.delete_parked(&p.tenant, p.entity, &p.id, p.seq);
+                out.epoch.delta.delete_parked(&p.tenant, p.entity, &p.id, p.seq);
                 let fwd = AccountMessage::Forward { origin: p.record.origin, raw: p.record.raw };
                 out.forwards.push(fwd.forward(route.partition, tenant, &route.account_id));
                 out.stage[Outcome::Released as usize] += 1;
@@ -354,7 +354,7 @@ impl PersonStage {
             if list.is_empty() {
                 self.parked.remove(&key);
             }
-            out.delta.delete_parked(&p.tenant, p.entity, &p.id, p.seq);
+            out.epoch.delta.delete_parked(&p.tenant, p.entity, &p.id, p.seq);
             out.stage[Outcome::Expired as usize] += 1;
             if !p.record.needs_account {
                 continue;

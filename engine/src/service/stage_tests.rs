@@ -68,8 +68,8 @@ impl Pair {
             .collect();
         let done: Processed = self.tasks[partition].process(&self.defs, &records).expect("processes");
         self.changelog_next += 1;
-        self.tasks[partition].apply(&done.delta, self.changelog_next).expect("applies");
-        for o in done.outputs {
+        self.tasks[partition].apply(&done.epoch.delta, self.changelog_next).expect("applies");
+        for o in done.epoch.outputs {
             self.outputs.push((o.kind, serde_json::from_slice(&o.json).expect("JSON output")));
         }
         self.in_flight.extend(done.forwards);
@@ -265,8 +265,8 @@ fn a_deleted_person_has_no_route_and_a_single_partition_rejects_at_once() {
     let rec = InRecord { source: Source::Input, offset: 0, payload: Some(line.into_bytes()), read_at: Instant::now() };
     let done = task.process(&Definitions::default(), &[rec]).expect("processes");
     assert!(done.forwards.is_empty());
-    assert_eq!(done.outputs.len(), 1);
-    assert_eq!(done.outputs[0].kind, OutKind::Rejected);
+    assert_eq!(done.epoch.outputs.len(), 1);
+    assert_eq!(done.epoch.outputs[0].kind, OutKind::Rejected);
 }
 
 #[test]
@@ -337,18 +337,19 @@ fn a_task_skips_records_below_its_position() {
     };
     let defs = Definitions::default();
     let first = task.process(&defs, &[rec(0, upsert(1)), rec(1, upsert(2))]).expect("processes");
-    assert_eq!(first.outputs.len(), 2, "two changes");
-    task.apply(&first.delta, 1).expect("applies");
+    assert_eq!(first.epoch.outputs.len(), 2, "two changes");
+    task.apply(&first.epoch.delta, 1).expect("applies");
     // Opened again from its store, as after a restore, and given offset 1 again (with other content, so that
     // applying it would show), then offset 2.
     drop(task);
     let mut task = PartitionTask::open(store, 0, task_cfg).expect("task");
     let again = task.process(&defs, &[rec(1, upsert(5)), rec(2, upsert(3))]).expect("processes");
     let versions: Vec<u64> = again
+        .epoch
         .outputs
         .iter()
         .map(|o| serde_json::from_slice::<Value>(&o.json).expect("JSON")["version"].as_u64().unwrap_or(0))
         .collect();
     assert_eq!(versions, [3], "only offset 2 is applied");
-    assert_eq!(again.next.input, 3);
+    assert_eq!(again.next().input, 3);
 }

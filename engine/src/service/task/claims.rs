@@ -62,7 +62,7 @@ impl PartitionTask {
     /// Holds a record at its account.
     pub(super) fn hold(&mut self, hold: Hold, raw: &[u8], origin: Origin, b: &mut Batch) {
         let record = HeldRecord { raw: raw.to_vec(), now: hold.now, about: hold.about, origin, kind: hold.kind };
-        self.holds.hold(hold.tenant, hold.account, record, &mut b.out.delta);
+        self.holds.hold(hold.tenant, hold.account, record, &mut b.out.epoch.delta);
     }
 
     /// Whether a record must wait, and where: behind a claim of the entity it is about, behind the held
@@ -151,7 +151,7 @@ impl PartitionTask {
         offset: i64,
         b: &mut Batch,
     ) -> Result<(), EngineError> {
-        if self.holds.answer(tenant, account, entity, id, carried, &mut b.out.delta) {
+        if self.holds.answer(tenant, account, entity, id, carried, &mut b.out.epoch.delta) {
             return self.release(defs, tenant, account, b);
         }
         tracing::warn!(
@@ -196,7 +196,7 @@ impl PartitionTask {
         (tenant, account): (&Id, &Id),
         b: &mut Batch,
     ) -> Result<(), EngineError> {
-        while let Some(held) = self.holds.next_ready(tenant, account, &mut b.out.delta) {
+        while let Some(held) = self.holds.next_ready(tenant, account, &mut b.out.epoch.delta) {
             let mode = match &held.record.kind {
                 HeldKind::Surrender { entity, id, to_partition, to_account } => {
                     let (entity, id, to_partition, to_account) =
@@ -216,7 +216,7 @@ impl PartitionTask {
                 let claim = matches!(hold.kind, HeldKind::Claim { .. });
                 if claim && hold.tenant == *tenant && hold.account == *account {
                     // Its turn came and it needs a claim of its own: it waits at the front.
-                    self.holds.hold_again(hold.tenant, hold.account, held, hold.kind, &mut b.out.delta);
+                    self.holds.hold_again(hold.tenant, hold.account, held, hold.kind, &mut b.out.epoch.delta);
                     break;
                 }
                 // It waits behind a claim of the entity it is about (at another account, or further back).

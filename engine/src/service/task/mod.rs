@@ -23,29 +23,22 @@ use crate::core::accounts::{AccountRef, Accounts, Env, OutputSink};
 use crate::core::admit::{Admission, Admit};
 use crate::core::decode::{Decoded, Parsed, decode_record};
 use crate::core::dedup::EpochLog;
+use crate::core::epoch::Epoch;
 use crate::core::keys;
 use crate::core::outputs::{self, OutKind, OutRecord};
-use crate::core::position::{PROGRESS, Progress};
+use crate::core::publish::Pass;
 use crate::core::routing::unknown_person_detail;
 use crate::core::timers::TimerQueue;
-use crate::telemetry::Tally;
 use caravan_operators::account::{Cause, Definitions, Effects, Moved};
 use caravan_schemas::Id;
 use caravan_schemas::input::RejectReason;
 use caravan_schemas::output::{RejectedRecord, SourcePosition};
 use caravan_schemas::state::{IndexRecord, RouteRecord};
 use caravan_schemas::time::Timestamp;
-use caravan_state::{Delta, Store, StoreOptions};
+use caravan_state::{Delta, Position, Store, StoreOptions};
 use claims::{Hold, Mode};
 use std::path::Path;
 use std::sync::Arc;
-
-impl Progress {
-    /// Where the partition's topics resume.
-    pub(crate) fn next(&self) -> Next {
-        Next { input: self.input_next, persons: self.persons_next, accounts: self.accounts_next }
-    }
-}
 
 /// The next offset to read of each topic of a partition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,6 +49,15 @@ pub(crate) struct Next {
 }
 
 impl Next {
+    /// Where a partition's topics resume after `position`.
+    pub(crate) fn at(position: &Position) -> Next {
+        Next {
+            input: position.input_next,
+            persons: position.stage.persons_next,
+            accounts: position.stage.accounts_next,
+        }
+    }
+
     /// The next offset of the topic a record came from.
     fn of(&mut self, source: Source) -> &mut i64 {
         match source {
@@ -83,17 +85,14 @@ pub(crate) struct InRecord {
     pub(crate) read_at: std::time::Instant,
 }
 
-/// What processing a batch produced, before it commits.
+/// What processing a batch produced, before it commits: the partition's epoch, and what the same
+/// transaction carries besides.
 #[derive(Default)]
 pub(crate) struct Processed {
-    pub(crate) outputs: Vec<OutRecord>,
-    pub(crate) delta: Delta,
-    /// The next offsets after the batch.
-    pub(crate) next: Next,
+    /// Outputs, state delta (the position among its writes) and position.
+    pub(crate) epoch: Epoch,
     /// Records for the internal topics of the person stage.
     pub(crate) forwards: Vec<Forward>,
-    /// What the batch counted.
-    pub(crate) tally: Tally,
     /// What the person stage did, by [`Outcome`].
     pub(crate) stage: StageCounts,
     /// When each of its input records was read.
@@ -101,9 +100,14 @@ pub(crate) struct Processed {
 }
 
 impl Processed {
-    /// Nothing done yet, resuming at `next`.
-    pub(crate) fn at(next: Next) -> Processed {
-        Processed { next, ..Processed::default() }
+    /// An epoch with nothing else to carry (a publication, a stop).
+    pub(crate) fn of(epoch: Epoch) -> Processed {
+        Processed { epoch, ..Processed::default() }
+    }
+
+    /// Where the partition's topics resume once it commits.
+    pub(crate) fn next(&self) -> Next {
+        Next::at(&self.epoch.position)
     }
 
     /// Adds a rejected record, named by where it was read.
@@ -115,22 +119,24 @@ impl Processed {
         let rec = RejectedRecord::new(reason, detail, raw, source);
         // A rejected record holds only strings and numbers: it always serializes.
         if let Ok(json) = serde_json::to_vec(&rec) {
-            self.outputs.push(OutRecord { kind: OutKind::Rejected, key: None, json });
+            self.epoch.outputs.push(OutRecord { kind: OutKind::Rejected, key: None, json });
         }
-        self.tally.rejected(reason);
+        self.epoch.tally.rejected(reason);
     }
 }
 
 /// A Kafka batch gathers outputs as records keyed by account; their order is the order of the causes.
 impl OutputSink for Processed {
     fn take(&mut self, effects: &mut Effects, _seq: u64, _timer: Option<(i64, &[u64])>) {
-        outputs::take(effects, &mut self.outputs, &mut self.tally);
+        outputs::take(effects, &mut self.epoch.outputs, &mut self.epoch.tally);
     }
 }
 
 /// What a batch has changed so far, besides its outputs.
 struct Batch {
     out: Processed,
+    /// The next offset of each topic, as the batch's records are read.
+    next: Next,
     /// Event ids applied, with their event times (the de-duplication window's epoch).
     applied_ids: Vec<(u128, i64)>,
     /// In processing time, the clock read once for the batch: waits and timeouts count from it.
@@ -164,7 +170,11 @@ pub(crate) struct PartitionTask {
     pub(crate) partition: i32,
     cfg: TaskConfig,
     store: Arc<Store>,
-    pub(crate) progress: Progress,
+    /// Where the partition stands after the last batch processed (committed, or about to be: an abort
+    /// drops the task).
+    pub(crate) position: Position,
+    /// The store holds its position in an older form: the next epoch drops it.
+    legacy_position: bool,
     /// De-duplication, the index and the partition's event time.
     admission: Admission,
     /// The partition's accounts and timers.
@@ -191,9 +201,15 @@ impl PartitionTask {
     /// # Errors
     /// A store that cannot be opened or read.
     pub(crate) fn open(store: Arc<Store>, partition: i32, cfg: TaskConfig) -> Result<PartitionTask, EngineError> {
-        let progress = Progress::read(&store)
-            .map_err(|e| EngineError::Internal(format!("partition {partition}: stored progress: {e}")))?;
-        let (admission, dedup_log) = cfg.core.admission(&store, false, progress.max_ts)?;
+        let position = store.position()?.unwrap_or_else(Position::kafka);
+        if position.mode != caravan_state::Mode::Kafka {
+            return Err(EngineError::Invalid(format!(
+                "partition {partition}: its state folder holds a replay's state (written by `{}`)",
+                position.mode.command()
+            )));
+        }
+        let legacy_position = store.holds_legacy_position()?;
+        let (admission, dedup_log) = cfg.core.admission(&store, false, position.max_ts)?;
         let timers = TimerQueue::stored(store.timers()?);
         let stage = if cfg.partitions > 1 { Some(PersonStage::open(&store)?) } else { None };
         let holds = if cfg.partitions > 1 { Holds::open(&store)? } else { Holds::default() };
@@ -203,7 +219,8 @@ impl PartitionTask {
             accounts: Accounts::new(false, timers),
             cfg,
             store,
-            progress,
+            position,
+            legacy_position,
             dedup_log,
             last_event: (Id::default(), Id::default()),
             stage,
@@ -234,7 +251,7 @@ impl PartitionTask {
         for rec in records {
             // A record below the task's position was applied already: the consumer started from offsets
             // older than the restored state (see `Service::catch_up_with_offsets`).
-            let next = b.out.next.of(rec.source);
+            let next = b.next.of(rec.source);
             if rec.offset < *next {
                 applied_before += 1;
                 continue;
@@ -265,7 +282,8 @@ impl PartitionTask {
 
     fn batch(&self) -> Batch {
         Batch {
-            out: Processed::at(self.progress.next()),
+            out: Processed::default(),
+            next: self.next(),
             applied_ids: Vec::new(),
             clock: self.cfg.processing_time.then(crate::wall_clock_ns),
         }
@@ -274,7 +292,7 @@ impl PartitionTask {
     /// The commit this batch will be (its epoch): index entries and accounts written in it stay cached until
     /// it is done.
     fn commit_number(&self) -> u64 {
-        self.progress.epoch + 1
+        self.position.epoch + 1
     }
 
     /// Routes and applies one record: read from the input, forwarded by the person stage (it was counted for
@@ -299,7 +317,7 @@ impl PartitionTask {
         let Decoded { event, dedup: hash, .. } = decoded;
         let forwarded = !matches!(mode, Mode::Read);
         let (route, indexed, known) =
-            match self.admission.admit(&self.store, &event, hash, forwarded, &mut b.out.tally)? {
+            match self.admission.admit(&self.store, &event, hash, forwarded, &mut b.out.epoch.tally)? {
                 Admit::Duplicate => return Ok(None),
                 Admit::Routed { route, indexed, known } => (route, indexed, known),
             };
@@ -355,8 +373,16 @@ impl PartitionTask {
         let ids = (!forwarded).then_some(&mut b.applied_ids);
         // A record that waited is not late for having waited.
         let event_time = b.clock.is_none() && held_now.is_none();
-        let applied =
-            self.admission.applied(&event, hash, forwarded, index_write, commit, ids, event_time, &mut b.out.tally);
+        let applied = self.admission.applied(
+            &event,
+            hash,
+            forwarded,
+            index_write,
+            commit,
+            ids,
+            event_time,
+            &mut b.out.epoch.tally,
+        );
         if let (true, Some(update), Some(i), true) =
             (applied.index_changed, route.index_update, indexed, self.stage.is_some())
         {
@@ -373,8 +399,8 @@ impl PartitionTask {
             b.out.forwards.push(msg.forward(self.cfg.partitions));
         }
         let own_offset = if forwarded { 0 } else { (origin.offset + 1) as u64 };
-        self.progress.seq = (self.progress.seq + 1).max(own_offset);
-        let seq = self.progress.seq;
+        self.position.seq = (self.position.seq + 1).max(own_offset);
+        let seq = self.position.seq;
         if let Some(account) = &route.account {
             let cause = Cause::record(seq, b.clock.map_or(event.ts, Timestamp), &event.event_id);
             let at = AccountRef { key: keys::account_key(tenant, account), tenant, account };
@@ -401,7 +427,7 @@ impl PartitionTask {
                 && releasing.as_ref().is_none_or(|(t, a)| *t != q.tenant || *a != q.account_id)
         };
         let env = Env { store: &self.store, defs };
-        self.accounts.fire_due(env, now, self.progress.seq, record, &mut b.out, waits)
+        self.accounts.fire_due(env, now, self.position.seq, record, &mut b.out, waits)
     }
 
     /// An internal record this version cannot read (written by another version, or damaged): the service
@@ -424,8 +450,8 @@ impl PartitionTask {
         let ts = match &msg {
             StageMessage::Route { ts, .. } | StageMessage::Lookup { ts, .. } | StageMessage::Claim { ts, .. } => *ts,
         };
-        let max_ts = self.progress.stage_max_ts.map_or(ts, |m| m.max(ts));
-        self.progress.stage_max_ts = Some(max_ts);
+        let max_ts = self.position.stage.max_ts.map_or(ts, |m| m.max(ts));
+        self.position.stage.max_ts = Some(max_ts);
         // A record waits until this time passes: its event time (by the stage's watermark), or the clock.
         let now = b.clock.unwrap_or_else(|| max_ts.saturating_sub(self.cfg.core.allowed_disorder_ns));
         let parked_from = b.clock.unwrap_or(ts);
@@ -494,19 +520,36 @@ impl PartitionTask {
     }
 
     /// The state delta of a batch: the timers armed and cancelled, every account changed, as it stands now;
-    /// index entries; the window; the partition's progress.
+    /// index entries; the window; the partition's position.
     fn finish(&mut self, b: Batch) -> Processed {
-        let Batch { mut out, applied_ids, .. } = b;
-        self.progress.epoch += 1;
-        out.delta.extend(self.accounts.write_back(self.progress.epoch));
-        self.admission.index.write_back(&mut out.delta);
-        self.progress.max_ts = self.admission.max_ts();
-        self.progress.input_next = out.next.input;
-        self.progress.persons_next = out.next.persons;
-        self.progress.accounts_next = out.next.accounts;
-        self.dedup_log.record(&mut out.delta, self.progress.epoch, &applied_ids, self.progress.max_ts);
-        out.delta.put_meta(PROGRESS, caravan_schemas::state::encode(&self.progress));
+        let Batch { mut out, applied_ids, next, .. } = b;
+        let epoch = &mut out.epoch;
+        self.position.epoch += 1;
+        epoch.delta.extend(self.accounts.write_back(self.position.epoch));
+        self.admission.index.write_back(&mut epoch.delta);
+        self.position.max_ts = self.admission.max_ts();
+        self.position.input_next = next.input;
+        self.position.stage.persons_next = next.persons;
+        self.position.stage.accounts_next = next.accounts;
+        self.position.count(&epoch.tally.totals);
+        self.dedup_log.record(&mut epoch.delta, self.position.epoch, &applied_ids, self.position.max_ts);
+        self.seal(epoch);
         out
+    }
+
+    /// Ends an epoch: its position is the task's, written among its state writes (so that it travels on
+    /// the changelog), replacing an older form of the record the first time.
+    fn seal(&mut self, epoch: &mut Epoch) {
+        epoch.position = self.position.clone();
+        epoch.delta.put_position(&epoch.position);
+        if std::mem::take(&mut self.legacy_position) {
+            epoch.delta.drop_legacy_positions();
+        }
+    }
+
+    /// Where the partition's topics resume.
+    pub(crate) fn next(&self) -> Next {
+        Next::at(&self.position)
     }
 
     /// Writes a committed delta to the local store with the changelog offset it reaches, and keeps the
@@ -517,7 +560,7 @@ impl PartitionTask {
     pub(crate) fn apply(&mut self, delta: &Delta, changelog_next: u64) -> Result<(), EngineError> {
         self.store.apply_changelog(delta, changelog_next)?;
         // Everything up to this epoch is committed: any entry may go, it only costs a read later.
-        let committed = self.progress.epoch;
+        let committed = self.position.epoch;
         self.accounts.cache.evict(self.cfg.cache_accounts, committed);
         self.admission.index.evict(self.cfg.cache_persons, committed);
         if let Some(stage) = self.stage.as_mut() {
@@ -535,13 +578,14 @@ impl PartitionTask {
         PartitionTask::open(store, partition, cfg)
     }
 
-    /// Records the definitions-topic offset whose publications this partition has now applied.
-    pub(crate) fn progress_delta(&mut self, definitions_next: i64) -> Delta {
-        self.progress.definitions_next = definitions_next;
-        self.progress.epoch += 1;
-        let mut delta = Delta::default();
-        delta.put_meta(PROGRESS, caravan_schemas::state::encode(&self.progress));
-        delta
+    /// A publication pass as the partition's next epoch, which records that the definitions topic's
+    /// publications before `definitions_next` are applied.
+    pub(crate) fn publication(&mut self, pass: Pass, definitions_next: i64) -> Epoch {
+        let mut epoch = pass.into_epoch(&self.position);
+        self.position = epoch.position.clone();
+        self.position.definitions_next = definitions_next;
+        self.seal(&mut epoch);
+        epoch
     }
 
     /// Records waiting at the person stage, and at accounts for a claim (for metrics).
