@@ -145,7 +145,7 @@ fn write(cfg: &Config, records: &[(String, String)]) -> Result<(), EngineError> 
 /// # Errors
 /// [`EngineError::Invalid`] listing conflicts; a broker failure.
 pub fn publish(cfg: &Config, defs: &Definitions) -> Result<Vec<String>, EngineError> {
-    super::ensure_definitions_topic(cfg)?;
+    super::topics::ensure_definitions_topic(cfg)?;
     let mut feed = Feed::open(cfg)?;
     let current = Arc::make_mut(&mut feed.defs);
     let mut problems = Vec::new();
@@ -191,7 +191,7 @@ pub fn publish(cfg: &Config, defs: &Definitions) -> Result<Vec<String>, EngineEr
 /// # Errors
 /// A journey the topic never published; a broker failure.
 pub fn stop(cfg: &Config, tenant: &str, journey: &str) -> Result<u32, EngineError> {
-    super::ensure_definitions_topic(cfg)?;
+    super::topics::ensure_definitions_topic(cfg)?;
     let mut feed = Feed::open(cfg)?;
     let Some(version) = Arc::make_mut(&mut feed.defs).stop(tenant, journey) else {
         return Err(EngineError::Invalid(format!("tenant `{tenant}` has published no journey `{journey}`")));

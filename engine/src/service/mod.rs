@@ -11,42 +11,44 @@
 //! Nothing is in flight between batches: rebalances (which run inside `poll`) see only committed work, so a
 //! revoked partition needs no flush. It never touches another instance's state: partitions move through the
 //! changelog, nothing else.
+//!
+//! Modules: [`topics`] (created and checked at start), [`restore`] (rebalances, a partition's store from its
+//! changelog), [`transaction`] (the sink: one transaction, then the local apply), `task` (a partition's
+//! records through the core), `repartition`, `hold` and `task::claims` (the person stage and claims),
+//! [`definitions`] (the definitions topic), `kafka` (clients and their callbacks).
 
 pub mod definitions;
 mod hold;
 mod kafka;
 mod repartition;
+mod restore;
 #[cfg(test)]
 mod stage_tests;
 mod task;
+mod topics;
+mod transaction;
+
+pub use transaction::FAIL_BEFORE_OFFSETS;
 
 use crate::EngineError;
 use crate::admin::Admin;
 use crate::config::{Config, InputFormat, TimeMode};
-use crate::core::epoch::{Epoch, Sink};
-use crate::core::outputs::OutKind;
-use crate::telemetry::{self, Tally};
+use crate::core::epoch::Sink;
+use crate::telemetry;
 use caravan_schemas::Id;
 use caravan_schemas::time::Timestamp;
-use caravan_state::{Delta, Store};
 use definitions::{Feed, Published};
-use kafka::{Assignment, REQUEST_TIMEOUT, kafka_error};
+use kafka::{REQUEST_TIMEOUT, kafka_error};
+use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::ThreadedProducer;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use task::{InRecord, PartitionTask, Processed, TaskConfig};
-
-/// How long a restored partition may take to catch up with the group's committed offsets.
-const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
-
-/// The fail point inside an input batch's transaction: its outputs and changelog records are produced, its
-/// offsets not yet added (tests set it with `CARAVAN_FAILPOINTS`, e.g. to sleep there and be killed).
-pub const FAIL_BEFORE_OFFSETS: &str = "transaction-before-offsets";
+use topics::{RunTopics, ensure_topics};
 
 /// Sets fail points from `spec`, the value of `CARAVAN_FAILPOINTS`: `name=actions` entries separated by `;`,
 /// in the `fail` crate's action syntax (`sleep(5000)`, `50%return`, `1*panic`...). For tests: a fail point
@@ -69,10 +71,6 @@ pub fn configure_failpoints(spec: &str) -> Result<Vec<String>, EngineError> {
 
 /// How often the definitions topic is read for new publications.
 const DEFINITIONS_POLL: Duration = Duration::from_secs(1);
-
-fn ensure_definitions_topic(cfg: &Config) -> Result<(), EngineError> {
-    kafka::ensure_topics(cfg, &[(cfg.topics.definitions.clone(), 1, true)])
-}
 
 fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineError> {
     Ok(TaskConfig {
@@ -116,127 +114,6 @@ struct Service<'c> {
 }
 
 impl Service<'_> {
-    /// Opens a partition's store and brings it up to the changelog's end.
-    fn restore(&self, partition: i32) -> Result<PartitionTask, EngineError> {
-        let started = Instant::now();
-        let dir = task::partition_dir(&self.cfg.state.dir, &self.cfg.topics.input, partition);
-        std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
-        let store = Arc::new(Store::open(&dir, &self.task_cfg.store)?);
-        let from = i64::try_from(store.changelog_next()?).unwrap_or(i64::MAX);
-        let mut delta = Delta::default();
-        let mut records = 0u64;
-        let next = kafka::read_to_end(&self.restorer, &self.changelog, partition, from, |k, v, offset| {
-            delta.push_changelog_record(k, v)?;
-            records += 1;
-            if delta.len() >= 20_000 {
-                store.apply_changelog(&std::mem::take(&mut delta), (offset + 1) as u64)?;
-            }
-            Ok(())
-        })?;
-        store.apply_changelog(&delta, next as u64)?;
-        metrics::counter!(telemetry::RESTORED_RECORDS).increment(records);
-        metrics::histogram!(telemetry::RESTORE_DURATION).record(started.elapsed().as_secs_f64());
-        tracing::info!(partition, from, records, took = ?started.elapsed(), "Restored a partition from its changelog.");
-        self.admin.add_store(partition, Arc::clone(&store));
-        PartitionTask::open(store, partition, self.task_cfg.clone())
-    }
-
-    /// Acts on rebalances: revoked tasks close (their work is all committed), assigned ones restore.
-    fn rebalance(&mut self, collected: &mut Vec<(i32, InRecord)>) -> Result<(), EngineError> {
-        let events = std::mem::take(
-            &mut *self.consumer.context().events.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        for event in events {
-            metrics::counter!(telemetry::REBALANCES).increment(1);
-            match event {
-                Assignment::Revoked(parts) => {
-                    // Records read before the revocation are read again by the partition's next owner (or by
-                    // us, from the committed offset, when it comes back).
-                    collected.retain(|(p, _)| !parts.contains(p));
-                    for p in parts {
-                        if let Some(task) = self.tasks.remove(&p) {
-                            for (topic, _) in self.positions(task.next()) {
-                                let (topic, partition) = (topic.to_owned(), p.to_string());
-                                metrics::gauge!(telemetry::CONSUMER_LAG, "topic" => topic, "partition" => partition)
-                                    .set(0.0);
-                            }
-                        }
-                        self.admin.remove_store(p);
-                    }
-                    tracing::info!(tasks = self.tasks.len(), "Partitions revoked.");
-                }
-                Assignment::Assigned(parts) => {
-                    self.admin.set_ready(false);
-                    for p in parts {
-                        if !self.tasks.contains_key(&p) {
-                            let t = self.restore(p)?;
-                            self.tasks.insert(p, t);
-                            self.catch_up_with_offsets(p)?;
-                        }
-                    }
-                    self.admin.set_ready(true);
-                    tracing::info!(partitions = ?self.tasks.keys().collect::<Vec<_>>(), "Partitions assigned.");
-                }
-            }
-        }
-        metrics::gauge!(telemetry::PARTITIONS_OWNED).set(self.tasks.len() as f64);
-        Ok(())
-    }
-
-    /// Holds a restored partition to the group's committed offsets. The same transactions wrote both, so after
-    /// a complete restore they agree. A changelog read that ended before the last commit's records could be
-    /// read (its markers not yet written) leaves the task behind the offsets, and processing on from the
-    /// offsets would apply later records to an older state: the changelog is then read again, for up to
-    /// [`CATCH_UP_WAIT`]. Past that the offsets win, with a warning: someone moved them on purpose (skipping
-    /// input with the group's offset tools). Offsets behind the task (a fetch answered before the markers)
-    /// are harmless: the task skips records it has applied.
-    fn catch_up_with_offsets(&mut self, p: i32) -> Result<(), EngineError> {
-        let started = Instant::now();
-        loop {
-            let Some(task) = self.tasks.get(&p) else { return Ok(()) };
-            let ours: Vec<(String, i64)> =
-                self.positions(task.next()).into_iter().map(|(t, n)| (t.to_owned(), n)).collect();
-            let mut tpl = TopicPartitionList::new();
-            for (topic, _) in &ours {
-                tpl.add_partition(topic, p);
-            }
-            let committed = self
-                .consumer
-                .committed_offsets(tpl, REQUEST_TIMEOUT)
-                .map_err(|e| kafka_error("reading the group's committed offsets", e))?;
-            let behind: Vec<(String, i64, i64)> = ours
-                .into_iter()
-                .filter_map(|(topic, next)| match committed.find_partition(&topic, p)?.offset() {
-                    Offset::Offset(c) if c > next => Some((topic, next, c)),
-                    _ => None,
-                })
-                .collect();
-            if behind.is_empty() {
-                return Ok(());
-            }
-            if started.elapsed() > CATCH_UP_WAIT {
-                tracing::warn!(
-                    partition = p,
-                    ?behind,
-                    "The restored state stays behind the group's committed offsets (topic, restored, committed): \
-                     going on from the offsets; the records between are not processed."
-                );
-                return Ok(());
-            }
-            tracing::info!(
-                partition = p,
-                ?behind,
-                "The restored state is behind the group's committed offsets: reading the changelog again."
-            );
-            std::thread::sleep(Duration::from_millis(200));
-            // The store closes (task and admin let go of it) before the restore opens it again.
-            self.tasks.remove(&p);
-            self.admin.remove_store(p);
-            let t = self.restore(p)?;
-            self.tasks.insert(p, t);
-        }
-    }
-
     /// Runs the publications of the definitions topic that a task has not applied yet, each in a
     /// transaction of its own before the task processes more input.
     fn publish_pending(&mut self) -> Result<(), EngineError> {
@@ -269,60 +146,6 @@ impl Service<'_> {
             // The pass changed accounts and timers through the store: start the task afresh from it.
             if let Some(task) = self.tasks.remove(&p) {
                 self.tasks.insert(p, task.reload()?);
-            }
-        }
-        Ok(())
-    }
-
-    /// One transaction: each partition's epoch (outputs, changelog records with the position) and what it
-    /// carries besides (the person stage's records), and with `offsets` the consumed positions; then the
-    /// local stores. On failure the transaction aborts and the tasks restart from their stores.
-    fn transact(&mut self, done: BTreeMap<i32, Processed>, offsets: bool) -> Result<(), EngineError> {
-        let first_read = done.values().filter_map(|p| p.read.iter().min()).min().copied();
-        let started = Instant::now();
-        self.producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
-        self.producer.context().reset();
-        match self.transaction(&done, offsets) {
-            Ok(()) => tracing::debug!(took = ?started.elapsed(), partitions = done.len(), "Transaction committed."),
-            // A fenced producer or a fatal client error cannot abort: the process stops (another instance
-            // holds its transactional id, or the client is unusable).
-            Err(e) if e.retry() == crate::Retry::Never => return Err(e),
-            Err(e) => {
-                metrics::counter!(telemetry::TRANSACTIONS_ABORTED).increment(1);
-                tracing::warn!(error = %e, "Transaction failed: aborting and going back to the committed state.");
-                self.producer
-                    .abort_transaction(REQUEST_TIMEOUT)
-                    .map_err(|e| kafka_error("aborting a transaction", e))?;
-                self.rewind()?;
-                return Ok(());
-            }
-        }
-        metrics::counter!(telemetry::TRANSACTIONS_COMMITTED).increment(1);
-        let delivered =
-            self.producer.context().delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let mut tally = Tally::default();
-        let mut stage = repartition::StageCounts::default();
-        let mut writes = 0usize;
-        let mut phase = Instant::now();
-        for (p, processed) in done {
-            let Some(task) = self.tasks.get_mut(&p) else { continue };
-            let next = delivered.get(&p).map_or(0, |o| (o + 1) as u64);
-            let next = next.max(task.store().changelog_next()?);
-            task.apply(&processed.epoch.delta, next)?;
-            writes += processed.epoch.delta.len();
-            tally.merge(processed.epoch.tally);
-            for (s, n) in stage.iter_mut().zip(processed.stage) {
-                *s += n;
-            }
-            for read in processed.read {
-                telemetry::record_latency(read, 1);
-            }
-        }
-        telemetry::record_phase("apply", &mut phase);
-        telemetry::record_commit(&tally, writes, started.elapsed(), first_read);
-        for (outcome, n) in repartition::Outcome::ALL.iter().zip(stage) {
-            if n > 0 {
-                metrics::counter!(telemetry::PERSON_STAGE_RECORDS, "outcome" => outcome.as_str()).increment(n);
             }
         }
         Ok(())
@@ -370,77 +193,6 @@ impl Service<'_> {
         }
     }
 
-    fn transaction(&self, done: &BTreeMap<i32, Processed>, offsets: bool) -> Result<(), EngineError> {
-        let topics = &self.cfg.topics;
-        let mut phase = Instant::now();
-        self.producer.begin_transaction().map_err(|e| kafka_error("beginning a transaction", e))?;
-        for (p, processed) in done {
-            for o in &processed.epoch.outputs {
-                let topic = match o.kind {
-                    OutKind::Action => &topics.actions,
-                    OutKind::Change => &topics.changes,
-                    OutKind::Rejected => &topics.rejected,
-                };
-                let mut rec = BaseRecord::<str, [u8]>::to(topic).payload(&o.json);
-                if let Some(k) = &o.key {
-                    rec = rec.key(k.as_str());
-                }
-                self.send(rec)?;
-            }
-            if let Some((persons, accounts)) = &self.stage_topics {
-                for f in &processed.forwards {
-                    let topic = if f.stage == repartition::Stage::Persons { persons } else { accounts };
-                    self.send(
-                        BaseRecord::<[u8], [u8]>::to(topic).key(&f.key).payload(&f.value).partition(f.partition),
-                    )?;
-                }
-            }
-            for (key, value) in processed.epoch.delta.changelog_records() {
-                let mut rec = BaseRecord::<[u8], [u8]>::to(&self.changelog).key(&key).partition(*p);
-                if let Some(v) = value {
-                    rec = rec.payload(v);
-                }
-                self.send(rec)?;
-            }
-        }
-        telemetry::record_phase("produce", &mut phase);
-        if offsets {
-            // The batch's outputs and changelog records are in the open transaction; its offsets are not.
-            fail::fail_point!(FAIL_BEFORE_OFFSETS);
-            let mut tpl = TopicPartitionList::new();
-            for (p, processed) in done {
-                for (topic, next) in self.positions(processed.next()) {
-                    tpl.add_partition_offset(topic, *p, Offset::Offset(next))
-                        .map_err(|e| kafka_error("listing offsets", e))?;
-                }
-            }
-            let group = self
-                .consumer
-                .group_metadata()
-                .ok_or_else(|| EngineError::Internal("the input consumer has no group metadata".into()))?;
-            self.producer
-                .send_offsets_to_transaction(&tpl, &group, REQUEST_TIMEOUT)
-                .map_err(|e| kafka_error("adding offsets to the transaction", e))?;
-            telemetry::record_phase("offsets", &mut phase);
-        }
-        // Wait until everything is acknowledged: the changelog offsets the stores record come from the
-        // reports. (The commit would flush too, but through rust-rdkafka's flush, which waits in steps of
-        // up to 100 ms.) The count of librdkafka settles a moment after the last report.
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        self.producer.context().wait_delivered(REQUEST_TIMEOUT);
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        telemetry::record_phase("deliver", &mut phase);
-        self.producer.commit_transaction(REQUEST_TIMEOUT).map_err(|e| kafka_error("committing a transaction", e))?;
-        telemetry::record_phase("commit", &mut phase);
-        if let Some(f) = self.producer.context().failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
-        {
-            return Err(EngineError::Invalid(f));
-        }
-        Ok(())
-    }
-
     /// Serves the rebalances that leaving the group starts (and a join still in flight when a stop came
     /// early) until the consumer has been quiet for half a second, at most 10 s, so that dropping it has none
     /// left: rust-rdkafka's close serves a pending assignment with a call that can wait forever (seen when
@@ -477,26 +229,6 @@ impl Service<'_> {
             out.push((accounts.as_str(), next.accounts));
         }
         out
-    }
-
-    fn send<K: rdkafka::message::ToBytes + ?Sized>(&self, mut rec: BaseRecord<'_, K, [u8]>) -> Result<(), EngineError> {
-        self.producer.context().sending();
-        loop {
-            match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    r,
-                )) => {
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => {
-                    self.producer.context().not_sent();
-                    return Err(kafka_error("producing", e));
-                }
-            }
-        }
     }
 
     /// Processing time: fires the due timers of every partition (quiet ones included) in one transaction.
@@ -559,77 +291,6 @@ impl Service<'_> {
         };
         results.into_iter().collect()
     }
-}
-
-/// Kafka mode's sink: epochs with nothing else to carry (publications, stops) commit in one transaction of
-/// their own, without offsets (their input position does not move).
-impl Sink for Service<'_> {
-    fn commit(&mut self, epochs: Vec<(i32, Epoch)>) -> Result<(), EngineError> {
-        self.transact(epochs.into_iter().map(|(p, epoch)| (p, Processed::of(epoch))).collect(), false)
-    }
-}
-
-/// What [`ensure_topics`] found.
-struct RunTopics {
-    /// Partitions of the input (and of the changelog and the stage's topics).
-    partitions: usize,
-    changelog: String,
-    /// The person stage's topics (persons, accounts), with several partitions.
-    stage: Option<(String, String)>,
-}
-
-/// The topics a run reads and writes, created when missing: the input's partition count, the changelog and,
-/// with several partitions, the person stage's two topics. Refuses topics whose partition counts do not fit.
-fn ensure_topics<C: rdkafka::consumer::ConsumerContext>(
-    cfg: &Config,
-    consumer: &BaseConsumer<C>,
-) -> Result<RunTopics, EngineError> {
-    if kafka::partitions_of(consumer, &cfg.topics.input)?.is_none() {
-        kafka::ensure_topics(cfg, &[(cfg.topics.input.clone(), cfg.topics.partitions, false)])?;
-    }
-    // A topic just created may take a moment to show in the metadata.
-    let asked = Instant::now();
-    let partitions = loop {
-        match kafka::partitions_of(consumer, &cfg.topics.input)? {
-            Some(n) => break n,
-            None if asked.elapsed() < REQUEST_TIMEOUT => std::thread::sleep(Duration::from_millis(200)),
-            None => {
-                return Err(EngineError::Invalid(format!(
-                    "kafka: the input topic `{}` does not exist and could not be created",
-                    cfg.topics.input
-                )));
-            }
-        }
-    };
-    let changelog = cfg.changelog_topic();
-    let stage_topics = (partitions > 1).then(|| (cfg.persons_repartition_topic(), cfg.accounts_repartition_topic()));
-    let mut topics = vec![
-        (changelog.clone(), partitions, true),
-        (cfg.topics.actions.clone(), partitions, false),
-        (cfg.topics.changes.clone(), partitions, false),
-        (cfg.topics.rejected.clone(), partitions, false),
-        (cfg.topics.definitions.clone(), 1, true),
-    ];
-    if let Some((persons, accounts)) = &stage_topics {
-        topics.push((persons.clone(), partitions, false));
-        topics.push((accounts.clone(), partitions, false));
-    }
-    kafka::ensure_topics(cfg, &topics)?;
-    let mut partitioned = vec![(&changelog, "the changelog keeps one partition per input partition")];
-    if let Some((persons, accounts)) = &stage_topics {
-        let why = "a task reads the same partition number of the input and of the person stage's topics";
-        partitioned.extend([(persons, why), (accounts, why)]);
-    }
-    for (topic, why) in partitioned {
-        let n = kafka::partitions_of(consumer, topic)?.unwrap_or(0);
-        let fits = if topic == &changelog { n >= partitions } else { n == partitions };
-        if !fits {
-            return Err(EngineError::Invalid(format!(
-                "kafka: `{topic}` has {n} partitions but the input has {partitions}: they must match ({why})"
-            )));
-        }
-    }
-    Ok(RunTopics { partitions, changelog, stage: stage_topics })
 }
 
 /// Runs the service until `stop` is set (SIGTERM/SIGINT): the batch in flight commits, then it returns.
