@@ -4,7 +4,7 @@
 //! same input (or timer) and the same definitions, every function here returns the same new state and the
 //! same outputs; the engine owns scheduling, watermarks, caching and commits.
 //!
-//! - [`journey`]: validation and compilation of journey documents.
+//! - [`journey`]: the compiled journey, and the validation and compilation of documents into it.
 //! - [`buying_group`]: buying group templates, and the groups of an account.
 //! - [`condition`]: CEL conditions.
 //! - [`account`]: the account state machine (entities, their change events, and the steps it runs).
