@@ -55,12 +55,12 @@ pub fn load_files(files: &[PathBuf]) -> Result<Definitions, Vec<String>> {
 /// # Errors
 /// Every problem of the document (with node and path where it has them), or the publication's refusal.
 pub fn publish_text(defs: &mut Definitions, text: &str) -> Result<(), Vec<String>> {
-    let doc = read_document(text).map_err(|e| vec![e])?;
+    let doc = read_document(text).map_err(|e| vec![e.to_string()])?;
     let texts = |ps: Vec<caravan_operators::journey::Problem>| ps.iter().map(ToString::to_string).collect::<Vec<_>>();
     match doc.get("kind").and_then(|k| k.as_str()) {
-        Some("journey") => defs.publish(compile_journey(&doc).map_err(texts)?).map_err(|e| vec![e]),
+        Some("journey") => defs.publish(compile_journey(&doc).map_err(texts)?).map_err(|e| vec![e.to_string()]),
         Some("buying_group_template") => {
-            defs.publish_template(compile_template(&doc).map_err(texts)?).map_err(|e| vec![e])
+            defs.publish_template(compile_template(&doc).map_err(texts)?).map_err(|e| vec![e.to_string()])
         }
         _ => Err(vec!["at kind: expected `journey` or `buying_group_template`".into()]),
     }

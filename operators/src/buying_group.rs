@@ -136,7 +136,7 @@ pub fn compile_template(doc: &Value) -> Result<Template, Vec<Problem>> {
             0
         }
         Err(e) => {
-            add("engagement.window".into(), e);
+            add("engagement.window".into(), e.to_string());
             0
         }
     };

@@ -11,6 +11,7 @@
 //! - `runtime` (private): journey instances at run time: entry, nodes, listens, branches, timers.
 //! - [`timers`]: the partition-independent arming order of timers.
 //! - [`ids`]: deterministic output ids.
+//! - [`OperatorError`]: why a publication was refused.
 //!
 //! ```
 //! use caravan_operators::account::{AccountState, Cause, Definitions, Effects, apply_event};
@@ -28,10 +29,13 @@
 pub mod account;
 pub mod buying_group;
 pub mod condition;
+mod error;
 pub mod ids;
 pub mod journey;
 mod runtime;
 pub mod timers;
+
+pub use error::{OperatorError, Result};
 
 #[cfg(test)]
 mod tests;

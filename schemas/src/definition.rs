@@ -4,6 +4,7 @@
 //! cycles and conditions, and compiling to an executable form, is `operators::journey`'s work. Reading is
 //! lenient on purpose (nodes stay JSON values here) so that validation can report every problem at once.
 
+use crate::SchemaError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -323,12 +324,12 @@ pub enum WaitDoc {
 /// Reads a definition file's text into a JSON value: JSON when it parses as JSON, else YAML.
 ///
 /// # Errors
-/// The parser's message (with line and column) when the text is neither.
-pub fn read_document(text: &str) -> Result<Value, String> {
+/// [`SchemaError::Document`] with the parser's message (with line and column) when the text is neither.
+pub fn read_document(text: &str) -> Result<Value, SchemaError> {
     if let Ok(v) = serde_json::from_str::<Value>(text) {
         return Ok(v);
     }
-    serde_yaml_ng::from_str::<Value>(text).map_err(|e| e.to_string())
+    serde_yaml_ng::from_str::<Value>(text).map_err(|e| SchemaError::Document(e.to_string()))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - [`time`]: event time, strict RFC 3339 and durations.
 //! - [`json`]: strict JSON reading and JSON-value equality.
 //! - [`attrs`]: the compact attribute map of stored entities.
+//! - [`SchemaError`]: why a text is not a definition document, a timestamp or a duration.
 //!
 //! ```
 //! use caravan_schemas::input::{decode, DecodeLimits};
@@ -22,6 +23,7 @@
 
 pub mod attrs;
 pub mod definition;
+mod error;
 pub mod input;
 pub mod json;
 pub mod output;
@@ -29,6 +31,8 @@ pub mod state;
 mod swar;
 pub mod time;
 pub mod xdm;
+
+pub use error::{Result, SchemaError};
 
 /// Asserts that `schemas/json/<name>.schema.json` holds exactly the schema the types generate; with
 /// `CARAVAN_UPDATE_SCHEMAS` set, writes it first (`CARAVAN_UPDATE_SCHEMAS=1 cargo test --release -p caravan-schemas`).

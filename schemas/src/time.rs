@@ -14,6 +14,7 @@
 //! assert_eq!(parse_duration("2d").unwrap(), 2 * 86_400 * 1_000_000_000);
 //! ```
 
+use crate::SchemaError;
 use serde::{Deserialize, Serialize};
 
 /// Nanoseconds in one second.
@@ -45,8 +46,9 @@ impl Timestamp {
     /// Parses a strict RFC 3339 timestamp.
     ///
     /// # Errors
-    /// A message naming what is wrong, when the text is not a strict RFC 3339 date-time.
-    pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
+    /// [`SchemaError::NotRfc3339`], [`SchemaError::NotCalendarDate`], [`SchemaError::TimeOfDay`] or
+    /// [`SchemaError::TimestampRange`], naming what is wrong, when the text is not a strict RFC 3339 date-time.
+    pub fn parse_rfc3339(s: &str) -> Result<Timestamp, SchemaError> {
         match Self::parse_millis_utc(s.as_bytes()) {
             Some(ts) => Ok(ts),
             None => Self::parse_any_rfc3339(s),
@@ -54,9 +56,9 @@ impl Timestamp {
     }
 
     /// Every strict RFC 3339 form (any fraction, `Z` or an offset), with a message for what is wrong.
-    fn parse_any_rfc3339(s: &str) -> Result<Timestamp, String> {
+    fn parse_any_rfc3339(s: &str) -> Result<Timestamp, SchemaError> {
         let b = s.as_bytes();
-        let bad = || format!("`{s}` is not an RFC 3339 timestamp");
+        let bad = || SchemaError::NotRfc3339(s.to_owned());
         if b.len() < 20 {
             return Err(bad());
         }
@@ -71,8 +73,8 @@ impl Timestamp {
             return Err(bad());
         };
         let civil = civil_seconds(year, month, day, hour, minute, second).map_err(|e| match e {
-            CivilError::Date => format!("`{s}` is not a calendar date"),
-            CivilError::TimeOfDay => format!("`{s}` has an out-of-range time of day"),
+            CivilError::Date => SchemaError::NotCalendarDate(s.to_owned()),
+            CivilError::TimeOfDay => SchemaError::TimeOfDay(s.to_owned()),
         })?;
         let mut i = 19;
         let mut nanos = 0i64;
@@ -112,7 +114,7 @@ impl Timestamp {
         secs.checked_mul(NANOS_PER_SEC)
             .and_then(|n| n.checked_add(nanos))
             .map(Timestamp)
-            .ok_or_else(|| format!("`{s}` is outside the representable range (1677 to 2262)"))
+            .ok_or_else(|| SchemaError::TimestampRange(s.to_owned()))
     }
 
     /// Formats as RFC 3339 in UTC with `Z`, with milliseconds, or with as many fraction digits as needed.
@@ -239,9 +241,9 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 /// Parses a journey duration: a positive integer followed by `s`, `m`, `h`, `d` or `w` (`30m`, `6h`, `2d`, `1w`).
 ///
 /// # Errors
-/// A message when the text is not such a duration.
-pub fn parse_duration(s: &str) -> Result<i64, String> {
-    let bad = || format!("`{s}` is not a duration (e.g. 30m, 6h, 2d, 1w)");
+/// [`SchemaError::Duration`] when the text is not such a duration.
+pub fn parse_duration(s: &str) -> Result<i64, SchemaError> {
+    let bad = || SchemaError::Duration(s.to_owned());
     let unit = s.chars().last().ok_or_else(bad)?;
     let n: i64 = s[..s.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
     let secs = match unit {

@@ -164,7 +164,7 @@ pub fn publish(cfg: &Config, defs: &Definitions) -> Result<Vec<String>, EngineEr
                 records.push((format!("journey/{}/{}/{}", j.tenant, j.id, j.version), j.document.to_string()));
             }
             Ok(()) => {}
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     for t in defs.all_templates() {
@@ -174,7 +174,7 @@ pub fn publish(cfg: &Config, defs: &Definitions) -> Result<Vec<String>, EngineEr
                 records.push((format!("template/{}/{}/{}", t.tenant, t.id, t.version), t.document.to_string()));
             }
             Ok(()) => {}
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     if !problems.is_empty() {

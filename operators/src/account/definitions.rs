@@ -7,6 +7,7 @@
 //! `buying_group::compile_template` do, before) and never runs one: entering, executing and ending instances
 //! is the account state machine's work.
 
+use crate::OperatorError;
 use crate::buying_group::Template;
 use crate::journey::Journey;
 use caravan_schemas::Id;
@@ -43,8 +44,9 @@ impl Definitions {
     /// Adds a journey version.
     ///
     /// # Errors
-    /// When a version equal to or lower than the newest is published with a different document.
-    pub fn publish(&mut self, journey: Journey) -> Result<(), String> {
+    /// [`OperatorError::JourneyVersionRefused`] when a version equal to or lower than the newest is published
+    /// with a different document.
+    pub fn publish(&mut self, journey: Journey) -> Result<(), OperatorError> {
         let tenant = self.tenants.entry(journey.tenant.clone()).or_default();
         let versions = tenant.journeys.entry(journey.id.clone()).or_default();
         if let Some((&newest, existing)) = versions.iter().next_back()
@@ -54,13 +56,11 @@ impl Definitions {
             if same {
                 return Ok(());
             }
-            return Err(format!(
-                "journey `{}` version {} is refused: version {} is already published{}",
-                journey.id,
-                journey.version,
-                existing.version,
-                if journey.version == newest { " with another document" } else { "" }
-            ));
+            return Err(OperatorError::JourneyVersionRefused {
+                id: journey.id,
+                version: journey.version,
+                newest: existing.version,
+            });
         }
         for (kind, window) in journey.activity_windows() {
             track(&mut tenant.tracked, &kind, window);
@@ -72,26 +72,29 @@ impl Definitions {
     /// Adds a buying group template version: one template (id) per tenant and solution interest.
     ///
     /// # Errors
-    /// Another template id for the same solution interest, or a version equal to or lower than the newest
-    /// with a different document.
-    pub fn publish_template(&mut self, template: Template) -> Result<(), String> {
+    /// [`OperatorError::TemplateSolutionTaken`] for another template id for the same solution interest,
+    /// [`OperatorError::TemplateVersionRefused`] for a version equal to or lower than the newest with a
+    /// different document.
+    pub fn publish_template(&mut self, template: Template) -> Result<(), OperatorError> {
         let tenant = self.tenants.entry(template.tenant.clone()).or_default();
         let versions = tenant.templates.entry(template.solution.clone()).or_default();
         if let Some((&newest, existing)) = versions.iter().next_back() {
             if existing.id != template.id {
-                return Err(format!(
-                    "template `{}` is refused: solution interest `{}` already has template `{}`",
-                    template.id, template.solution, existing.id
-                ));
+                return Err(OperatorError::TemplateSolutionTaken {
+                    id: template.id,
+                    solution: template.solution,
+                    existing: existing.id.clone(),
+                });
             }
             if template.version <= newest {
                 if versions.get(&template.version).is_some_and(|t| t.document == template.document) {
                     return Ok(());
                 }
-                return Err(format!(
-                    "template `{}` version {} is refused: version {newest} is already published",
-                    template.id, template.version
-                ));
+                return Err(OperatorError::TemplateVersionRefused {
+                    id: template.id,
+                    version: template.version,
+                    newest,
+                });
             }
         }
         for (kind, _) in &template.weights {
@@ -169,5 +172,56 @@ impl Definitions {
     /// All journeys, every version.
     pub fn all(&self) -> impl Iterator<Item = &Arc<Journey>> {
         self.tenants.values().flat_map(|t| t.journeys.values()).flat_map(BTreeMap::values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buying_group::compile_template;
+    use crate::journey::compile_journey;
+    use caravan_schemas::definition::read_document;
+
+    /// The texts are the ones the CLI and the engine's tests have always read (these errors were strings).
+    #[test]
+    fn refusals_keep_their_texts() {
+        let journey = |version: u32, asset: &str| {
+            let text = format!(
+                "kind: journey\ntenant: t\nid: j\nversion: {version}\naudience: a\nstart: m\nnodes:\n  m: {{action: {{send_email: {{asset: {asset}}}}}}}\n"
+            );
+            compile_journey(&read_document(&text).expect("parses")).expect("valid")
+        };
+        let mut defs = Definitions::default();
+        defs.publish(journey(2, "a")).expect("first");
+        let refused = |defs: &mut Definitions, j| defs.publish(j).expect_err("refused").to_string();
+        assert_eq!(
+            refused(&mut defs, journey(2, "b")),
+            "journey `j` version 2 is refused: version 2 is already published with another document"
+        );
+        assert_eq!(
+            refused(&mut defs, journey(1, "a")),
+            "journey `j` version 1 is refused: version 2 is already published"
+        );
+
+        let template = |id: &str, version: u32, weight: u32| {
+            let text = format!(
+                "kind: buying_group_template\ntenant: t\nid: {id}\nversion: {version}\nsolution_interest: s\nroles: [{{role: r, when: 'true', required: true}}]\nengagement: {{window: 30d, weights: {{email.opened: {weight}}}}}\nstages: [{{stage: a}}]\n"
+            );
+            compile_template(&read_document(&text).expect("parses")).expect("valid")
+        };
+        defs.publish_template(template("bg", 2, 1)).expect("first");
+        let refused = |defs: &mut Definitions, t| defs.publish_template(t).expect_err("refused").to_string();
+        assert_eq!(
+            refused(&mut defs, template("other", 3, 1)),
+            "template `other` is refused: solution interest `s` already has template `bg`"
+        );
+        assert_eq!(
+            refused(&mut defs, template("bg", 2, 2)),
+            "template `bg` version 2 is refused: version 2 is already published"
+        );
+        assert_eq!(
+            refused(&mut defs, template("bg", 1, 1)),
+            "template `bg` version 1 is refused: version 2 is already published"
+        );
     }
 }

@@ -401,7 +401,7 @@ fn compile_node(ck: &mut Checker, name: &str, raw: &Value, index: &BTreeMap<&str
                 Some(t) => match parse_duration(t) {
                     Ok(d) => Some(d),
                     Err(e) => {
-                        ck.add(Some(name), format!("{base}.timeout"), e);
+                        ck.add(Some(name), format!("{base}.timeout"), e.to_string());
                         None
                     }
                 },
@@ -421,14 +421,14 @@ fn compile_node(ck: &mut Checker, name: &str, raw: &Value, index: &BTreeMap<&str
                 WaitDoc::Duration(d) => match parse_duration(d) {
                     Ok(n) => WaitSpec::For(n),
                     Err(e) => {
-                        ck.add(Some(name), format!("{base}.wait"), e);
+                        ck.add(Some(name), format!("{base}.wait"), e.to_string());
                         return None;
                     }
                 },
                 WaitDoc::Until { until } => match Timestamp::parse_rfc3339(until) {
                     Ok(t) => WaitSpec::Until(t),
                     Err(e) => {
-                        ck.add(Some(name), format!("{base}.wait.until"), e);
+                        ck.add(Some(name), format!("{base}.wait.until"), e.to_string());
                         return None;
                     }
                 },
