@@ -179,15 +179,20 @@ impl Delta {
 
     /// Records a published definition version (its document as JSON text).
     pub fn put_definition(&mut self, tenant: &str, id: &str, version: u32, document: &str) {
-        self.put(DEFINITIONS, definition_key(tenant, id, version), document.as_bytes().to_vec());
+        self.put(
+            DEFINITIONS,
+            definition_key(DefinitionKind::Journey, tenant, id, version),
+            document.as_bytes().to_vec(),
+        );
     }
 
     /// Records a published buying group template version (its document as JSON text).
     pub fn put_template(&mut self, tenant: &str, id: &str, version: u32, document: &str) {
-        let mut k = key3("b", tenant, id);
-        k.push(0);
-        k.extend_from_slice(&version.to_be_bytes());
-        self.put(DEFINITIONS, k, document.as_bytes().to_vec());
+        self.put(
+            DEFINITIONS,
+            definition_key(DefinitionKind::Template, tenant, id, version),
+            document.as_bytes().to_vec(),
+        );
     }
 
     /// Records that a journey is stopped for its versions up to `version`.

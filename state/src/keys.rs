@@ -33,17 +33,50 @@ pub(crate) fn timer_key(tenant: &str, account: &str, journey: &str, instance: u3
     k
 }
 
-/// `j` tenant `\0` journey `\0` version (u32 BE): a published journey (`b` ...: a buying group template).
-pub(crate) fn definition_key(tenant: &str, id: &str, version: u32) -> Vec<u8> {
-    let mut k = key3("j", tenant, id);
+/// What a key of the `definitions` family holds, named by its first part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DefinitionKind {
+    /// `journey` tenant `\0` id `\0` version (u32 BE): a published journey version's document.
+    Journey,
+    /// `template` tenant `\0` id `\0` version (u32 BE): a published buying group template's document.
+    Template,
+    /// `stop` tenant `\0` journey: the newest version a stop applies to.
+    Stop,
+}
+
+impl DefinitionKind {
+    /// The key's first part as written now.
+    fn prefix(self) -> &'static str {
+        match self {
+            DefinitionKind::Journey => "journey",
+            DefinitionKind::Template => "template",
+            DefinitionKind::Stop => "stop",
+        }
+    }
+
+    /// The kind a key's first part names: the descriptive name, or the single letter stores written before
+    /// it hold (`j`, `b`, `s`), which are still read.
+    pub(crate) fn of(prefix: &[u8]) -> Option<DefinitionKind> {
+        match prefix {
+            b"journey" | b"j" => Some(DefinitionKind::Journey),
+            b"template" | b"b" => Some(DefinitionKind::Template),
+            b"stop" | b"s" => Some(DefinitionKind::Stop),
+            _ => None,
+        }
+    }
+}
+
+/// The key of a published journey or template version.
+pub(crate) fn definition_key(kind: DefinitionKind, tenant: &str, id: &str, version: u32) -> Vec<u8> {
+    let mut k = key3(kind.prefix(), tenant, id);
     k.push(0);
     k.extend_from_slice(&version.to_be_bytes());
     k
 }
 
-/// `s` tenant `\0` journey: the newest version a stop applies to.
+/// The key of a journey's stop.
 pub(crate) fn stop_key(tenant: &str, id: &str) -> Vec<u8> {
-    key3("s", tenant, id)
+    key3(DefinitionKind::Stop.prefix(), tenant, id)
 }
 
 pub(crate) const ACCOUNTS: usize = 0;

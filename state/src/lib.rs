@@ -26,6 +26,7 @@
 //! | `routes` | tenant `\0` entity `\0` id | [`RouteRecord`] (Kafka mode's person stage) |
 //! | `parked` | tenant `\0` entity `\0` id `\0` sequence (u64 big-endian) | [`ParkedRecord`] (the same) |
 //! | `held` | tenant `\0` account `\0` sequence (u64 big-endian) | [`HeldRecord`] (the same: records held at an account while it waits for a claim) |
+//! | `definitions` | `journey` or `template` `\0` tenant `\0` id `\0` version (u32 big-endian); `stop` `\0` tenant `\0` journey | the published document (JSON); the newest stopped version (older stores: `j`, `b`, `s`, still read) |
 //! | `meta` | `position` | [`Position`]: what the store has committed, in both modes (`checkpoint` and `partition` in older stores) |
 //! | `meta` | `local.changelog_next` | the changelog offset the store reflects (Kafka mode; local only) |
 //! | `meta` | other names | engine values ([`Delta::put_meta`]) |
@@ -535,12 +536,13 @@ impl Store {
             let corrupt =
                 || StateError::Codec { key: escape(&k), source: CodecError::Corrupt("bad definition".into()) };
             let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| corrupt());
-            match k.first() {
-                Some(kind @ (b'j' | b'b')) => {
+            let kind = k.split(|b| *b == 0).next().and_then(DefinitionKind::of);
+            match kind {
+                Some(kind @ (DefinitionKind::Journey | DefinitionKind::Template)) => {
                     let (head, version) = k.split_at(k.len().checked_sub(4).ok_or_else(corrupt)?);
                     let parts: Vec<&[u8]> = head.split(|b| *b == 0).collect();
                     let [_, tenant, id, _] = parts.as_slice() else { return Err(corrupt()) };
-                    let list = if *kind == b'j' { &mut out.published } else { &mut out.templates };
+                    let list = if kind == DefinitionKind::Journey { &mut out.published } else { &mut out.templates };
                     list.push(StoredDefinition {
                         tenant: text(tenant)?,
                         id: text(id)?,
@@ -548,15 +550,23 @@ impl Store {
                         document: text(&v)?,
                     });
                 }
-                Some(b's') => {
+                Some(DefinitionKind::Stop) => {
                     let parts: Vec<&[u8]> = k.split(|b| *b == 0).collect();
                     let [_, tenant, id] = parts.as_slice() else { return Err(corrupt()) };
                     let version = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt())?);
                     out.stopped.push((text(tenant)?, text(id)?, version));
                 }
-                _ => return Err(corrupt()),
+                None => return Err(corrupt()),
             }
         }
+        // A store written before the descriptive prefixes may hold entries under both forms: one list, in
+        // (tenant, id, version) order, each version once, and a journey's newest stop.
+        for list in [&mut out.published, &mut out.templates] {
+            list.sort_by(|a, b| (&a.tenant, &a.id, a.version).cmp(&(&b.tenant, &b.id, b.version)));
+            list.dedup_by(|a, b| (&a.tenant, &a.id, a.version) == (&b.tenant, &b.id, b.version));
+        }
+        out.stopped.sort_by(|a, b| (&a.0, &a.1, std::cmp::Reverse(a.2)).cmp(&(&b.0, &b.1, std::cmp::Reverse(b.2))));
+        out.stopped.dedup_by(|a, b| (&a.0, &a.1) == (&b.0, &b.1));
         Ok(out)
     }
 

@@ -565,3 +565,39 @@ fn a_corrupt_position_is_an_error_that_names_its_key() {
     let e = store.position().expect_err("corrupt").to_string();
     assert!(e.contains("position"), "{e}");
 }
+
+#[test]
+fn definitions_under_the_single_letter_keys_of_older_stores_still_read_beside_new_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    // As stores written before the descriptive prefixes hold them: `j`/`b`/`s` then the key's parts.
+    let legacy = |letter: &str, tenant: &str, id: &str, version: Option<u32>| {
+        let mut k = keys::key3(letter, tenant, id);
+        if let Some(v) = version {
+            k.push(0);
+            k.extend_from_slice(&v.to_be_bytes());
+        }
+        k
+    };
+    let mut d = Delta::default();
+    d.put(keys::DEFINITIONS, legacy("j", "t", "onboard", Some(1)), b"{\"v\":1}".to_vec());
+    d.put(keys::DEFINITIONS, legacy("b", "t", "bg", Some(1)), b"{}".to_vec());
+    d.put(keys::DEFINITIONS, legacy("s", "t", "onboard", None), 1u32.to_be_bytes().to_vec());
+    store.commit(&d, &Position::replay()).expect("commits");
+    // Later publications and a later stop, written now.
+    let mut d = Delta::default();
+    d.put_definition("t", "onboard", 2, "{\"v\":2}");
+    d.put_definition("t", "alpha", 1, "{}");
+    d.put_template("t", "bg", 2, "{}");
+    d.put_stop("t", "onboard", 2);
+    store.commit(&d, &Position::replay()).expect("commits");
+
+    let defs = store.definitions().expect("reads");
+    let published: Vec<(&str, &str, u32)> =
+        defs.published.iter().map(|p| (p.tenant.as_str(), p.id.as_str(), p.version)).collect();
+    assert_eq!(published, [("t", "alpha", 1), ("t", "onboard", 1), ("t", "onboard", 2)], "one list, in order");
+    assert_eq!(defs.published[1].document, "{\"v\":1}");
+    let templates: Vec<u32> = defs.templates.iter().map(|t| t.version).collect();
+    assert_eq!(templates, [1, 2]);
+    assert_eq!(defs.stopped, [("t".to_owned(), "onboard".to_owned(), 2)], "the newest stop wins");
+}
