@@ -313,10 +313,12 @@ impl InputConfig {
     /// The decoder's limits.
     ///
     /// # Errors
-    /// A bound that is not RFC 3339 (checked by [`Config::validate`] first, so only on a hand-built value).
-    pub fn limits(&self) -> Result<DecodeLimits, String> {
-        let ts_min = Timestamp::parse_rfc3339(&self.min_ts).map_err(|e| format!("input.min_ts: {e}"))?;
-        let ts_max = Timestamp::parse_rfc3339(&self.max_ts).map_err(|e| format!("input.max_ts: {e}"))?;
+    /// [`EngineError::Invalid`] for a bound that is not RFC 3339 (checked by [`Config::validate`] first, so
+    /// only on a hand-built value).
+    pub fn limits(&self) -> Result<DecodeLimits, EngineError> {
+        let bound = |key: &str, e| EngineError::Invalid(format!("input.{key}: {e}"));
+        let ts_min = Timestamp::parse_rfc3339(&self.min_ts).map_err(|e| bound("min_ts", e))?;
+        let ts_max = Timestamp::parse_rfc3339(&self.max_ts).map_err(|e| bound("max_ts", e))?;
         Ok(DecodeLimits { max_record_bytes: self.max_record_bytes, ts_min, ts_max })
     }
 }
@@ -434,7 +436,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         match self.input.limits() {
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
             Ok(l) if l.ts_min >= l.ts_max => problems.push("input.min_ts must be earlier than input.max_ts".into()),
             Ok(_) => {}
         }
@@ -477,7 +479,7 @@ impl Config {
         }
         problems.extend(registry_problems(&self.tenants));
         if let Err(e) = source_tenant(self.input.format, self.input.tenant.as_deref(), &self.tenants) {
-            problems.push(e);
+            problems.push(e.to_string());
         }
         problems.extend(token_problems(self.admin.token.as_deref(), &self.tenants));
         if problems.is_empty() { Ok(()) } else { Err(problems) }
@@ -603,23 +605,24 @@ fn describe(e: figment::Error) -> String {
 /// The tenant of an XDM source, checked: set for XDM (and registered, with a registry), unset for native.
 ///
 /// # Errors
-/// The rule broken, naming the keys.
+/// [`EngineError::Invalid`]: the rule broken, naming the keys.
 pub fn source_tenant(
     format: InputFormat,
     tenant: Option<&str>,
     registry: &[TenantConfig],
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, EngineError> {
+    let refused = |why: String| Err(EngineError::Invalid(why));
     match (format, tenant) {
         (InputFormat::Native, None) => Ok(None),
         (InputFormat::Native, Some(_)) => {
-            Err("input.tenant is only for input.format = \"xdm\": native records name their own tenant".into())
+            refused("input.tenant is only for input.format = \"xdm\": native records name their own tenant".into())
         }
         (InputFormat::Xdm, None) => {
-            Err("input.tenant must be set when input.format = \"xdm\": XDM records carry no tenant".into())
+            refused("input.tenant must be set when input.format = \"xdm\": XDM records carry no tenant".into())
         }
-        (InputFormat::Xdm, Some(t)) if t.trim().is_empty() => Err("input.tenant must not be empty".into()),
+        (InputFormat::Xdm, Some(t)) if t.trim().is_empty() => refused("input.tenant must not be empty".into()),
         (InputFormat::Xdm, Some(t)) if !registry.is_empty() && !registry.iter().any(|r| r.id == t) => {
-            Err(format!("input.tenant `{t}` is not in the tenant registry"))
+            refused(format!("input.tenant `{t}` is not in the tenant registry"))
         }
         (InputFormat::Xdm, Some(t)) => Ok(Some(t.to_owned())),
     }

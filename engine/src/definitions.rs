@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 /// The definition files of a folder: `*.yaml`, `*.yml` and `*.json`, sorted by name.
 ///
 /// # Errors
-/// A message when the folder cannot be read.
-pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+/// [`EngineError::Io`] when the folder cannot be read.
+pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>, crate::EngineError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| crate::EngineError::io(dir.display().to_string(), e))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -71,6 +71,6 @@ pub fn publish_text(defs: &mut Definitions, text: &str) -> Result<(), Vec<String
 /// # Errors
 /// Every problem of every file, or an unreadable folder.
 pub fn load_dir(dir: &Path) -> Result<Definitions, Vec<String>> {
-    let files = files_in(dir).map_err(|e| vec![e])?;
+    let files = files_in(dir).map_err(|e| vec![e.to_string()])?;
     load_files(&files)
 }

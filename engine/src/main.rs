@@ -335,7 +335,7 @@ fn start_admin(
     addr: SocketAddr,
     json_logs: bool,
 ) -> anyhow::Result<admin::Admin> {
-    let metrics = telemetry::install_recorder().map_err(anyhow::Error::msg)?;
+    let metrics = telemetry::install_recorder()?;
     let admin = admin::Admin::new(Some(metrics), admin::Access::from_config(cfg));
     let bound = admin.serve(addr)?;
     let said = format!("admin endpoints on http://{bound} (/metrics, /healthz, /readyz, /v1/journeys)");
@@ -384,14 +384,14 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if cfg.time.mode != caravan_engine::config::TimeMode::Event {
         bail!("a replay runs in event time: time.mode = \"processing\" is for `caravan run`");
     }
-    let mut limits = cfg.input.limits().map_err(anyhow::Error::msg)?;
+    let mut limits = cfg.input.limits()?;
     if let Some(n) = args.max_record_bytes {
         limits.max_record_bytes = n;
     }
     let format = args.format.unwrap_or(cfg.input.format);
     let tenant = args.tenant.clone().or_else(|| cfg.input.tenant.clone());
     let xdm_tenant = caravan_engine::config::source_tenant(format, tenant.as_deref(), &cfg.tenants).map_err(|e| {
-        anyhow::anyhow!("{}", e.replace("input.format", "--format").replace("input.tenant", "--tenant"))
+        anyhow::anyhow!("{}", e.to_string().replace("input.format", "--format").replace("input.tenant", "--tenant"))
     })?;
     let defaults = replay::ReplayOptions::default();
     let workers = args.workers.unwrap_or(defaults.workers);

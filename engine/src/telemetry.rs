@@ -129,20 +129,22 @@ fn describe() {
 /// Installs the Prometheus recorder (histograms with fixed buckets) and returns the handle that renders it.
 ///
 /// # Errors
-/// When a recorder is already installed in this process.
-pub fn install_recorder() -> Result<PrometheusHandle, String> {
+/// [`EngineError::Invalid`] when a recorder is already installed in this process.
+pub fn install_recorder() -> Result<PrometheusHandle, crate::EngineError> {
+    let invalid = |e: String| crate::EngineError::Invalid(e);
     let durations = [COMMIT_DURATION, BATCH_DURATION, END_TO_END_LATENCY, RESTORE_DURATION, TRANSACTION_PHASE];
     let mut builder = PrometheusBuilder::new();
     for name in durations {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(name.to_string()), DURATION_BUCKETS)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| invalid(e.to_string()))?;
     }
     for name in [COMMIT_WRITES, BATCH_RECORDS] {
-        builder =
-            builder.set_buckets_for_metric(Matcher::Full(name.to_string()), SIZE_BUCKETS).map_err(|e| e.to_string())?;
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_string()), SIZE_BUCKETS)
+            .map_err(|e| invalid(e.to_string()))?;
     }
-    let handle = builder.install_recorder().map_err(|e| format!("installing the metrics recorder: {e}"))?;
+    let handle = builder.install_recorder().map_err(|e| invalid(format!("installing the metrics recorder: {e}")))?;
     describe();
     Ok(handle)
 }

@@ -17,6 +17,27 @@ use caravan_state::{Delta, Store, StoredAccount};
 use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 
+/// How many entries a partition's caches keep: a share of the instance's budget (`state.cache_accounts`,
+/// `state.cache_persons`), the same rule in both modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Capacity {
+    /// Accounts in an [`AccountCache`].
+    pub(crate) accounts: usize,
+    /// Person and opportunity entries in an [`IndexCache`].
+    pub(crate) index: usize,
+}
+
+impl Capacity {
+    /// One owner's share: the account budget split among `account_owners` (replay: workers; Kafka:
+    /// partitions), the index budget among `index_owners` (replay: the one router), at least 16 each.
+    pub(crate) fn share(budget: Capacity, account_owners: usize, index_owners: usize) -> Capacity {
+        Capacity {
+            accounts: (budget.accounts / account_owners.max(1)).max(16),
+            index: (budget.index / index_owners.max(1)).max(16),
+        }
+    }
+}
+
 /// How many entries a cache of `len` entries drops to get back within `capacity`: none while it is within,
 /// else down to three quarters of the capacity (so that eviction, a scan, runs seldom).
 pub(crate) fn excess(len: usize, capacity: usize) -> usize {

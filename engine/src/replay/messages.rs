@@ -96,7 +96,7 @@ pub(crate) enum WorkerMsg {
         /// [`crate::core::keys::account_key`] of `account_id`.
         account_key: u64,
         id: Id,
-        reply: crossbeam_channel::Sender<Result<Option<Moved>, String>>,
+        reply: crossbeam_channel::Sender<Result<Option<Moved>, crate::EngineError>>,
     },
 }
 

@@ -315,11 +315,10 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
         }
         drop((chunk_rx, parsed_tx, free_tx));
         let mut worker_handles = Vec::new();
+        let budget = crate::core::cache::Capacity { accounts: opts.cache_accounts, index: opts.cache_persons };
+        let cache = crate::core::cache::Capacity::share(budget, workers, 1);
         for (me, (rx, timers)) in worker_rxs.into_iter().zip(timers).enumerate() {
-            let cfg = worker::WorkerConfig {
-                cache_capacity: (opts.cache_accounts / workers).max(16),
-                returns: returns.clone(),
-            };
+            let cfg = worker::WorkerConfig { cache, returns: returns.clone() };
             let w = worker::Worker::new(
                 cfg,
                 Arc::clone(&defs),
@@ -351,7 +350,7 @@ pub fn replay(opts: &ReplayOptions, defs: Definitions) -> Result<Summary, Engine
                 records: opts.commit_records,
                 state_bytes: opts.commit_state_bytes,
             },
-            index_capacity: opts.cache_persons.max(16),
+            cache,
             store_ids: !ephemeral,
             source_name,
             returns,

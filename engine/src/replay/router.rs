@@ -73,8 +73,8 @@ pub(crate) struct RouterConfig {
     pub(crate) workers: usize,
     /// When an epoch ends.
     pub(crate) epochs: EpochBounds,
-    /// Person and opportunity index entries kept in memory.
-    pub(crate) index_capacity: usize,
+    /// What the caches keep (the router holds the whole index; the workers share the accounts).
+    pub(crate) cache: crate::core::cache::Capacity,
     /// Applied event ids go to the committer, for the window's stored epochs (not with a temporary state).
     pub(crate) store_ids: bool,
     /// The input's name, as rejected records give it.
@@ -262,7 +262,7 @@ impl<'s> Router<'s> {
                     account = from.as_str(),
                     "The index named an account that does not hold the record."
                 ),
-                Err(e) => return Err(EngineError::Internal(e)),
+                Err(e) => return Err(e),
             }
         }
         let index_write = indexed.zip(route.index_update);
@@ -331,7 +331,7 @@ impl<'s> Router<'s> {
         self.commit.send(CommitMsg::Router(part)).map_err(|_| EngineError::Stopped)?;
         self.batch += 1;
         // Index entries whose batch has committed may go.
-        self.admission.index.evict(self.cfg.index_capacity, self.committed.load(Ordering::Acquire));
+        self.admission.index.evict(self.cfg.cache.index, self.committed.load(Ordering::Acquire));
         Ok(())
     }
 }

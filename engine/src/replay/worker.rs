@@ -34,7 +34,8 @@ struct OutputSizes {
 
 /// Settings of a worker.
 pub(crate) struct WorkerConfig {
-    pub(crate) cache_capacity: usize,
+    /// Its caches' share of the run's (only its `accounts` is used: the router holds the index).
+    pub(crate) cache: crate::core::cache::Capacity,
     /// Where the worker's reference to a batch's lines goes back to be freed.
     pub(crate) returns: super::reader::LineReturns,
 }
@@ -106,12 +107,17 @@ impl<'s> Worker<'s> {
                     self.cfg.returns.give_back(lines);
                 }
                 WorkerMsg::Detach { entity, tenant, account_id, account_key, id, reply } => {
-                    let result = self.detach(entity, account_key, &tenant, &account_id, &id).map_err(|e| e.to_string());
-                    let failed = result.is_err();
-                    // The router waits for this reply; if it is gone, the run is stopping anyway.
-                    let _ = reply.send(result);
-                    if failed {
-                        return Err(EngineError::Internal(format!("detaching {id} from account {account_id} failed")));
+                    match self.detach(entity, account_key, &tenant, &account_id, &id) {
+                        // The router waits for this reply; if it is gone, the run is stopping anyway.
+                        Ok(moved) => drop(reply.send(Ok(moved))),
+                        // The router reports the failure and stops the run; so does this worker.
+                        Err(e) => {
+                            let text = format!("detaching {id} from account {account_id}: {e}");
+                            return Err(match reply.send(Err(e)) {
+                                Ok(()) => EngineError::Stopped,
+                                Err(_) => EngineError::Internal(text),
+                            });
+                        }
                     }
                 }
             }
@@ -189,7 +195,7 @@ impl<'s> Worker<'s> {
             part.delta = self.accounts.write_back(batch.id);
         }
         self.commit.send(CommitMsg::Worker(part)).map_err(|_| EngineError::Stopped)?;
-        self.accounts.cache.evict(self.cfg.cache_capacity, self.committed.load(Ordering::Acquire));
+        self.accounts.cache.evict(self.cfg.cache.accounts, self.committed.load(Ordering::Acquire));
         Ok(())
     }
 }

@@ -104,25 +104,29 @@ impl Feed {
 }
 
 /// Applies one record to the definitions.
-fn apply(defs: &mut Definitions, key: &str, value: Option<&[u8]>) -> Result<Option<Published>, String> {
+///
+/// # Errors
+/// [`EngineError::Invalid`] for a record that is not a publication or a stop (named in the text).
+fn apply(defs: &mut Definitions, key: &str, value: Option<&[u8]>) -> Result<Option<Published>, EngineError> {
     let Some(value) = value else { return Ok(None) };
-    let text = std::str::from_utf8(value).map_err(|_| "the value is not UTF-8".to_owned())?;
+    let text = std::str::from_utf8(value).map_err(|_| EngineError::Invalid("the value is not UTF-8".to_owned()))?;
     let parts: Vec<&str> = key.split('/').collect();
     match parts.as_slice() {
         ["journey" | "template", ..] => {
             let before: Vec<_> = defs.all().cloned().collect();
             let before_t: Vec<_> = defs.all_templates().cloned().collect();
-            crate::definitions::publish_text(defs, text).map_err(|p| p.join("; "))?;
+            crate::definitions::publish_text(defs, text).map_err(|p| EngineError::Invalid(p.join("; ")))?;
             let new_j = defs.all().find(|j| !before.iter().any(|b| Arc::ptr_eq(b, j))).cloned();
             let new_t = defs.all_templates().find(|t| !before_t.iter().any(|b| Arc::ptr_eq(b, t))).cloned();
             Ok(new_j.map(Published::Journey).or(new_t.map(Published::Template)))
         }
         ["stop", tenant, journey] => {
-            let version: u32 = text.trim().parse().map_err(|_| format!("bad stop version `{text}`"))?;
+            let version: u32 =
+                text.trim().parse().map_err(|_| EngineError::Invalid(format!("bad stop version `{text}`")))?;
             defs.restore_stop(tenant, journey, version);
             Ok(Some(Published::Stop { tenant: (*tenant).to_owned(), journey: (*journey).to_owned() }))
         }
-        _ => Err(format!("unknown definitions key `{key}`")),
+        _ => Err(EngineError::Invalid(format!("unknown definitions key `{key}`"))),
     }
 }
 

@@ -33,6 +33,7 @@ pub use transaction::FAIL_BEFORE_OFFSETS;
 use crate::EngineError;
 use crate::admin::Admin;
 use crate::config::{Config, InputFormat, TimeMode};
+use crate::core::cache::Capacity;
 use crate::core::epoch::Sink;
 use crate::telemetry;
 use caravan_schemas::Id;
@@ -77,7 +78,7 @@ fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineErro
         input_topic: cfg.topics.input.clone(),
         core: crate::core::Settings {
             rules: crate::core::decode::EdgeRules {
-                limits: cfg.input.limits().map_err(EngineError::Invalid)?,
+                limits: cfg.input.limits()?,
                 tenants: Arc::new(cfg.tenants.iter().map(|t| t.id.clone()).collect()),
                 xdm_tenant: cfg.input.tenant.as_deref().filter(|_| cfg.input.format == InputFormat::Xdm).map(Id::from),
             },
@@ -85,8 +86,11 @@ fn task_config(cfg: &Config, partitions: usize) -> Result<TaskConfig, EngineErro
             dedup_window: cfg.input.dedup_window,
             dedup_max_age_ns: cfg.input.dedup_max_age_ns(),
         },
-        cache_accounts: (cfg.state.cache_accounts / partitions.max(1)).max(16),
-        cache_persons: (cfg.state.cache_persons / partitions.max(1)).max(16),
+        cache: Capacity::share(
+            Capacity { accounts: cfg.state.cache_accounts, index: cfg.state.cache_persons },
+            partitions,
+            partitions,
+        ),
         // A task commits a transaction at least every commit interval: far fewer ids than the window.
         store: caravan_state::StoreOptions {
             dedup_ids: (cfg.input.dedup_window as u64).saturating_mul(2),

@@ -21,6 +21,7 @@ use super::repartition::{AccountMessage, Forward, Origin, Outcome, PersonStage, 
 use crate::EngineError;
 use crate::core::accounts::{AccountRef, Accounts, Env, OutputSink};
 use crate::core::admit::{Admission, Admit};
+use crate::core::cache::Capacity;
 use crate::core::decode::{Decoded, Parsed, decode_record};
 use crate::core::dedup::EpochLog;
 use crate::core::epoch::Epoch;
@@ -150,11 +151,8 @@ pub(crate) struct TaskConfig {
     pub(crate) input_topic: String,
     /// The partition core's settings.
     pub(crate) core: crate::core::Settings,
-    /// Accounts kept in memory by the task: the instance's `state.cache_accounts` shared among the input's
-    /// partitions.
-    pub(crate) cache_accounts: usize,
-    /// Person and opportunity index entries kept in memory (`state.cache_persons`, shared the same way).
-    pub(crate) cache_persons: usize,
+    /// What the task's caches keep: its share of the instance's (`Capacity::share` among the partitions).
+    pub(crate) cache: Capacity,
     /// RocksDB tuning of the partition's store (its de-duplication family sized for the window the task
     /// keeps).
     pub(crate) store: StoreOptions,
@@ -561,10 +559,10 @@ impl PartitionTask {
         self.store.apply_changelog(delta, changelog_next)?;
         // Everything up to this epoch is committed: any entry may go, it only costs a read later.
         let committed = self.position.epoch;
-        self.accounts.cache.evict(self.cfg.cache_accounts, committed);
-        self.admission.index.evict(self.cfg.cache_persons, committed);
+        self.accounts.cache.evict(self.cfg.cache.accounts, committed);
+        self.admission.index.evict(self.cfg.cache.index, committed);
         if let Some(stage) = self.stage.as_mut() {
-            stage.trim(self.cfg.cache_persons);
+            stage.trim(self.cfg.cache.index);
         }
         Ok(())
     }
