@@ -24,7 +24,7 @@
 use crate::buying_group::{self, Recompute};
 use crate::ids;
 use crate::journey::{AccountEvent, Journey};
-use crate::runtime::{self, AccountEventValue};
+use crate::runtime::{self, AccountEventValue, StepCx};
 use caravan_schemas::Id;
 use caravan_schemas::attrs::{Attrs, UndoLog};
 use caravan_schemas::input::{AudienceStatus, EventBody, InputEvent};
@@ -696,24 +696,25 @@ pub fn apply_event(
         Some(who) if defs.has_templates(&acct.tenant) => buying_group::evaluate(defs, acct, ev.ts, who, None),
         _ => Vec::new(),
     };
+    let mut cx = StepCx { defs, cause, tracker, out };
     if let Some(audience) = entered {
-        runtime::enter_journeys(defs, acct, audience, cause, &mut tracker, out);
+        runtime::enter_journeys(&mut cx, acct, audience);
     }
     if let EventBody::PersonActivity { person_id, activity, properties, .. } = &ev.body {
-        runtime::on_activity(defs, acct, ev.ts, person_id, activity, properties, cause, &mut tracker, out);
+        runtime::on_activity(&mut cx, acct, ev.ts, person_id, activity, properties);
     }
-    tracker.finish(acct, cause, out);
+    cx.finish(acct);
     // Account events reach listens once the record's own changes are applied; what the listens do is a
     // further part of the same cause (it never touches the opportunity or audience that caused it).
     let mut events = runtime::opportunity_events(&out.changes[changes_before..]);
     events.extend(account_event);
     events.extend(stage_changes);
     if !events.is_empty() && !acct.record.instances.is_empty() {
-        let mut tracker = Tracker::default();
+        let mut cx = StepCx::new(defs, cause, out);
         for event in &events {
-            runtime::on_account_event(defs, acct, event, cause, &mut tracker, out);
+            runtime::on_account_event(&mut cx, acct, event);
         }
-        tracker.finish(acct, cause, out);
+        cx.finish(acct);
     }
     runtime::deliver_pending(defs, acct, cause, out);
 }
@@ -732,9 +733,9 @@ pub fn enter_on_publish(
     if !in_audience || defs.is_stopped(&journey.tenant, &journey.id, journey.version) {
         return false;
     }
-    let mut tracker = Tracker::default();
-    let entered = runtime::enter(defs, journey, acct, cause, &mut tracker, out);
-    tracker.finish(acct, cause, out);
+    let mut cx = StepCx::new(defs, cause, out);
+    let entered = runtime::enter(&mut cx, journey, acct);
+    cx.finish(acct);
     entered
 }
 

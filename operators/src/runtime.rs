@@ -29,6 +29,33 @@ pub(crate) struct AccountEventValue {
     pub(crate) value: Value,
 }
 
+/// The context of one step, shared by every runtime function that walks journeys for it: the definitions, the
+/// cause, the change tracker and the effects being collected. The account is passed beside it.
+///
+/// It lives for one step, one cause (or one round of the account events a cause raised): built where that
+/// step's changes start being tracked, consumed by [`StepCx::finish`], which emits their net change events. It
+/// holds borrows and the tracker (moved in, never cloned), so making one allocates nothing.
+pub(crate) struct StepCx<'a, 'c> {
+    pub(crate) defs: &'a Definitions,
+    /// Its `ts` is the step's "now": the timers it arms and the conditions it reads are measured from it.
+    pub(crate) cause: &'a Cause<'c>,
+    /// The entities the step touched, for one net change event each.
+    pub(crate) tracker: Tracker,
+    pub(crate) out: &'a mut Effects,
+}
+
+impl<'a, 'c> StepCx<'a, 'c> {
+    /// A step with nothing tracked yet.
+    pub(crate) fn new(defs: &'a Definitions, cause: &'a Cause<'c>, out: &'a mut Effects) -> StepCx<'a, 'c> {
+        StepCx { defs, cause, tracker: Tracker::default(), out }
+    }
+
+    /// Ends the step: the net change events of what it touched go to its effects.
+    pub(crate) fn finish(self, acct: &mut AccountState) {
+        self.tracker.finish(acct, self.cause, self.out);
+    }
+}
+
 /// The data conditions read, built lazily from the account (once per evaluation site).
 pub(crate) struct Env<'a> {
     defs: &'a Definitions,
@@ -150,31 +177,17 @@ pub(crate) fn cancel_timers(inst: &InstanceRecord, out: &mut Effects) {
 }
 
 /// Enters the account into the newest version of every journey of its tenant whose audience it just entered.
-pub(crate) fn enter_journeys(
-    defs: &Definitions,
-    acct: &mut AccountState,
-    audience: &str,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
-) {
+pub(crate) fn enter_journeys(cx: &mut StepCx<'_, '_>, acct: &mut AccountState, audience: &str) {
     let tenant = acct.tenant.clone();
-    for journey in defs.newest_for_tenant(&tenant) {
+    for journey in cx.defs.newest_for_tenant(&tenant) {
         if journey.audience == audience {
-            enter(defs, journey, acct, cause, tracker, out);
+            enter(cx, journey, acct);
         }
     }
 }
 
 /// Enters one journey version, unless the account runs it already or `reentry` forbids it.
-pub(crate) fn enter(
-    defs: &Definitions,
-    journey: &Journey,
-    acct: &mut AccountState,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
-) -> bool {
+pub(crate) fn enter(cx: &mut StepCx<'_, '_>, journey: &Journey, acct: &mut AccountState) -> bool {
     if acct.record.instances.iter().any(|i| i.journey_id == journey.id) {
         return false;
     }
@@ -201,68 +214,43 @@ pub(crate) fn enter(
     let at = acct.record.instances.partition_point(|i| i.journey_id.as_str() < journey.id.as_str());
     acct.record.instances.insert(at, rec);
     acct.record_dirty = true;
-    run(defs, journey, acct, at, journey.start, cause, tracker, out);
+    run(cx, journey, acct, at, journey.start);
     true
 }
 
 /// Delivers an activity to the instances listening for it.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn on_activity(
-    defs: &Definitions,
+    cx: &mut StepCx<'_, '_>,
     acct: &mut AccountState,
     ts: Timestamp,
     person_id: &str,
     activity: &str,
     properties: &caravan_schemas::attrs::Attrs,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
 ) {
     let event = OnceCell::new();
     let make = || serde_json::json!({"activity": activity, "person_id": person_id, "properties": properties.to_map(), "ts": ts.to_rfc3339()});
-    deliver(
-        defs,
-        acct,
-        ts,
-        |w| matches!(w, ListenFor::Activity(k) if k == activity),
-        &event,
-        make,
-        cause,
-        tracker,
-        out,
-    );
+    deliver(cx, acct, ts, |w| matches!(w, ListenFor::Activity(k) if k == activity), &event, make);
 }
 
 /// Delivers an account event to the instances listening for it. Compared with due times by the cause's `ts`.
-pub(crate) fn on_account_event(
-    defs: &Definitions,
-    acct: &mut AccountState,
-    ev: &AccountEventValue,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
-) {
+pub(crate) fn on_account_event(cx: &mut StepCx<'_, '_>, acct: &mut AccountState, ev: &AccountEventValue) {
     let event = OnceCell::new();
     let want = |w: &ListenFor| *w == ListenFor::Account(ev.kind);
-    deliver(defs, acct, cause.ts, want, &event, || ev.value.clone(), cause, tracker, out);
+    deliver(cx, acct, cx.cause.ts, want, &event, || ev.value.clone());
 }
 
-#[allow(clippy::too_many_arguments)]
 fn deliver(
-    defs: &Definitions,
+    cx: &mut StepCx<'_, '_>,
     acct: &mut AccountState,
     ts: Timestamp,
     wants: impl Fn(&ListenFor) -> bool,
     event: &OnceCell<Value>,
     make_event: impl Fn() -> Value,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
 ) {
     let mut i = 0;
     while i < acct.record.instances.len() {
         let inst = &acct.record.instances[i];
-        let Some(journey) = defs.get(&acct.tenant, &inst.journey_id, inst.journey_version).cloned() else {
+        let Some(journey) = cx.defs.get(&acct.tenant, &inst.journey_id, inst.journey_version).cloned() else {
             i += 1;
             continue;
         };
@@ -279,7 +267,7 @@ fn deliver(
             continue;
         }
         if let Some(cond) = condition {
-            let mut env = Env::new(defs, acct, cause.ts);
+            let mut env = Env::new(cx.defs, acct, cx.cause.ts);
             env.event = Some(event.get_or_init(&make_event));
             if !cond.eval(&env) {
                 i += 1;
@@ -289,7 +277,7 @@ fn deliver(
         let next = *next;
         let inst = &mut acct.record.instances[i];
         if let Some(timer) = inst.timer.take() {
-            out.cancelled.push(TimerHandle {
+            cx.out.cancelled.push(TimerHandle {
                 journey_id: inst.journey_id.clone(),
                 instance: inst.instance,
                 slot: OWN_SLOT,
@@ -299,8 +287,8 @@ fn deliver(
         acct.record_dirty = true;
         let before = acct.record.instances.len();
         match next {
-            Some(n) => run(defs, &journey, acct, i, n, cause, tracker, out),
-            None => end_instance(acct, i, out),
+            Some(n) => run(cx, &journey, acct, i, n),
+            None => end_instance(acct, i, cx.out),
         }
         if acct.record.instances.len() == before {
             i += 1;
@@ -317,11 +305,11 @@ pub(crate) fn deliver_pending(defs: &Definitions, acct: &mut AccountState, cause
         if events.is_empty() {
             return;
         }
-        let mut tracker = Tracker::default();
+        let mut cx = StepCx::new(defs, cause, out);
         for event in &events {
-            on_account_event(defs, acct, event, cause, &mut tracker, out);
+            on_account_event(&mut cx, acct, event);
         }
-        tracker.finish(acct, cause, out);
+        cx.finish(acct);
     }
 }
 
@@ -358,7 +346,7 @@ pub fn fire_timer(
     let Some(journey) = defs.get(&acct.tenant, &inst.journey_id, inst.journey_version).cloned() else {
         return true;
     };
-    let mut tracker = Tracker::default();
+    let mut cx = StepCx::new(defs, cause, out);
     if handle.slot == OWN_SLOT {
         let next = match journey.node_index(&inst.node).map(|ix| &journey.nodes[ix]) {
             Some(Node::Listen { on_timeout, .. }) => *on_timeout,
@@ -366,8 +354,8 @@ pub fn fire_timer(
             _ => None,
         };
         match next {
-            Some(n) => run(defs, &journey, acct, i, n, cause, &mut tracker, out),
-            None => end_instance(acct, i, out),
+            Some(n) => run(&mut cx, &journey, acct, i, n),
+            None => end_instance(acct, i, cx.out),
         }
     } else {
         let b = handle.slot as usize - 1;
@@ -377,27 +365,17 @@ pub fn fire_timer(
             _ => None,
         };
         if let Some(n) = next {
-            run_branch(defs, &journey, acct, i, b, n, cause, &mut tracker, out);
+            run_branch(&mut cx, &journey, acct, i, b, n);
         }
-        join_if_merged(defs, &journey, acct, i, cause, &mut tracker, out);
+        join_if_merged(&mut cx, &journey, acct, i);
     }
-    tracker.finish(acct, cause, out);
+    cx.finish(acct);
     deliver_pending(defs, acct, cause, out);
     true
 }
 
 /// Runs instance `i` from node `from` until it waits or exits.
-#[allow(clippy::too_many_arguments)]
-fn run(
-    defs: &Definitions,
-    journey: &Journey,
-    acct: &mut AccountState,
-    i: usize,
-    from: NodeIx,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
-) {
+fn run(cx: &mut StepCx<'_, '_>, journey: &Journey, acct: &mut AccountState, i: usize, from: NodeIx) {
     let mut at = Some(from);
     while let Some(n) = at {
         acct.record.instances[i].node = Id::from(journey.node_name(n));
@@ -405,34 +383,34 @@ fn run(
         at = match &journey.nodes[n] {
             Node::Action { kind, params, to, next } => {
                 let people: Vec<usize> = (0..acct.persons.len()).collect();
-                execute(defs, journey, acct, i, n, (kind, params, to), &people, cause, tracker, out);
+                execute(cx, journey, acct, i, n, (kind, params, to), &people);
                 *next
             }
             Node::SplitAccounts { paths, otherwise } => {
-                let env = Env::new(defs, acct, cause.ts);
+                let env = Env::new(cx.defs, acct, cx.cause.ts);
                 paths.iter().find(|(c, _)| c.eval(&env)).map(|(_, t)| *t).or(*otherwise)
             }
             Node::SplitPeople { paths, otherwise, merge } => {
-                split_people(defs, journey, acct, i, paths, *otherwise, *merge, cause, tracker, out);
+                split_people(cx, journey, acct, i, paths, *otherwise, *merge);
                 // The same rule as when a branch's timer fires: on past the merge once every branch is there.
-                join_if_merged(defs, journey, acct, i, cause, tracker, out);
+                join_if_merged(cx, journey, acct, i);
                 return;
             }
             Node::Merge { next } => *next,
             Node::Listen { timeout, .. } => {
                 if let Some(d) = timeout {
-                    arm(acct, i, OWN_SLOT, cause.ts.plus(*d), cause, out);
+                    arm(acct, i, OWN_SLOT, cx.cause.ts.plus(*d), cx.cause, cx.out);
                 }
                 return;
             }
             Node::Wait { spec, .. } => {
-                arm(acct, i, OWN_SLOT, wait_due(spec, cause), cause, out);
+                arm(acct, i, OWN_SLOT, wait_due(spec, cx.cause), cx.cause, cx.out);
                 return;
             }
             Node::Exit => None,
         };
     }
-    end_instance(acct, i, out);
+    end_instance(acct, i, cx.out);
 }
 
 /// When a wait reached by `cause` ends. A passed `until` is due at once: never before its cause, so that
@@ -446,22 +424,18 @@ fn wait_due(spec: &WaitSpec, cause: &Cause<'_>) -> Timestamp {
 
 /// Sends each present person down the first path whose condition holds, then runs every branch that people
 /// took until it waits or reaches the merge. A person matching no path, without `otherwise`, waits at the merge.
-#[allow(clippy::too_many_arguments)]
 fn split_people(
-    defs: &Definitions,
+    cx: &mut StepCx<'_, '_>,
     journey: &Journey,
     acct: &mut AccountState,
     i: usize,
     paths: &[(Condition, NodeIx)],
     otherwise: Option<NodeIx>,
     merge: NodeIx,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
 ) {
     let mut taken: Vec<Vec<Id>> = vec![Vec::new(); paths.len() + 1];
     {
-        let mut env = Env::new(defs, acct, cause.ts);
+        let mut env = Env::new(cx.defs, acct, cx.cause.ts);
         for ix in 0..acct.persons.len() {
             if !acct.persons[ix].record.present {
                 continue;
@@ -487,23 +461,12 @@ fn split_people(
     let inst = &mut acct.record.instances[i];
     inst.branches = branches.iter().map(|(b, _)| b.clone()).collect();
     for (b, (_, start)) in branches.into_iter().enumerate() {
-        run_branch(defs, journey, acct, i, b, start, cause, tracker, out);
+        run_branch(cx, journey, acct, i, b, start);
     }
 }
 
 /// Runs branch `b` of instance `i` from `from` until it waits or reaches its merge.
-#[allow(clippy::too_many_arguments)]
-fn run_branch(
-    defs: &Definitions,
-    journey: &Journey,
-    acct: &mut AccountState,
-    i: usize,
-    b: usize,
-    from: NodeIx,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
-) {
+fn run_branch(cx: &mut StepCx<'_, '_>, journey: &Journey, acct: &mut AccountState, i: usize, b: usize, from: NodeIx) {
     let mut at = Some(from);
     while let Some(n) = at {
         acct.record.instances[i].branches[b].node = Id::from(journey.node_name(n));
@@ -515,11 +478,11 @@ fn run_branch(
                     let members = &acct.record.instances[i].branches[b].people;
                     (0..acct.persons.len()).filter(|&ix| members.contains(&acct.persons[ix].record.person_id)).collect()
                 };
-                execute(defs, journey, acct, i, n, (kind, params, to), &people, cause, tracker, out);
+                execute(cx, journey, acct, i, n, (kind, params, to), &people);
                 *next
             }
             Node::Wait { spec, .. } => {
-                arm(acct, i, b as u32 + 1, wait_due(spec, cause), cause, out);
+                arm(acct, i, b as u32 + 1, wait_due(spec, cx.cause), cx.cause, cx.out);
                 return;
             }
             // The merge (validation allows nothing else on a people path).
@@ -529,16 +492,7 @@ fn run_branch(
 }
 
 /// Continues instance `i` past its merge once every branch has arrived there.
-#[allow(clippy::too_many_arguments)]
-fn join_if_merged(
-    defs: &Definitions,
-    journey: &Journey,
-    acct: &mut AccountState,
-    i: usize,
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
-) {
+fn join_if_merged(cx: &mut StepCx<'_, '_>, journey: &Journey, acct: &mut AccountState, i: usize) {
     let inst = &acct.record.instances[i];
     let Some(Node::SplitPeople { merge, .. }) = journey.node_index(&inst.node).map(|ix| &journey.nodes[ix]) else {
         return;
@@ -546,7 +500,7 @@ fn join_if_merged(
     let merge = *merge;
     if inst.branches.iter().all(|b| b.node == journey.node_name(merge) && b.timer.is_none()) {
         acct.record.instances[i].branches.clear();
-        run(defs, journey, acct, i, merge, cause, tracker, out);
+        run(cx, journey, acct, i, merge);
     }
 }
 
@@ -564,19 +518,16 @@ fn arm(acct: &mut AccountState, i: usize, slot: u32, due: Timestamp, cause: &Cau
 
 /// Runs an action node. `people` are the candidates of a person action (indexes into `acct.persons`, in join
 /// order); `to` narrows them.
-#[allow(clippy::too_many_arguments)]
 fn execute(
-    defs: &Definitions,
+    cx: &mut StepCx<'_, '_>,
     journey: &Journey,
     acct: &mut AccountState,
     i: usize,
     n: NodeIx,
     (kind, params, to): (&ActionKind, &Value, &Target),
     people: &[usize],
-    cause: &Cause<'_>,
-    tracker: &mut Tracker,
-    out: &mut Effects,
 ) {
+    let StepCx { defs, cause, tracker, out } = cx;
     let instance = acct.record.instances[i].instance;
     let node = journey.node_name(n);
     let record = |acct: &AccountState, person: Option<&str>| ActionRecord {
