@@ -7,6 +7,10 @@ the input topic at each rate for a while and reads actions and changes with a re
 p50/p99/max per rate and the highest rate whose p99 stays under 100 ms.
 
     python3 benches/kafka-latency/run.py [--rates 5000,10000,20000,40000] [--seconds 10] [--commit-interval 10ms]
+    python3 benches/kafka-latency/run.py --moves 200 [--partitions 2]
+
+`--moves N` measures a person's move instead: to an account on another input partition (a claim through the
+person stage) against one on the same partition, one move at a time (see kafka_latency.rs).
 
 On the bundled test broker (noida-db) every idle consumer spins (it answers empty fetches at once; see
 ARCHITECTURE.md), and broker, engine and driver share the cores: its latencies are pessimistic.
@@ -64,6 +68,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--commit-interval", default="10ms")
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--moves", type=int, default=0)
     ap.add_argument("--shared", default=os.environ.get("CARAVAN_SHARED", os.path.join(ROOT, "..", "shared")))
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "caravan-engine", "-p", "caravan-benches"], cwd=ROOT, check=True)
@@ -74,9 +79,10 @@ def main():
     events = max(sum(rates) * a.seconds + rates[0] * 3 + 10_000, 200_000)
     work = tempfile.mkdtemp(prefix="caravan-latency-")
     data = os.path.join(work, "w.ndjson")
-    subprocess.run([sys.executable, os.path.join(a.shared, "bench/gen_workload.py"), "--accounts", "20000",
-                    "--persons-per-account", "4", "--events", str(events), "--days", "30", "--seed", "3",
-                    "--out", data], check=True, capture_output=True)
+    if not a.moves:
+        subprocess.run([sys.executable, os.path.join(a.shared, "bench/gen_workload.py"), "--accounts", "20000",
+                        "--persons-per-account", "4", "--events", str(events), "--days", "30", "--seed", "3",
+                        "--out", data], check=True, capture_output=True)
     prefix = "lat%08x" % random.getrandbits(32)
     cfg = os.path.join(work, "caravan.toml")
     with open(cfg, "w") as f:
@@ -105,15 +111,25 @@ level = "warn"
                    check=True, capture_output=True)
     run = subprocess.Popen([caravan, "run", "--config", cfg], stderr=open(os.path.join(work, "run.log"), "w"))
     time.sleep(5)  # join the group and restore (empty) partitions
-    out = subprocess.run([os.path.join(TARGET, "release/kafka-latency"), "--bootstrap", bootstrap, "--prefix", prefix,
-                          "--input", data, "--rates", a.rates, "--seconds", str(a.seconds)],
-                         check=True, capture_output=True, text=True).stdout
-    engine = engine_view(os.path.join(work, "run.log"))
-    run.send_signal(signal.SIGTERM)
-    run.wait(timeout=60)
+    if a.moves:
+        driver = ["--moves", str(a.moves), "--partitions", str(a.partitions)]
+    else:
+        driver = ["--input", data, "--rates", a.rates, "--seconds", str(a.seconds)]
+    try:
+        driven = subprocess.run([os.path.join(TARGET, "release/kafka-latency"), "--bootstrap", bootstrap,
+                                 "--prefix", prefix] + driver, capture_output=True, text=True)
+        engine = engine_view(os.path.join(work, "run.log"))
+    finally:
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=60)
+    if driven.returncode != 0:
+        sys.exit(f"kafka-latency failed ({driven.returncode}): {driven.stderr.strip()}\nengine log: {work}/run.log")
+    out = driven.stdout
     print(f"commit interval {a.commit_interval}, {a.partitions} partitions, one instance")
     print(out.strip())
     print(engine)
+    if a.moves:
+        return
     best = None
     for line in out.splitlines()[1:]:
         target, sent, samples, p50, p99, mx = line.split(",")
