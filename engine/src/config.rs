@@ -525,8 +525,22 @@ impl Config {
         for t in &mut shown.tenants {
             redact(&mut t.admin_token);
         }
+        for (key, value) in &mut shown.kafka.options {
+            if is_secret_option(key) {
+                *value = "<redacted>".into();
+            }
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
     }
+}
+
+/// Whether a librdkafka option holds a secret that must never be printed: passwords, secrets, tokens, private
+/// keys and SASL/JAAS configurations (which embed credentials), e.g. `sasl.password`, `ssl.key.password`,
+/// `ssl.keystore.password`, `sasl.oauthbearer.client.secret`, `ssl.key.pem`, `sasl.jaas.config`.
+pub fn is_secret_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key.pem", "private", "jaas", "credential"].iter().any(|word| key.contains(word))
+        || key == "sasl.oauthbearer.config"
 }
 
 /// The `CARAVAN_SECTION__KEY` variables of an environment, as a figment provider whose errors name the variable.

@@ -875,3 +875,23 @@ fn a_partitions_state_folder_shows_its_position_in_inspect_and_a_replay_refuses_
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("holds a Kafka partition's state") && err.contains("caravan run"), "{err}");
 }
+
+#[test]
+fn input_compressed_with_gzip_zstd_and_lz4_gives_the_replays_outputs() {
+    let dir = test_dir();
+    let Scenario { input, expect, reference, cluster } = scenario(dir.path(), 120, 6_000, 13, 1);
+    let text = std::fs::read_to_string(&input).expect("input");
+    let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+    // One partition: the three producers' records are read in the file's order, as the replay read them.
+    for (codec, part) in ["gzip", "zstd", "lz4"].into_iter().zip(slices_of(&lines, 3)) {
+        let part: Vec<&str> = part.iter().map(String::as_str).collect();
+        cluster.produce_compressed(&part, codec);
+    }
+    let child = cluster.start(0, &dir.path().join("state"), &dir.path().join("run.log"));
+    cluster.wait_caught_up(Duration::from_secs(120));
+    let status = terminate(child);
+    assert!(status.success(), "SIGTERM exits 0: {status:?}\n{}", run_log(dir.path(), "run.log"));
+    assert_outputs_right(&cluster, dir.path(), &expect, &reference);
+    let log = run_log(dir.path(), "run.log");
+    assert!(!log.contains("Consumer error"), "no record failed to decompress:\n{log}");
+}

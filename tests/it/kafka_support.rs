@@ -178,10 +178,28 @@ level = "info"
 
     /// Produces `(key, value)` records to the input topic.
     pub fn produce_keyed(&self, records: &[(String, &str)]) -> u64 {
+        self.produce_keyed_with(records, "none")
+    }
+
+    /// Produces lines as [`Cluster::produce`] does, in batches compressed with `codec` (`gzip`, `zstd`, `lz4`,
+    /// `snappy`), as a platform's producer may.
+    pub fn produce_compressed(&self, lines: &[&str], codec: &str) -> u64 {
+        let keyed: Vec<(String, &str)> = lines
+            .iter()
+            .map(|line| {
+                let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                (v["account_id"].as_str().or(v["person_id"].as_str()).unwrap_or("").to_owned(), *line)
+            })
+            .collect();
+        self.produce_keyed_with(&keyed, codec)
+    }
+
+    fn produce_keyed_with(&self, records: &[(String, &str)], codec: &str) -> u64 {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap())
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            .set("compression.codec", codec)
             .create()
             .expect("producer");
         let topic = self.topic("input");

@@ -219,3 +219,27 @@ fn an_xdm_source_names_its_tenant_and_a_native_one_does_not() {
     let e = error_of(Some(&path), &[]);
     assert!(e.contains("input.tenant `other` is not in the tenant registry"), "{e}");
 }
+
+#[test]
+fn secrets_among_the_kafka_options_are_never_printed() {
+    let text = r#"
+[kafka.options]
+"security.protocol" = "SASL_SSL"
+"sasl.mechanisms" = "SCRAM-SHA-512"
+"sasl.username" = "caravan"
+"sasl.password" = "hunter2-sasl"
+"ssl.key.password" = "hunter2-key"
+"ssl.keystore.password" = "hunter2-store"
+"sasl.oauthbearer.client.secret" = "hunter2-oauth"
+"ssl.key.pem" = "-----BEGIN PRIVATE KEY----- hunter2-pem"
+"#;
+    let (_dir, path) = write(text);
+    let c = Config::load_from(Some(&path), env(&[])).expect("valid");
+    let printed = c.to_toml();
+    assert!(!printed.contains("hunter2"), "a secret is printed: {printed}");
+    assert_eq!(printed.matches("<redacted>").count(), 5, "{printed}");
+    assert!(printed.contains("SCRAM-SHA-512") && printed.contains("\"caravan\""), "the rest is shown: {printed}");
+    for key in ["sasl.username", "security.protocol", "ssl.ca.location", "sasl.mechanisms"] {
+        assert!(!is_secret_option(key), "{key} is not a secret");
+    }
+}

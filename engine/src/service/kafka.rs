@@ -31,6 +31,60 @@ pub(crate) fn kafka_error(what: &str, e: KafkaError) -> EngineError {
 }
 
 /// A client configuration with the user's pass-through options, then the engine's own keys on top.
+/// The librdkafka features a configuration needs (names as in librdkafka's `builtin.features`), each with
+/// the option that needs it. Every input codec is needed whatever the options say: the input topic's
+/// producers choose theirs.
+pub(crate) fn needed_features(options: &std::collections::BTreeMap<String, String>) -> Vec<(&'static str, String)> {
+    let mut needed: Vec<(&'static str, String)> = ["gzip", "snappy", "lz4", "zstd"]
+        .into_iter()
+        .map(|f| (f, "reading input compressed with it".to_owned()))
+        .collect();
+    let get = |key: &str| options.get(key).map(|v| v.trim().to_ascii_lowercase());
+    if let Some(protocol) = get("security.protocol")
+        && (protocol == "ssl" || protocol == "sasl_ssl")
+    {
+        needed.push(("ssl", format!("security.protocol = {protocol}")));
+    }
+    let mechanisms = get("sasl.mechanisms").or_else(|| get("sasl.mechanism")).unwrap_or_default();
+    for mechanism in mechanisms.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let feature = match mechanism {
+            "gssapi" => "sasl_gssapi",
+            "plain" => "sasl_plain",
+            "scram-sha-256" | "scram-sha-512" => "sasl_scram",
+            "oauthbearer" => "sasl_oauthbearer",
+            _ => continue,
+        };
+        needed.push((feature, format!("sasl.mechanisms = {mechanism}")));
+    }
+    needed
+}
+
+/// Refuses a configuration that needs a librdkafka feature this build lacks, naming the option and the
+/// feature (before, `security.protocol = "SSL"` failed deep in the client, and gzip input stalled a partition
+/// on "Not implemented" decompression errors).
+///
+/// # Errors
+/// [`EngineError::Invalid`] listing every missing feature; a client error reading the features.
+pub(crate) fn check_features(cfg: &Config) -> Result<(), EngineError> {
+    let native =
+        ClientConfig::new().create_native_config().map_err(|e| kafka_error("reading librdkafka's features", e))?;
+    let builtin = native.get("builtin.features").map_err(|e| kafka_error("reading librdkafka's features", e))?;
+    let have: Vec<&str> = builtin.split(',').map(str::trim).collect();
+    let missing: Vec<String> = needed_features(&cfg.kafka.options)
+        .into_iter()
+        .filter(|(feature, _)| !have.contains(feature))
+        .map(|(feature, why)| {
+            let hint = if feature == "sasl_gssapi" { " (build caravan with --features gssapi)" } else { "" };
+            format!("{why} needs librdkafka's `{feature}`, which this build lacks{hint}")
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(format!("kafka: {} (built with: {builtin})", missing.join("; "))))
+    }
+}
+
 pub(crate) fn client_config(cfg: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in &cfg.kafka.options {
@@ -363,4 +417,48 @@ pub(crate) fn read_to_end(
     }
     reader.unassign().map_err(|e| kafka_error("unassigning", e))?;
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn needed(pairs: &[(&str, &str)]) -> Vec<&'static str> {
+        let options: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        needed_features(&options).into_iter().map(|(f, _)| f).collect()
+    }
+
+    #[test]
+    fn the_features_a_configuration_needs_follow_its_security_options_and_every_codec() {
+        assert_eq!(needed(&[]), ["gzip", "snappy", "lz4", "zstd"], "input may come compressed with any codec");
+        assert_eq!(needed(&[("security.protocol", "SSL")])[4..], ["ssl"]);
+        assert_eq!(
+            needed(&[("security.protocol", "SASL_PLAINTEXT"), ("sasl.mechanisms", "PLAIN")])[4..],
+            ["sasl_plain"]
+        );
+        assert_eq!(
+            needed(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "SCRAM-SHA-512")])[4..],
+            ["ssl", "sasl_scram"]
+        );
+        assert_eq!(needed(&[("sasl.mechanisms", "GSSAPI, OAUTHBEARER")])[4..], ["sasl_gssapi", "sasl_oauthbearer"]);
+    }
+
+    /// This build has what a platform's cluster needs, short of Kerberos (a cargo feature of its own).
+    #[test]
+    fn this_build_has_tls_scram_and_every_codec() {
+        let mut cfg = Config::default();
+        for (k, v) in [("security.protocol", "SASL_SSL"), ("sasl.mechanisms", "SCRAM-SHA-256")] {
+            cfg.kafka.options.insert(k.into(), v.into());
+        }
+        check_features(&cfg).expect("TLS, SCRAM and every codec are built in");
+        cfg.kafka.options.insert("sasl.mechanisms".into(), "GSSAPI".into());
+        let result = check_features(&cfg);
+        if cfg!(feature = "gssapi") {
+            result.expect("built with gssapi");
+        } else {
+            let e = result.expect_err("no Kerberos without the feature").to_string();
+            assert!(e.contains("sasl_gssapi") && e.contains("--features gssapi"), "{e}");
+        }
+    }
 }

@@ -303,6 +303,7 @@ impl Service<'_> {
 /// A broker or state failure that a restart must recover from (the process should exit non-zero), or a
 /// fenced instance (another one took this `kafka.instance_id`).
 pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), EngineError> {
+    kafka::check_features(cfg)?;
     let consumer = kafka::input_consumer(cfg)?;
     let RunTopics { partitions, changelog, stage: stage_topics } = ensure_topics(cfg, &consumer)?;
     let producer = kafka::producer(cfg)?;

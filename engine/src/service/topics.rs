@@ -7,7 +7,10 @@ use crate::config::Config;
 use rdkafka::consumer::BaseConsumer;
 use std::time::{Duration, Instant};
 
+/// Checks the build against the options, then creates the definitions topic when missing (`caravan publish`
+/// and `caravan stop` start here).
 pub(super) fn ensure_definitions_topic(cfg: &Config) -> Result<(), EngineError> {
+    kafka::check_features(cfg)?;
     kafka::ensure_topics(cfg, &[(cfg.topics.definitions.clone(), 1, true)])
 }
 
