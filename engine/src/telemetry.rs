@@ -57,6 +57,9 @@ pub const TRANSACTION_PHASE: &str = "caravan_kafka_transaction_phase_seconds";
 pub const TRANSACTIONS_ABORTED: &str = "caravan_kafka_transactions_aborted_total";
 /// Consumer group rebalance events (revocations and assignments).
 pub const REBALANCES: &str = "caravan_kafka_rebalances_total";
+/// Errors Kafka clients reported, by `client` (`input`, `output`, `reader`) and `kind` (librdkafka's error code,
+/// e.g. `BrokerTransportFailure`, `MessageSizeTooLarge`): none is only logged.
+pub const KAFKA_ERRORS: &str = "caravan_kafka_errors_total";
 /// Input partitions this instance owns.
 pub const PARTITIONS_OWNED: &str = "caravan_kafka_partitions_owned";
 /// Records not yet processed, by topic (the input, the person stage's) and partition: the partition's last
@@ -115,6 +118,7 @@ fn describe() {
     );
     metrics::describe_counter!(TRANSACTIONS_ABORTED, "Kafka transactions aborted (the batch is processed again).");
     metrics::describe_counter!(REBALANCES, "Consumer group rebalance events (revocations and assignments).");
+    metrics::describe_counter!(KAFKA_ERRORS, "Errors Kafka clients reported, by client and librdkafka error code.");
     metrics::describe_gauge!(PARTITIONS_OWNED, "Input partitions this instance owns.");
     metrics::describe_gauge!(CONSUMER_LAG, "Records not yet processed, by topic and partition.");
     metrics::describe_counter!(RESTORED_RECORDS, "Changelog records read while restoring partitions.");

@@ -173,6 +173,13 @@ fn consumer_config(cfg: &Config) -> ClientConfig {
     c
 }
 
+/// Counts an error a Kafka client reported (`KAFKA_ERRORS`, by client and librdkafka's error code) and logs it.
+pub(crate) fn count_error(client: &'static str, error: &KafkaError, reason: &str) {
+    let kind = error.rdkafka_error_code().map_or_else(|| "Other".to_owned(), |code| format!("{code:?}"));
+    tracing::warn!(client, kind = kind.as_str(), %error, reason, "Kafka client error.");
+    metrics::counter!(crate::telemetry::KAFKA_ERRORS, "client" => client, "kind" => kind).increment(1);
+}
+
 /// The input consumer's context: records rebalances (they run inside `poll`, between batches) and, from
 /// librdkafka's statistics, where each partition it reads ends.
 #[derive(Default)]
@@ -185,6 +192,10 @@ pub(crate) struct InputContext {
 }
 
 impl ClientContext for InputContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        count_error("input", &error, reason);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut ends = self.ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for name in &self.topics {
@@ -214,7 +225,7 @@ impl ConsumerContext for InputContext {
                 let parts = tpl.elements().iter().map(|e| e.partition()).collect();
                 self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Assignment::Assigned(parts));
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance error."),
+            Rebalance::Error(e) => count_error("input", e, "rebalance"),
             Rebalance::Revoke(_) => {}
         }
     }
@@ -255,7 +266,7 @@ impl ClientContext for ReaderContext {
         let eof = matches!(error, KafkaError::PartitionEOF(_))
             || matches!(error, KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF));
         if !eof {
-            tracing::error!(%error, reason, "Kafka reader error.");
+            count_error("reader", &error, reason);
         }
     }
 }
@@ -318,7 +329,11 @@ impl OutputContext {
     }
 }
 
-impl ClientContext for OutputContext {}
+impl ClientContext for OutputContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        count_error("output", &error, reason);
+    }
+}
 
 impl ProducerContext for OutputContext {
     type DeliveryOpaque = ();
@@ -339,6 +354,7 @@ impl ProducerContext for OutputContext {
             }
             Ok(_) => {}
             Err((e, m)) => {
+                count_error("output", e, "delivery");
                 let mut f = self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 f.get_or_insert_with(|| format!("delivery to {} failed: {e}", m.topic()));
             }

@@ -354,7 +354,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, admin: &Admin) -> Result<(), Eng
             svc.rebalance(&mut collected)?;
             match polled {
                 Some(Ok(rec)) => collected.push(rec),
-                Some(Err(e)) => tracing::warn!(error = %e, "Consumer error."),
+                Some(Err(e)) => kafka::count_error("input", &e, "poll"),
                 None => {}
             }
         }
