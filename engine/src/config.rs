@@ -544,9 +544,13 @@ pub fn is_secret_option(key: &str) -> bool {
 }
 
 /// The `CARAVAN_SECTION__KEY` variables of an environment, as a figment provider whose errors name the variable.
+///
+/// `kafka.options` keys are librdkafka's dotted names, which a variable name cannot hold: in
+/// `CARAVAN_KAFKA__OPTIONS__<NAME>` each `_` of the name stands for a dot (`CARAVAN_KAFKA__OPTIONS__SASL_PASSWORD`
+/// sets `sasl.password`; librdkafka's settable names have no underscore), and the value stays a string.
 struct EnvOverrides {
-    /// (dotted key, value) pairs.
-    vars: Vec<(String, String)>,
+    /// (key path, value, whether the value is kept as a string) triples.
+    vars: Vec<(Vec<String>, String, bool)>,
 }
 
 impl EnvOverrides {
@@ -555,7 +559,12 @@ impl EnvOverrides {
             .into_iter()
             .filter_map(|(name, value)| {
                 let rest = name.strip_prefix(ENV_PREFIX)?;
-                rest.contains("__").then(|| (rest.to_ascii_lowercase().replace("__", "."), value))
+                if let Some(option) = rest.strip_prefix("KAFKA__OPTIONS__") {
+                    let option = option.to_ascii_lowercase().replace('_', ".");
+                    return Some((vec!["kafka".to_owned(), "options".to_owned(), option], value, true));
+                }
+                let path = rest.to_ascii_lowercase().split("__").map(str::to_owned).collect();
+                rest.contains("__").then_some((path, value, false))
             })
             .collect();
         EnvOverrides { vars }
@@ -575,23 +584,27 @@ impl figment::Provider for EnvOverrides {
 
     fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         let mut root = figment::value::Dict::new();
-        for (key, text) in &self.vars {
-            // Values read the way figment reads environment values: numbers and booleans by their look.
-            let value =
-                text.parse::<figment::value::Value>().unwrap_or_else(|_| figment::value::Value::from(text.clone()));
-            let mut parts = key.split('.').collect::<Vec<_>>();
-            let last = parts.pop().unwrap_or_default();
+        for (path, text, as_string) in &self.vars {
+            // Values read the way figment reads environment values: numbers and booleans by their look (a
+            // librdkafka option's value stays the string it is).
+            let value = if *as_string {
+                figment::value::Value::from(text.clone())
+            } else {
+                text.parse::<figment::value::Value>().unwrap_or_else(|_| figment::value::Value::from(text.clone()))
+            };
+            let Some((last, parts)) = path.split_last() else { continue };
             let mut dict = &mut root;
             for part in parts {
                 let entry = dict
-                    .entry(part.to_owned())
+                    .entry(part.clone())
                     .or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
                 let figment::value::Value::Dict(_, inner) = entry else {
-                    return Err(figment::Error::from(format!("{} sets a key inside a value", env_name(&[key]))));
+                    let key = path.join(".");
+                    return Err(figment::Error::from(format!("{} sets a key inside a value", env_name(&[&key]))));
                 };
                 dict = inner;
             }
-            dict.insert(last.to_owned(), value);
+            dict.insert(last.clone(), value);
         }
         Ok(figment::Profile::Default.collect(root))
     }

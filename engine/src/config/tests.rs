@@ -243,3 +243,22 @@ fn secrets_among_the_kafka_options_are_never_printed() {
         assert!(!is_secret_option(key), "{key} is not a secret");
     }
 }
+
+#[test]
+fn kafka_options_come_from_the_environment_with_underscores_for_dots() {
+    let vars = [
+        ("CARAVAN_KAFKA__OPTIONS__SASL_PASSWORD", "from-env"),
+        ("CARAVAN_KAFKA__OPTIONS__SESSION_TIMEOUT_MS", "10000"),
+        ("CARAVAN_KAFKA__OPTIONS__SECURITY_PROTOCOL", "SASL_SSL"),
+    ];
+    let c = Config::load_from(None, env(&vars)).expect("valid");
+    let got: Vec<(&str, &str)> = c.kafka.options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        got,
+        [("sasl.password", "from-env"), ("security.protocol", "SASL_SSL"), ("session.timeout.ms", "10000")]
+    );
+    assert!(!c.to_toml().contains("from-env"), "the password is not printed");
+    // The engine's own keys stay refused, whatever sets them.
+    let e = error_of(None, &[("CARAVAN_KAFKA__OPTIONS__GROUP_ID", "x")]);
+    assert!(e.contains("kafka.options.\"group.id\" is set by the engine itself"), "{e}");
+}
